@@ -1,0 +1,129 @@
+"""Actor-critic learned purely in imagination (paper §2.2, SPEC.md §2.2-2.6).
+
+From every posterior state of the batch the actor rolls the prior forward H steps. Rewards and discounts
+come from the world model's heads; lambda-returns bootstrap from a slow copy of the critic. Indices follow
+DreamerV2: state s_t carries reward r_t (received on arriving in s_t) and discount d_t; the action stored at
+t+1 is the one chosen in s_t; weights w_t = prod_{k<t} d_k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dreamctl.config import BehaviorConfig, ModelConfig
+from dreamctl.nets import MLP, ActionHead
+from dreamctl.rssm import State
+from dreamctl.world_model import WorldModel
+
+
+def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, bootstrap: Tensor, lambda_: float) -> Tensor:
+    """V_t = r_t + d_t ((1 - lambda) v_{t+1} + lambda V_{t+1}) for t = 0..T-1, with V_T = bootstrap.
+
+    reward, value, discount: (T, ...), value[t] = v(s_t); bootstrap: v(s_T). Time is axis 0.
+    """
+    next_value = torch.cat([value[1:], bootstrap[None]], 0)
+    inputs = reward + discount * (1.0 - lambda_) * next_value
+    returns, last = [], bootstrap
+    for t in reversed(range(reward.shape[0])):
+        last = inputs[t] + discount[t] * lambda_ * last
+        returns.append(last)
+    return torch.stack(returns[::-1], 0)
+
+
+@dataclass
+class Imagination:
+    feat: Tensor  # (H+1, N, F)
+    action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Let gradients flow *through* a module without computing gradients *for* its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, cfg: BehaviorConfig, model_cfg: ModelConfig, feat_dim: int, action_dim: int,
+                 discrete: bool):
+        super().__init__()
+        self.cfg, self.action_dim = cfg, action_dim
+        self.actor = ActionHead(feat_dim, action_dim, discrete, model_cfg.mlp_layers, model_cfg.mlp_units)
+        self.critic = MLP(feat_dim, 1, model_cfg.mlp_layers, model_cfg.mlp_units)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+        self.rho = self.reinforce_mix(cfg, discrete)
+
+    @staticmethod
+    def reinforce_mix(cfg: BehaviorConfig, discrete: bool) -> float:
+        """rho: 1 = pure REINFORCE (Atari), 0 = backprop through the dynamics (continuous control)."""
+        if cfg.actor_grad == "auto":
+            return 1.0 if discrete else 0.0
+        return {"reinforce": 1.0, "dynamics": 0.0, "both": cfg.actor_grad_mix}[cfg.actor_grad]
+
+    def imagine(self, world_model: WorldModel, start: State) -> Imagination:
+        """Roll the prior forward `horizon` steps from detached start states, the actor choosing actions.
+
+        With rho = 1 no gradient is needed through the rollout (the actor loss uses only log-probabilities
+        of the imagined actions), so it runs without autograd; otherwise gradients flow from the returns
+        through the frozen dynamics into the actor's reparameterised actions.
+        """
+        needs_grad = self.rho < 1.0
+        state = start.map(lambda x: x.detach().flatten(0, 1))
+        feats = [state.feat()]
+        actions = [torch.zeros(feats[0].shape[0], self.action_dim, device=feats[0].device)]
+        with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
+            for _ in range(self.cfg.horizon):
+                action = self.actor(feats[-1].detach()).sample()
+                state = world_model.rssm.img_step(state, action)
+                feats.append(state.feat())
+                actions.append(action)
+        return Imagination(torch.stack(feats), torch.stack(actions))
+
+    def losses(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor
+               ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Actor loss (paper Eq. 6) and critic loss (Eq. 5) on one imagined batch."""
+        cfg, rho = self.cfg, self.rho
+        with torch.set_grad_enabled(rho < 1.0 and torch.is_grad_enabled()):
+            reward = world_model.reward(traj.feat)
+            discount = world_model.continuation(traj.feat)
+            discount = torch.cat([(world_model.discount * (1.0 - start_terminal.float().flatten()))[None],
+                                  discount[1:]], 0)
+            slow_value = self.slow_critic(traj.feat).squeeze(-1).float()
+            target = lambda_return(reward[:-1], slow_value[:-1], discount[:-1], slow_value[-1],
+                                   cfg.return_lambda)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
+
+        policy = self.actor(traj.feat[:-2].detach())
+        objective = cfg.actor_entropy * policy.entropy()
+        if rho > 0:
+            advantage = (target[1:] - slow_value[:-2]).detach()
+            objective = objective + rho * policy.log_prob(traj.action[1:-1].detach()) * advantage
+        if rho < 1:
+            objective = objective + (1.0 - rho) * target[1:]
+        actor_loss = -(weight[:-2] * objective).mean()
+
+        value = self.critic(traj.feat[:-1].detach()).squeeze(-1).float()
+        critic_loss = (weight[:-1] * 0.5 * (value - target.detach()).square()).mean()
+        metrics = {
+            "loss/actor": actor_loss.detach(), "loss/critic": critic_loss.detach(),
+            "train/actor_entropy": policy.entropy().detach().mean(), "train/imagined_reward": reward.detach().mean(),
+            "train/lambda_return": target.detach().mean(), "train/value": value.detach().mean(),
+        }
+        return actor_loss, critic_loss, metrics
+
+    def update_slow_critic(self) -> None:
+        """Hard copy critic -> slow critic after updates 0, N, 2N, ... (DreamerV2's update_slow_target)."""
+        if int(self.updates) % self.cfg.slow_critic_every == 0:
+            self.slow_critic.load_state_dict(self.critic.state_dict())
+        self.updates += 1

@@ -1,0 +1,336 @@
+"""The dreamctl command line: thin over the library, with rich output and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from typer.exceptions import Abort, TyperException
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dreamctl.errors import DreamctlError, UsageError
+
+app = typer.Typer(
+    name="dreamctl", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
+    help="Train DreamerV2 agents from pixels and keep every run in a local registry.\n\n"
+         "Example: [bold]dreamctl train catch --preset debug[/bold], then [bold]dreamctl eval latest[/bold].",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+HOME_HELP = "Registry root (default: $DREAMCTL_HOME, else $XDG_DATA_HOME/dreamctl, else ~/.local/share/dreamctl)."
+Home = typer.Option(None, "--home", help=HOME_HELP, show_default=False)
+
+
+def _run_signals() -> tuple[dict[str, int | None], Any]:
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once."""
+    caught: dict[str, int | None] = {"signal": None}
+
+    def handler(signum, _frame):
+        if caught["signal"] is not None:
+            raise KeyboardInterrupt
+        caught["signal"] = signum
+        err.print("[yellow]stopping after the current step and writing a checkpoint...[/yellow]")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return caught, lambda: caught["signal"] is not None
+
+
+class ProgressView:
+    """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second."""
+
+    def __init__(self, console: Console):
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+            TextColumn("{task.fields[rates]}"), TextColumn("return {task.fields[ret]}"), TimeRemainingColumn(),
+            console=console, transient=False)
+        self.task = None
+        self.last = 0.0
+        self.mark = (0.0, 0, 0)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        if self.task is None:
+            self.task = self.bar.add_task("prefill", total=p.total_steps, completed=p.env_steps, rates="", ret="-")
+            self.mark = (now, p.env_steps, p.updates)
+        if now - self.last < 0.1 and p.env_steps < p.total_steps:
+            return
+        t0, s0, u0 = self.mark
+        rates = ""
+        if now - t0 > 1.0:
+            rates = f"{(p.env_steps - s0) / (now - t0):,.0f} steps/s, {(p.updates - u0) / (now - t0):.1f} upd/s"
+        ret = "-" if p.last_return is None else f"{p.last_return:g}"
+        self.bar.update(self.task, completed=p.env_steps, description="prefill" if p.prefill else "train",
+                        rates=rates, ret=ret)
+        self.last = now
+
+
+def _finish(outcome, caught, verb: str) -> None:
+    run = outcome.run
+    if not outcome.finished:
+        code = 130 if caught["signal"] == signal.SIGINT else 143
+        err.print(f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
+                  f"`dreamctl resume {run.ref}`.")
+        raise typer.Exit(code)
+    ret = "-" if outcome.last_return is None else f"{outcome.last_return:g}"
+    out.print(f"[green]{run.ref}[/green] {verb} {outcome.env_steps:,} agent steps; last episode return {ret}.")
+    out.print(f"Files: {run.path}")
+    out.print(f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"
+              f" · [bold]dreamctl resume {run.ref} --steps N[/bold]")
+
+
+@app.command()
+def train(
+    env: str = typer.Argument(..., help="catch, an Atari game (pong, ms_pacman, ALE/Pong-v5, atari:pong) or gym:<id>."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", show_default=False,
+                                         help="Preset name (atari, atari100k, debug) or a YAML file. "
+                                              "Default: atari for Atari games, debug otherwise."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
+                                        help="Agent steps to train (policy decisions summed over env copies); "
+                                             "one agent step is env.action_repeat frames (4 on Atari)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, show_default=False, help="Seeds torch, numpy and the envs."),
+    name: Optional[str] = typer.Option(None, "--name", help="A unique name to refer to the run by."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key, e.g. --set model.deter=256."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, 32, bf16 or 16.", show_default=False),
+    home: Optional[Path] = Home,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and memory estimate; create nothing."),
+) -> None:
+    """Train a new run.
+
+    Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
+    """
+    from dreamctl import runs
+    from dreamctl.config import load_config
+    from dreamctl.envs import resolve
+    from dreamctl.envs.names import is_atari
+
+    game = resolve(env)
+    preset = preset or ("atari" if is_atari(game) else "debug")
+    sets = [f"env.name={game}"] + list(overrides or [])
+    for key, value in (("train.steps", steps), ("train.seed", seed), ("run.device", device), ("run.precision", precision)):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    cfg = load_config(preset, sets)
+    preset_label = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    if dry_run:
+        _dry_run(cfg)
+        return
+    caught, should_stop = _run_signals()
+    with ProgressView(out) as view:
+        outcome = runs.train(cfg, home=home, name=name, preset=preset_label, command=["dreamctl"] + sys.argv[1:],
+                             progress=view, should_stop=should_stop,
+                             on_created=lambda r: out.print(f"Training [green]{r.ref}[/green] in {r.path}"))
+    _finish(outcome, caught, "trained")
+
+
+def _dry_run(cfg) -> None:
+    import yaml
+
+    from dreamctl.runs import configure_torch, estimate_memory, prepare
+    from dreamctl.envs import make_env
+    from dreamctl.agent import Agent
+
+    cfg = prepare(cfg)
+    device = configure_torch(cfg)
+    env = make_env(cfg.env, cfg.train.seed)
+    try:
+        spec = env.spec
+        params = sum(p.numel() for p in Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete, "cpu").parameters())
+    finally:
+        env.close()
+    out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
+    mem = estimate_memory(cfg, spec.obs_shape, params)
+    out.print(f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
+              f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "
+              f"activations {mem['activations'] / 2**30:.2f}); nothing was created.", markup=False)
+
+
+@app.command()
+def resume(
+    run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
+                                        help="New total of agent steps (default: the run's target)."),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="Checkpoint step to continue from, or latest."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Safe overrides only: run.device, "
+                                                  "run.checkpoint_every, run.log_every, ..."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
+    home: Optional[Path] = Home,
+) -> None:
+    """Continue a run exactly where its checkpoint left it.
+
+    Example: [bold]dreamctl resume run-3 --steps 20000[/bold]
+    """
+    from dreamctl import runs
+
+    sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
+    caught, should_stop = _run_signals()
+    with ProgressView(out) as view:
+        outcome = runs.resume(run, home=home, steps=steps, overrides=sets, checkpoint=_checkpoint_ref(checkpoint),
+                              progress=view, should_stop=should_stop)
+    _finish(outcome, caught, "reached")
+
+
+def _checkpoint_ref(text: str) -> str | int:
+    if text in ("latest", "best"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"--checkpoint must be a step number, latest or best, got '{text}'.")
+
+
+@app.command("eval")
+def eval_(
+    run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
+    episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes to play."),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="A checkpoint step, latest or best."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Write the first episode to this .mp4 or .gif."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the evaluation envs and policy."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
+    home: Optional[Path] = Home,
+) -> None:
+    """Play evaluation episodes with the greedy policy under the run's own env protocol.
+
+    Example: [bold]dreamctl eval run-3 --episodes 20 --video play.mp4[/bold]
+    """
+    from dreamctl.evaluate import evaluate
+
+    result = evaluate(run, home=home, episodes=episodes, checkpoint=_checkpoint_ref(checkpoint), video=video,
+                      seed=seed, device=device)
+    if as_json:
+        keys = ("run", "checkpoint_step", "episodes", "returns", "mean", "std", "min", "max", "human_normalized")
+        print(json.dumps({k: result[k] for k in keys}))
+        return
+    out.print(f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: {result['episodes']} episodes, "
+              f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})")
+    if result["human_normalized"] is not None:
+        out.print(f"gamer-normalised score: {result['human_normalized']:.3f}")
+    if video:
+        out.print(f"video: {video}")
+
+
+@app.command()
+def imagine(
+    run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
+    out_file: Path = typer.Option(Path("dream.mp4"), "--out", "-o", help="Output .mp4 or .gif."),
+    context: int = typer.Option(5, "--context", min=1, help="Real frames the model observes first."),
+    horizon: int = typer.Option(45, "--horizon", min=1, help="Steps the model then dreams open-loop."),
+    samples: int = typer.Option(4, "--samples", min=1, max=16, help="Sequences side by side."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the envs and the model's sampling."),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="A checkpoint step, latest or best."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
+    home: Optional[Path] = Home,
+) -> None:
+    """Write the world model's open-loop dream beside reality (rows: truth / model / error).
+
+    Example: [bold]dreamctl imagine run-3 --out dream.mp4 --context 5 --horizon 45[/bold]
+    """
+    from dreamctl.imagine import imagine as make_video
+
+    result = make_video(run, out_file, home=home, context=context, horizon=horizon, samples=samples, seed=seed,
+                        checkpoint=_checkpoint_ref(checkpoint), device=device)
+    out.print(f"wrote {result['out']}: {result['frames']} frames ({result['context']} observed, {result['horizon']} "
+              f"dreamed, {result['samples']} samples); dream MSE {result['dream_mse']:.4f}")
+
+
+@app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status: running, finished, "
+                                         "interrupted or failed."),
+    home: Optional[Path] = Home,
+) -> None:
+    """List the runs in the registry.
+
+    Example: [bold]dreamctl list --status finished[/bold]
+    """
+    from dreamctl.listing import run_rows
+    from dreamctl.registry import STATUSES, Registry
+
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"--status must be one of {', '.join(STATUSES)}, got '{status}'.")
+    registry = Registry(home)
+    rows = [r for r in run_rows(registry) if status is None or r["status"] == status]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    out.print(f"Registry: {registry.root}")
+    if not rows:
+        out.print("No runs" + (f" with status {status}" if status else "") + " yet; start one with "
+                  "[bold]dreamctl train catch --preset debug[/bold].")
+        return
+    table = Table()
+    for column in ("id", "name", "env", "preset", "status", "agent steps", "updates", "eval", "normalised",
+                   "updated", "size"):
+        table.add_column(column, justify="right" if column in ("agent steps", "updates", "eval", "size") else "left")
+    for r in rows:
+        table.add_row(r["id"], r["name"] or "", r["env"], r["preset"], r["status"], f"{r['env_steps']:,}",
+                      f"{r['updates']:,}", "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
+                      "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
+                      r["updated"], _size(r["disk_bytes"]))
+    out.print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def envs(home: Optional[Path] = Home) -> None:
+    """List the environment names dreamctl knows.
+
+    Example: [bold]dreamctl envs[/bold]
+    """
+    from dreamctl.scores import table as scores
+
+    out.print("catch (built in), gym:<id> (any installed Gymnasium env with pixels), and the Atari games:")
+    out.print(", ".join(sorted(scores())), highlight=False)
+
+
+def main() -> None:
+    """Entry point: every failure ends as one sentence and an exit status, never a traceback."""
+    debug = os.environ.get("DREAMCTL_DEBUG") == "1"
+    try:
+        code = app(standalone_mode=False)
+    except DreamctlError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        code = exc.exit_code
+    except TyperException as exc:  # the command line itself is wrong: bad option, missing argument, bad value
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "dreamctl"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"error: {message.rstrip('.')}; see `{command} --help`.", markup=False, highlight=False)
+        code = getattr(exc, "exit_code", 2)
+    except (Abort, KeyboardInterrupt):
+        err.print("error: stopped by the user.")
+        code = 130
+    except Exception as exc:
+        if debug:
+            raise
+        err.print(f"error: unexpected {type(exc).__name__}: {exc}; rerun with DREAMCTL_DEBUG=1 to see the traceback.",
+                  markup=False, highlight=False)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,282 @@
+"""The one typed source of truth for every setting of a run.
+
+A preset YAML is loaded onto these dataclasses; `--set a.b=c` overrides are applied on top; the result is
+validated once and written into run.yaml in full, so a run can always be reproduced from its own metadata.
+Units: `steps`, `prefill`, `train_every` and the intervals count *agent steps* (policy decisions summed
+over env copies); one agent step is `env.action_repeat` emulator frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dreamctl.errors import UsageError
+
+
+@dataclass
+class EnvConfig:
+    name: str = "catch"
+    num_envs: int = 1
+    image_size: int = 64
+    grayscale: bool = True
+    action_repeat: int = 4
+    sticky_actions: float = 0.25
+    noop_max: int = 30
+    max_frames: int = 108_000
+    action_set: Literal["minimal", "full"] = "minimal"
+    life_loss: bool = False
+    resize: Literal["area", "bilinear"] = "area"
+    max_pool: bool = True
+    reward_clip: bool = False
+
+
+@dataclass
+class ModelConfig:
+    cnn_depth: int = 48
+    deter: int = 600
+    hidden: int = 600
+    stoch: int = 32
+    classes: int = 32
+    mlp_layers: int = 4
+    mlp_units: int = 400
+    reward_transform: Literal["tanh", "identity"] = "tanh"
+    discount_head: bool = True
+    kl_balance: float = 0.8
+    kl_scale: float = 0.1
+    free_nats: float = 0.0
+    image_scale: float = 1.0
+    reward_scale: float = 1.0
+    discount_scale: float = 5.0
+
+
+@dataclass
+class BehaviorConfig:
+    horizon: int = 15
+    discount: float = 0.999
+    return_lambda: float = 0.95
+    actor_grad: Literal["auto", "reinforce", "dynamics", "both"] = "auto"
+    actor_grad_mix: float = 0.1
+    actor_entropy: float = 1e-3
+    slow_critic_every: int = 100
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50_000_000
+    seed: int = 0
+    prefill: int = 50_000
+    pretrain: int = 1
+    train_every: int = 16
+    batch_size: int = 16
+    batch_length: int = 50
+    replay_capacity: int = 2_000_000
+    model_lr: float = 2e-4
+    actor_lr: float = 4e-5
+    critic_lr: float = 1e-4
+    adam_eps: float = 1e-5
+    grad_clip: float = 100.0
+    weight_decay: float = 1e-6
+    score_window_frames: int = 0
+
+
+@dataclass
+class RunConfig:
+    device: str = "auto"
+    precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    compile: bool = False
+    threads: int = 0
+    checkpoint_every: int = 100_000
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    eval_episodes: int = 1
+    log_every: int = 1_000
+    replay_chunk: int = 1_024
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys that never change what a run computes, so `resume` may override them.
+SAFE_RESUME_KEYS = frozenset(
+    {"train.steps", "run.device", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every",
+     "run.eval_every", "run.eval_episodes", "run.threads"}
+)
+
+POSITIVE_KEYS = (
+    "env.num_envs", "env.image_size", "env.action_repeat", "env.max_frames", "model.cnn_depth", "model.deter",
+    "model.hidden", "model.stoch", "model.classes", "model.mlp_units", "behavior.horizon", "train.steps",
+    "train.train_every", "train.batch_size", "train.batch_length", "train.replay_capacity",
+    "run.checkpoint_every", "run.keep_checkpoints", "run.eval_episodes", "run.log_every", "run.replay_chunk",
+)
+NON_NEGATIVE_KEYS = ("env.noop_max", "model.mlp_layers", "model.free_nats", "train.prefill", "train.pretrain",
+                     "train.seed", "train.weight_decay", "train.score_window_frames", "run.eval_every",
+                     "run.threads")
+UNIT_INTERVAL_KEYS = ("env.sticky_actions", "model.kl_balance", "behavior.discount", "behavior.return_lambda",
+                      "behavior.actor_grad_mix")
+
+
+def preset_dirs() -> list[Path]:
+    """Source checkouts keep presets beside the package; wheels install them under share/dreamctl."""
+    return [Path(__file__).resolve().parent.parent / "presets", Path(sys.prefix) / "share" / "dreamctl" / "presets"]
+
+
+def preset_names() -> list[str]:
+    names = {p.stem for folder in preset_dirs() if folder.is_dir() for p in folder.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_preset(preset: str) -> Path:
+    """A preset is a bundled name (`debug`) or a path to the user's own YAML file."""
+    if preset.endswith((".yaml", ".yml")) or "/" in preset or "\\" in preset:
+        path = Path(preset).expanduser()
+        if not path.is_file():
+            raise UsageError(f"preset file '{preset}' does not exist; pass a YAML file or one of: "
+                             f"{', '.join(preset_names())}.")
+        return path
+    for folder in preset_dirs():
+        if (folder / f"{preset}.yaml").is_file():
+            return folder / f"{preset}.yaml"
+    raise UsageError(f"unknown preset '{preset}'{_did_you_mean(preset, preset_names())}; "
+                     f"the presets are: {', '.join(preset_names())}.")
+
+
+def load_config(preset: str = "debug", overrides: typing.Sequence[str] = ()) -> Config:
+    """Build the config of a new run from a preset (name or file) plus `key=value` overrides."""
+    path = find_preset(preset)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"preset '{preset}' is not valid YAML{where}; fix the file or pick another preset.") from None
+    except (OSError, UnicodeDecodeError):
+        raise UsageError(f"preset '{preset}' could not be read as a text file; pass a YAML file.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"preset '{preset}' must be a YAML mapping of sections (env, model, ...).")
+    cfg = from_dict(data, source=f"preset '{preset}'")
+    return apply_overrides(cfg, overrides)
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Typed construction: every unknown key and every wrongly typed value is named."""
+    cfg = Config()
+    for section, values in data.items():
+        if section not in _sections():
+            raise UsageError(f"unknown section '{section}' in {source}{_did_you_mean(section, _sections())}.")
+        if not isinstance(values, dict):
+            raise UsageError(f"section '{section}' in {source} must be a mapping of keys to values.")
+        for key, value in values.items():
+            _assign(cfg, f"{section}.{key}", value, source)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    cfg = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in _sections()})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"override '{item}' must look like key=value, for example model.deter=256.")
+        _assign(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "", "--set")
+    return cfg
+
+
+def override_keys(overrides: typing.Sequence[str]) -> list[str]:
+    return [item.partition("=")[0].strip() for item in overrides]
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s in _sections() for f in dataclasses.fields(getattr(Config(), s))]
+
+
+def validate(cfg: Config) -> Config:
+    """Value rules that types alone cannot state; run once before anything is created."""
+    for key in POSITIVE_KEYS:
+        if get_value(cfg, key) <= 0:
+            raise UsageError(f"{key} must be positive, got {get_value(cfg, key)}.")
+    for key in NON_NEGATIVE_KEYS:
+        if get_value(cfg, key) < 0:
+            raise UsageError(f"{key} must not be negative, got {get_value(cfg, key)}.")
+    for key in UNIT_INTERVAL_KEYS:
+        if not 0.0 <= get_value(cfg, key) <= 1.0:
+            raise UsageError(f"{key} must lie in [0, 1], got {get_value(cfg, key)}.")
+    if cfg.train.batch_length < 2:
+        raise UsageError("train.batch_length must be at least 2.")
+    per_env = cfg.train.replay_capacity // cfg.env.num_envs
+    if per_env < cfg.train.batch_length:
+        raise UsageError(f"train.replay_capacity ({cfg.train.replay_capacity}) must hold at least "
+                         f"train.batch_length steps per env copy; raise it or lower env.num_envs.")
+    if not (cfg.run.device in ("auto", "cpu") or cfg.run.device.startswith("cuda")):
+        raise UsageError(f"run.device must be auto, cpu or cuda[:i], got '{cfg.run.device}'.")
+    return cfg
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
+    section, _, name = key.partition(".")
+    if section not in _sections() or not name:
+        raise UsageError(f"unknown config key '{key}' in {source}{_did_you_mean(key, all_keys())}.")
+    target = getattr(cfg, section)
+    hints = typing.get_type_hints(type(target))
+    if name not in hints:
+        raise UsageError(f"unknown config key '{key}' in {source}{_did_you_mean(key, all_keys())}.")
+    setattr(target, name, _coerce(key, value, hints[name], source))
+
+
+def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        text = str(value)
+        if text not in choices:
+            raise UsageError(f"{key} in {source} must be one of {', '.join(choices)}, got '{value}'.")
+        return text
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UsageError(f"{key} in {source} must be {_type_name(kind)}, got {value!r}.")
+
+
+def _type_name(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,137 @@
+"""The recurrent state-space model: a deterministic GRU path h and a stochastic path of categorical latents z.
+
+The prior p(z_t | h_t) is all imagination ever sees; the posterior q(z_t | h_t, x_t) also sees the image.
+Both share h_t, computed from (z_{t-1}, a_{t-1}, h_{t-1}). Latents are `stoch` one-hot variables of
+`classes` classes each, sampled with straight-through gradients (SPEC.md §1.3).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dreamctl.nets import LayerNormGRUCell, OneHotDist, init_keras_
+
+
+class State(NamedTuple):
+    """Model state; every field has the same leading batch axes."""
+
+    deter: Tensor  # (..., deter)
+    stoch: Tensor  # (..., stoch * classes), one-hot samples flattened
+    logits: Tensor  # (..., stoch, classes), the distribution the sample came from
+
+    def feat(self) -> Tensor:
+        """The feature every head reads: concat(flatten(z), h)."""
+        return torch.cat([self.stoch, self.deter.to(self.stoch.dtype)], -1)
+
+    def map(self, fn) -> State:
+        return State(*(fn(x) for x in self))
+
+    @staticmethod
+    def stack(states: list[State], dim: int) -> State:
+        return State(*(torch.stack(xs, dim) for xs in zip(*states)))
+
+
+class RSSM(nn.Module):
+    def __init__(self, embed_dim: int, action_dim: int, deter: int = 600, hidden: int = 600,
+                 stoch: int = 32, classes: int = 32, norm_eps: float = 1e-3):
+        super().__init__()
+        self.deter_dim, self.stoch, self.classes = deter, stoch, classes
+        latent = stoch * classes
+        self.img_in = nn.Linear(latent + action_dim, hidden)
+        self.gru = LayerNormGRUCell(hidden, deter, eps=norm_eps)
+        self.img_out = nn.Linear(deter, hidden)
+        self.prior_logits = nn.Linear(hidden, latent)
+        self.obs_out = nn.Linear(deter + embed_dim, hidden)
+        self.post_logits = nn.Linear(hidden, latent)
+        init_keras_(self)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.stoch * self.classes + self.deter_dim
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> State:
+        return State(
+            torch.zeros(batch, self.deter_dim, device=device),
+            torch.zeros(batch, self.stoch * self.classes, device=device),
+            torch.zeros(batch, self.stoch, self.classes, device=device),
+        )
+
+    def img_step(self, state: State, action: Tensor) -> State:
+        """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t)."""
+        x = F.elu(self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1)))
+        deter = self.gru(x, state.deter)
+        logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
+        return State(deter, OneHotDist(logits).sample().flatten(-2), logits)
+
+    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
+        """Posterior step; resets the previous state and action to zero where an episode starts.
+
+        Returns the posterior state and the prior's logits.
+        """
+        keep = (1.0 - is_first.float()).unsqueeze(-1)
+        state = State(state.deter * keep, state.stoch * keep, state.logits)
+        return self._posterior_step(state, self._action_in(action * keep), self._embed_in(embed))
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None
+                ) -> tuple[State, Tensor]:
+        """Unroll the posterior over a (B, T) batch; returns posterior states and prior logits on axis 1.
+
+        The action's share of the prior input and the image's share of the posterior projection are computed
+        for all T steps in one matrix product each, so the sequential loop does only the work that depends on
+        the previous step. Nothing in the loop syncs with the host.
+        """
+        batch, length = embed.shape[:2]
+        if state is None:
+            state = self.initial(batch, embed.device)
+        keep = (1.0 - is_first.float()).unsqueeze(-1)
+        action_in, embed_in = self._action_in(action * keep), self._embed_in(embed)
+        posts, prior_logits = [], []
+        for t in range(length):
+            state = State(state.deter * keep[:, t], state.stoch * keep[:, t], state.logits)
+            state, logits = self._posterior_step(state, action_in[:, t], embed_in[:, t])
+            posts.append(state)
+            prior_logits.append(logits)
+        return State.stack(posts, 1), torch.stack(prior_logits, 1)
+
+    def _action_in(self, action: Tensor) -> Tensor:
+        latent = self.stoch * self.classes
+        return F.linear(action, self.img_in.weight[:, latent:], self.img_in.bias)
+
+    def _embed_in(self, embed: Tensor) -> Tensor:
+        return F.linear(embed, self.obs_out.weight[:, self.deter_dim:], self.obs_out.bias)
+
+    def _posterior_step(self, state: State, action_in: Tensor, embed_in: Tensor) -> tuple[State, Tensor]:
+        latent = self.stoch * self.classes
+        x = F.elu(F.linear(state.stoch, self.img_in.weight[:, :latent]) + action_in)
+        deter = self.gru(x, state.deter)
+        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
+        hidden = F.elu(F.linear(deter, self.obs_out.weight[:, :self.deter_dim]) + embed_in)
+        logits = self._logits(self.post_logits(hidden))
+        return State(deter, OneHotDist(logits).sample().flatten(-2), logits), prior_logits
+
+    def _logits(self, flat: Tensor) -> Tensor:
+        return flat.float().unflatten(-1, (self.stoch, self.classes))
+
+
+def categorical_kl(post_logits: Tensor, prior_logits: Tensor) -> Tensor:
+    """KL(q || p) of independent categoricals, summed over the latent variables."""
+    log_q = post_logits.float().log_softmax(-1)
+    log_p = prior_logits.float().log_softmax(-1)
+    return (log_q.exp() * (log_q - log_p)).sum((-2, -1))
+
+
+def kl_balance(post_logits: Tensor, prior_logits: Tensor, balance: float = 0.8, free: float = 0.0
+               ) -> tuple[Tensor, Tensor]:
+    """KL balancing (paper Eq. 2 and Alg. 2): train the prior toward the posterior `balance` times as hard
+    as the posterior is regularised toward the prior. The free-nats floor applies to the batch mean.
+
+    Returns (loss, mean KL value).
+    """
+    kl_prior = categorical_kl(post_logits.detach(), prior_logits).mean()
+    kl_post = categorical_kl(post_logits, prior_logits.detach()).mean()
+    loss = balance * kl_prior.clamp_min(free) + (1.0 - balance) * kl_post.clamp_min(free)
+    return loss, kl_prior.detach()

@@ -1,0 +1,252 @@
+"""The library's entry points for training: `train` (config in, run out) and `resume`.
+
+They glue the registry to the trainer: create or lock the run, build env and trainer, stream chunks,
+checkpoints, logs and evaluations into the run folder, and record how the run ended in run.yaml.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from dreamctl.agent import resolve_device, resolve_precision
+from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys, validate
+from dreamctl.envs import make_env, resolve
+from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.evaluate import evaluate_agent
+from dreamctl.metrics import MetricsLogger, read_jsonl
+from dreamctl.registry import Registry, Run, now
+from dreamctl.trainer import Episode, Hooks, Progress, Trainer
+
+MODEL_BYTES_PER_PARAM = 16  # weights, gradients and Adam's two moments, in float32
+
+
+@dataclass
+class Outcome:
+    run: Run
+    finished: bool  # False when stopped early (signal)
+    env_steps: int
+    last_return: float | None
+
+
+class RunHooks(Hooks):
+    """Streams what the trainer produces into the run folder."""
+
+    def __init__(self, run: Run, cfg: Config, logger: MetricsLogger, progress: Callable[[Progress], None] | None):
+        self.run, self.cfg, self.logger, self.progress = run, cfg, logger, progress
+
+    def on_progress(self, progress: Progress) -> None:
+        if self.progress:
+            self.progress(progress)
+
+    def on_metrics(self, step: int, scalars: dict[str, float]) -> None:
+        self.logger.scalars(step, scalars)
+        self.logger.flush()
+
+    def on_episode(self, episode: Episode) -> None:
+        self.logger.episode(episode.end_step, {"return": episode.ret, "length": episode.length,
+                                               "frames": episode.frames, "capped": episode.capped,
+                                               "frame": episode.end_frame, "env": episode.env_index})
+
+    def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
+        self.run.write_chunk(index, rows)
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        save_checkpoint(self.run, trainer, self.cfg)
+
+    def on_eval(self, trainer: Trainer) -> None:
+        save_checkpoint(self.run, trainer, self.cfg)
+        meta = self.run.meta()
+        result = evaluate_agent(trainer.agent, meta, self.cfg.run.eval_episodes, self.cfg.train.seed + 10_000)
+        record = {"step": trainer.env_steps, **{k: v for k, v in result.items() if k != "returns"}}
+        self.run.update(lambda m: m.setdefault("evals", []).append(record))
+        self.logger.scalars(trainer.env_steps, {"eval/return": result["mean"]})
+
+
+def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
+    tensors, metadata = trainer.state_tensors()
+    first_chunk = trainer.chunks_needed(trainer.replay.cursor).start
+    run.save_checkpoint(tensors, metadata, trainer.env_steps, {"updates": trainer.updates, "first_chunk": first_chunk})
+    run.update(lambda m: m.update(progress=progress_of(trainer)))
+    run.prune_checkpoints(cfg.run.keep_checkpoints)
+
+
+def progress_of(trainer: Trainer) -> dict[str, Any]:
+    return {"env_steps": trainer.env_steps, "frames": trainer.env_steps * trainer.env.spec.action_repeat,
+            "updates": trainer.updates, "wall_time": round(trainer.wall_time, 2)}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("dreamctl", "torch", "numpy", "gymnasium", "ale-py", "safetensors"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def estimate_memory(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
+    """Bytes the run will need: the full replay, the model with its optimiser state, one batch's activations."""
+    step_bytes = int(np.prod(obs_shape)) + 4 * 2 + 3
+    replay = cfg.train.replay_capacity * step_bytes
+    model = params * MODEL_BYTES_PER_PARAM
+    t, m = cfg.train, cfg.model
+    images = t.batch_size * t.batch_length
+    activations = images * (4 * int(np.prod(obs_shape)) * 12 + 4 * m.cnn_depth * 31 * 31 * 4)
+    activations += images * cfg.behavior.horizon * 4 * (m.deter + m.stoch * m.classes) * 8
+    return {"replay": replay, "model": model, "activations": activations,
+            "total": replay + model + activations}
+
+
+def available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def preflight(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
+    need = estimate_memory(cfg, obs_shape, params)
+    have = available_memory()
+    if have is not None and need["total"] > have:
+        raise DreamctlError(
+            f"this run needs about {need['total'] / 2**30:.1f} GiB (replay {need['replay'] / 2**30:.1f} GiB) but "
+            f"only {have / 2**30:.1f} GiB is available; lower train.replay_capacity (e.g. --set "
+            f"train.replay_capacity={max(cfg.train.batch_length * cfg.env.num_envs, int(cfg.train.replay_capacity * have / need['total'] * 0.8))}).")
+    return need
+
+
+def prepare(cfg: Config) -> Config:
+    cfg = validate(cfg)
+    cfg.env.name = resolve(cfg.env.name)
+    return cfg
+
+
+def configure_torch(cfg: Config) -> torch.device:
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    resolve_precision(cfg.run.precision, device)
+    return device
+
+
+def train(cfg: Config, home: str | Path | None = None, name: str | None = None, preset: str = "custom",
+          command: Sequence[str] | None = None, progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] = lambda: False, on_created: Callable[[Run], None] | None = None
+          ) -> Outcome:
+    """Create a run in the registry and train it to cfg.train.steps agent steps."""
+    cfg = prepare(cfg)
+    device = configure_torch(cfg)
+    env = make_env(cfg.env, cfg.train.seed)
+    try:
+        trainer = Trainer(cfg, env, device)
+        params = sum(p.numel() for p in trainer.agent.parameters())
+        preflight(cfg, env.spec.obs_shape, params)
+        spec = env.spec
+        run = Registry(home).create({
+            "env": cfg.env.name, "preset": preset, "seed": cfg.train.seed,
+            "command": " ".join(command if command is not None else sys.argv),
+            "versions": versions(), "device": str(device), "precision": cfg.run.precision,
+            "target_steps": cfg.train.steps,
+            "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
+            "env_spec": {"obs_shape": list(spec.obs_shape), "action_dim": spec.action_dim,
+                         "discrete": spec.discrete, "action_repeat": spec.action_repeat},
+            "parameters": params, "checkpoints": [], "evals": [],
+            "history": [{"event": "created", "time": now()}], "error": None,
+            "config": cfg.to_dict()}, name)
+        if on_created:
+            on_created(run)
+        with run.locked():
+            logger = MetricsLogger(run.path)
+            trainer.hooks = RunHooks(run, cfg, logger, progress)
+            return _execute(run, cfg, trainer, logger, should_stop)
+    finally:
+        env.close()
+
+
+def resume(ref: str, home: str | Path | None = None, steps: int | None = None, overrides: Sequence[str] = (),
+           checkpoint: str | int = "latest", progress: Callable[[Progress], None] | None = None,
+           should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+    """Continue a run from a checkpoint (default: its latest) to `steps` total agent steps."""
+    run = Registry(home).resolve(ref)
+    unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
+    if unsafe:
+        raise UsageError(f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
+                         f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead.")
+    with run.locked():
+        run.remove_temp_files()
+        meta = run.meta()
+        cfg = apply_overrides(from_dict(meta["config"], source=f"{run.ref}'s run.yaml"), overrides)
+        entry = run.find_checkpoint(checkpoint, meta)
+        target = steps if steps is not None else int(meta.get("target_steps", cfg.train.steps))
+        if target <= entry["step"]:
+            raise UsageError(f"{run.ref} is already at {entry['step']} agent steps; pass --steps above that to "
+                             f"train it further.")
+        cfg.train.steps = target
+        cfg = prepare(cfg)
+        tensors, metadata = run.load_checkpoint(entry)
+        device = configure_torch(cfg)
+        resumes = sum(1 for h in meta.get("history", []) if h.get("event") == "resumed")
+        env = make_env(cfg.env, cfg.train.seed + resumes + 1)
+        try:
+            trainer = Trainer(cfg, env, device)
+            env_restored = trainer.load_state(tensors, metadata, run.read_chunk)
+            logger = MetricsLogger(run.path, resume_step=entry["step"])
+            trainer.hooks = RunHooks(run, cfg, logger, progress)
+            run.drop_checkpoints_after(entry["step"])
+            event = {"event": "resumed", "time": now(), "from_step": entry["step"], "target_steps": target,
+                     "overrides": list(overrides), "device": str(device), "env_restored": env_restored}
+            if not env_restored:
+                event["note"] = "the env cannot save its state, so new episodes were started"
+
+            def mark(m: dict[str, Any]) -> None:
+                m.update(status="running", error=None, target_steps=target, config=cfg.to_dict(), device=str(device))
+                m.setdefault("history", []).append(event)
+            run.update(mark)
+            return _execute(run, cfg, trainer, logger, should_stop)
+        finally:
+            env.close()
+
+
+def _execute(run: Run, cfg: Config, trainer: Trainer, logger: MetricsLogger,
+             should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+    try:
+        finished = trainer.run(cfg.train.steps, should_stop)
+        save_checkpoint(run, trainer, cfg)
+        status = "finished" if finished else "interrupted"
+
+        def close(m: dict[str, Any]) -> None:
+            m.update(status=status, progress=progress_of(trainer))
+            if finished and cfg.train.score_window_frames:
+                m["score"] = window_score(run, trainer, cfg)
+        run.update(close)
+        return Outcome(run, finished, trainer.env_steps, trainer.last_return)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, DreamctlError) else f"{type(exc).__name__}: {exc}"
+        run.update(lambda m: m.update(status="failed", error=message, progress=progress_of(trainer)))
+        raise
+    finally:
+        logger.close()
+
+
+def window_score(run: Run, trainer: Trainer, cfg: Config) -> dict[str, Any]:
+    """Atari100k's score: mean return of the training episodes that end in the last `window` frames."""
+    end = cfg.train.steps * trainer.env.spec.action_repeat
+    start = end - cfg.train.score_window_frames
+    returns = [e["return"] for e in read_jsonl(run.path / "episodes.jsonl") if start < e["frame"] <= end]
+    if not returns:
+        return {"value": None, "episodes": 0, "rule": f"no training episode ended in frames ({start}, {end}]"}
+    return {"value": float(np.mean(returns)), "episodes": len(returns),
+            "rule": f"mean return of training episodes ending in frames ({start}, {end}]"}

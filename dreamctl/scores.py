@@ -1,0 +1,62 @@
+"""Reference scores of the Atari games (random, professional gamer, world record) and normalised scores.
+
+Data: dreamctl/data/atari_scores.csv, from danijar/dreamerv2 `scores/baselines.json` (the DreamerV2 paper's
+normalisers) and danijar/dreamerv3 `baselines.yaml` (the Atari100k normalisers). Gamer-normalised score =
+(score - random) / (human_gamer - random); the paper calls this "human-normalised".
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from dataclasses import dataclass
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class GameScores:
+    game: str  # snake_case name, e.g. ms_pacman
+    ale_id: str  # e.g. ALE/MsPacman-v5
+    random: float
+    human_gamer: float | None
+    human_record: float | None
+    dreamerv2: float | None  # the released 200M-frame runs' last evaluation, mean over seeds
+    in_atari100k: bool
+    random_100k: float | None
+    human_100k: float | None
+    dreamerv3_100k: float | None
+
+
+@functools.cache
+def table() -> dict[str, GameScores]:
+    text = resources.files("dreamctl").joinpath("data/atari_scores.csv").read_text()
+    out = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        number = lambda key: float(row[key]) if row[key] else None  # noqa: E731
+        out[row["game"]] = GameScores(
+            row["game"], row["ale_id"], float(row["random"]), number("human_gamer"), number("human_record"),
+            number("dreamerv2_last_point"), row["in_atari100k"] == "yes", number("random_100k"),
+            number("human_100k"), number("dreamerv3_100k"))
+    return out
+
+
+def human_normalized(game: str, score: float, atari100k: bool = False) -> float | None:
+    """Gamer-normalised score, or None where the game has no human reference.
+
+    `atari100k` picks the normalisers that Atari100k results are reported with (they differ slightly).
+    """
+    ref = table().get(game)
+    if ref is None:
+        return None
+    low, high = (ref.random_100k, ref.human_100k) if atari100k and ref.in_atari100k else (ref.random, ref.human_gamer)
+    if low is None or high is None or high == low:
+        return None
+    return (score - low) / (high - low)
+
+
+def record_normalized(game: str, score: float) -> float | None:
+    ref = table().get(game)
+    if ref is None or ref.human_record is None or ref.human_record == ref.random:
+        return None
+    return (score - ref.random) / (ref.human_record - ref.random)

@@ -1,0 +1,276 @@
+"""The training loop: random prefill -> collect with the policy -> replay -> an update every N agent steps.
+
+Nothing here knows about files, Typer or rich: the caller passes `Hooks` that receive progress, metrics,
+finished episodes, filled replay chunks and checkpoint requests. Every stateful part of the loop (agent,
+optimisers, RNGs, envs, acting state, the replay tail) round-trips through `state_tensors` /
+`load_state`, so a resumed run continues bit for bit where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dreamctl.agent import Agent, ActState
+from dreamctl.config import Config
+from dreamctl.envs.base import BatchedEnv, Step, restore_rng, rng_state_bytes
+from dreamctl.replay import FIELDS, Replay
+from dreamctl.rssm import State
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Episode:
+    env_index: int
+    ret: float
+    length: int  # agent steps
+    frames: int
+    capped: bool  # ended by the frame cap rather than by the game
+    end_step: int  # the run's agent-step counter when it ended
+    end_frame: int
+
+
+@dataclass
+class Progress:
+    env_steps: int
+    total_steps: int
+    updates: int
+    episodes: int
+    last_return: float | None
+    wall_time: float
+    prefill: bool
+
+
+class Hooks:
+    """Callbacks from the loop; the defaults do nothing."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+    def on_metrics(self, step: int, scalars: dict[str, float]) -> None: ...
+    def on_episode(self, episode: Episode) -> None: ...
+    def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None: ...
+    def on_checkpoint(self, trainer: Trainer) -> None: ...
+    def on_eval(self, trainer: Trainer) -> None: ...
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, env: BatchedEnv, device: torch.device, hooks: Hooks | None = None):
+        self.cfg, self.env, self.device = cfg, env, device
+        self.hooks = hooks or Hooks()
+        self.rng = seed_everything(cfg.train.seed)
+        spec = env.spec
+        self.agent = Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete, device)
+        self.replay = Replay(cfg.train.replay_capacity, env.num_envs, spec.obs_shape, spec.action_dim,
+                             spec.discrete)
+        n = env.num_envs
+        self.env_steps = self.updates = self.episodes = 0
+        self.wall_time = 0.0
+        self.last_return: float | None = None
+        self.act_state = self.agent.initial_act_state(n)
+        self.episode_return = np.zeros(n, np.float64)
+        self.episode_length = np.zeros(n, np.int64)
+        self.obs: Step | None = None
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._metric_count = 0
+        self._clock = time.perf_counter()
+        self._log_mark = (0, 0, time.perf_counter())
+
+    # ---------------------------------------------------------------- the loop
+
+    def start(self) -> None:
+        """Begin the first episodes; the reset frames are stored like every other step."""
+        self._store(self.env.reset(), None)
+
+    def run(self, total_steps: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Train until `total_steps` agent steps; returns False if `should_stop` ended it early."""
+        if self.obs is None:
+            self.start()
+        self._clock = time.perf_counter()
+        while self.env_steps < total_steps:
+            if should_stop():
+                return False
+            before = self.env_steps
+            self._collect()
+            while self.updates < self._updates_due():
+                self._update()
+            self._after_tick(before, total_steps)
+        return True
+
+    def _collect(self) -> None:
+        spec, n = self.env.spec, self.env.num_envs
+        if self.env_steps < self.cfg.train.prefill:
+            if spec.discrete:
+                action = self.rng.integers(0, spec.action_dim, size=n)
+            else:
+                action = self.rng.uniform(-1.0, 1.0, size=(n, spec.action_dim)).astype(np.float32)
+        else:
+            obs = torch.from_numpy(self.obs.obs).to(self.device)
+            first = torch.from_numpy(self.obs.is_first).to(self.device)
+            action_t, self.act_state = self.agent.policy(obs, first, self.act_state)
+            action = (action_t.argmax(-1) if spec.discrete else action_t).cpu().numpy()
+        self._store(self.env.step(action), action)
+
+    def _store(self, step: Step, action: np.ndarray | None) -> None:
+        """Append one row (the action that led to each frame; none where an episode starts) and count it."""
+        n, spec = self.env.num_envs, self.env.spec
+        if spec.discrete:
+            stored = np.full(n, -1, np.int32) if action is None else np.where(step.is_first, -1, action)
+        else:
+            stored = np.zeros((n, spec.action_dim), np.float32)
+            if action is not None:
+                stored = np.where(step.is_first[:, None], 0.0, action).astype(np.float32)
+        self.replay.add({"image": step.obs, "action": stored, "reward": step.reward, "is_first": step.is_first,
+                         "is_last": step.is_last, "is_terminal": step.is_terminal})
+        self.obs = step
+        self.env_steps += n
+        self._track_episodes(step)
+        chunk = self.cfg.run.replay_chunk
+        if self.replay.cursor % chunk == 0:
+            index = self.replay.cursor // chunk - 1
+            self.hooks.on_chunk(index, self.replay.rows(index * chunk, self.replay.cursor))
+
+    def _track_episodes(self, step: Step) -> None:
+        self.episode_return[step.is_first] = 0.0
+        self.episode_length[step.is_first] = 0
+        self.episode_return += step.reward
+        self.episode_length += ~step.is_first
+        repeat = self.env.spec.action_repeat
+        for i in np.flatnonzero(step.is_last):
+            self.episodes += 1
+            self.last_return = float(self.episode_return[i])
+            length = int(self.episode_length[i])
+            self.hooks.on_episode(Episode(int(i), self.last_return, length, length * repeat,
+                                          bool(not step.is_terminal[i]), self.env_steps,
+                                          self.env_steps * repeat))
+
+    def _updates_due(self) -> int:
+        t = self.cfg.train
+        if self.env_steps < t.prefill or not self.replay.can_sample(t.batch_length):
+            return 0
+        return t.pretrain + (self.env_steps - t.prefill) // t.train_every
+
+    def _update(self) -> None:
+        t = self.cfg.train
+        batch = self.replay.to_torch(self.replay.sample(t.batch_size, t.batch_length, self.rng), self.device)
+        metrics = self.agent.train_step(batch)
+        self.updates += 1
+        for key, value in metrics.items():
+            value = value.detach().float()
+            self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
+        self._metric_count += 1
+
+    def _after_tick(self, before: int, total_steps: int) -> None:
+        run = self.cfg.run
+        now = time.perf_counter()
+        self.wall_time += now - self._clock
+        self._clock = now
+        self.hooks.on_progress(Progress(self.env_steps, total_steps, self.updates, self.episodes,
+                                        self.last_return, self.wall_time, self.env_steps < self.cfg.train.prefill))
+        if _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps:
+            self.hooks.on_metrics(self.env_steps, self.flush_metrics())
+        if run.eval_every and _crossed(before, self.env_steps, run.eval_every):
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self.hooks.on_eval(self)
+        if _crossed(before, self.env_steps, run.checkpoint_every) and self.env_steps < total_steps:
+            self.hooks.on_checkpoint(self)
+
+    def flush_metrics(self) -> dict[str, float]:
+        """Means of the update metrics since the last flush, plus speeds; one host sync per flush."""
+        steps0, updates0, time0 = self._log_mark
+        now = time.perf_counter()
+        scalars = {k: float(v) / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
+        scalars["train/updates"] = float(self.updates)
+        scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)
+        scalars["train/updates_per_s"] = (self.updates - updates0) / max(now - time0, 1e-9)
+        self._metric_sums, self._metric_count = {}, 0
+        self._log_mark = (self.env_steps, self.updates, now)
+        return scalars
+
+    # ---------------------------------------------------------------- checkpoint state
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Everything needed to continue exactly, as named tensors plus string metadata."""
+        tensors = self.agent.state_tensors()
+        tensors["rng/torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors["rng/numpy"] = torch.from_numpy(rng_state_bytes(self.rng))
+        tensors["rng/python"] = _bytes_tensor(json.dumps(random.getstate()))
+        for key, value in self.env.get_state().items():
+            tensors[f"env/{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+        for key, value in zip(("deter", "stoch", "logits"), self.act_state.latent):
+            tensors[f"act/{key}"] = value
+        tensors["act/action"] = self.act_state.action
+        for key, value in self.obs._asdict().items():
+            tensors[f"obs/{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+        tensors["episode/return"] = torch.from_numpy(self.episode_return)
+        tensors["episode/length"] = torch.from_numpy(self.episode_length)
+        chunk = self.cfg.run.replay_chunk
+        tail_start = self.replay.cursor // chunk * chunk
+        for key, value in self.replay.rows(tail_start, self.replay.cursor).items():
+            tensors[f"replay/{key}"] = torch.from_numpy(value)
+        meta = {"format_version": FORMAT_VERSION, "env_steps": self.env_steps, "updates": self.updates,
+                "episodes": self.episodes, "replay_cursor": self.replay.cursor, "wall_time": self.wall_time,
+                "last_return": self.last_return, "env_saved": bool(self.env.saveable)}
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {k: json.dumps(v) for k, v in meta.items()}
+
+    def chunks_needed(self, replay_cursor: int) -> range:
+        """Indices of the chunk files that hold rows still in memory at `replay_cursor`."""
+        chunk = self.cfg.run.replay_chunk
+        first_row = max(0, replay_cursor - self.replay.rows_per_env)
+        return range(first_row // chunk, replay_cursor // chunk)
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, str],
+                   load_chunk: Callable[[int], dict[str, np.ndarray]]) -> bool:
+        """Restore a checkpoint. Returns False when the envs could not be restored and will restart instead."""
+        info = {k: json.loads(v) for k, v in meta.items()}
+        self.agent.load_state_tensors({k: v.to(self.device) for k, v in tensors.items()})
+        chunk = self.cfg.run.replay_chunk
+        cursor = int(info["replay_cursor"])
+        for index in self.chunks_needed(cursor):
+            self.replay.write_rows(index * chunk, load_chunk(index))
+        tail = {key: tensors[f"replay/{key}"].numpy() for key in FIELDS}
+        self.replay.write_rows(cursor // chunk * chunk, tail)
+        self.env_steps, self.updates = int(info["env_steps"]), int(info["updates"])
+        self.episodes, self.wall_time = int(info["episodes"]), float(info["wall_time"])
+        self.last_return = info["last_return"]
+        torch.set_rng_state(tensors["rng/torch"])
+        if self.device.type == "cuda" and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        restore_rng(self.rng, tensors["rng/numpy"].numpy())
+        random.setstate(_to_tuple(json.loads(bytes(tensors["rng/python"].numpy()).decode())))
+        env_state = {k[len("env/"):]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
+        if self.env.saveable and env_state and info["env_saved"]:
+            self.env.set_state(env_state)
+            self.obs = Step(*(tensors[f"obs/{key}"].numpy() for key in Step._fields))
+            latent = State(*(tensors[f"act/{key}"].to(self.device) for key in ("deter", "stoch", "logits")))
+            self.act_state = ActState(latent, tensors["act/action"].to(self.device))
+            self.episode_return = tensors["episode/return"].numpy().copy()
+            self.episode_length = tensors["episode/length"].numpy().copy()
+            return True
+        self.obs = None  # run() starts new episodes, storing their first frames like any other step
+        return False
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def _bytes_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+
+
+def _to_tuple(value):
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value

@@ -1,0 +1,53 @@
+"""Shared helpers: small configs for unit tests and a runner for the installed `dreamctl` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamctl.config import load_config
+
+torch.set_num_threads(2)
+
+# A fast variant of the debug preset for integration tests: short prefill, few updates, frequent checkpoints.
+FAST = ["train.prefill=200", "train.batch_size=4", "train.batch_length=8", "run.log_every=100",
+        "run.checkpoint_every=200", "run.replay_chunk=32"]
+
+
+def tiny_config(*overrides: str):
+    """Debug preset shrunk further, for unit tests of the maths."""
+    base = ["model.cnn_depth=4", "model.deter=32", "model.hidden=32", "model.stoch=4", "model.classes=4",
+            "model.mlp_units=32", "train.batch_size=3", "train.batch_length=5", "behavior.horizon=4"]
+    return load_config("debug", base + list(overrides))
+
+
+def dreamctl_command() -> list[str]:
+    exe = shutil.which("dreamctl", path=str(Path(sys.executable).parent)) or shutil.which("dreamctl")
+    assert exe, "the dreamctl entry point is not installed; run `pip install -e .[dev]`"
+    return [exe]
+
+
+def run_cli(*args: str, home: Path, env: dict | None = None, timeout: float = 600, check: bool = False
+            ) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DREAMCTL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("DREAMCTL_DEBUG", None)
+    proc = subprocess.run(dreamctl_command() + list(args), capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dreamctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def fast_args() -> list[str]:
+    return [x for item in FAST for x in ("--set", item)]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"

@@ -1,0 +1,81 @@
+"""The typed config: presets load completely, bad keys and types are named, overrides are checked."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dreamctl.config import Config, all_keys, apply_overrides, from_dict, load_config, preset_names, validate
+from dreamctl.errors import UsageError
+
+
+def test_bundled_presets_set_every_key():
+    import yaml
+
+    from dreamctl.config import find_preset
+
+    assert {"atari", "atari100k", "debug"} <= set(preset_names())
+    for name in ("atari", "atari100k", "debug"):
+        data = yaml.safe_load(find_preset(name).read_text())
+        keys = {f"{section}.{key}" for section, values in data.items() for key in values}
+        assert keys == set(all_keys()), name
+        validate(load_config(name))
+
+
+def test_atari_preset_carries_the_paper_values():
+    c = load_config("atari")
+    assert (c.env.image_size, c.env.grayscale, c.model.cnn_depth, c.model.deter, c.model.stoch, c.model.classes) == \
+        (64, True, 48, 600, 32, 32)
+    assert (c.model.mlp_layers, c.model.mlp_units, c.train.batch_size, c.train.batch_length) == (4, 400, 16, 50)
+    assert (c.behavior.horizon, c.behavior.return_lambda, c.behavior.discount) == (15, 0.95, 0.999)
+    assert (c.model.kl_balance, c.model.kl_scale, c.model.free_nats, c.model.discount_scale) == (0.8, 0.1, 0.0, 5.0)
+    assert (c.train.model_lr, c.train.actor_lr, c.train.critic_lr) == (2e-4, 4e-5, 1e-4)
+    assert (c.train.adam_eps, c.train.grad_clip, c.train.weight_decay, c.behavior.actor_entropy) == \
+        (1e-5, 100.0, 1e-6, 1e-3)
+    assert (c.behavior.slow_critic_every, c.train.train_every, c.train.prefill, c.train.replay_capacity) == \
+        (100, 16, 50_000, 2_000_000)
+
+
+def test_unknown_key_names_the_key_and_suggests_the_closest():
+    with pytest.raises(UsageError, match=r"unknown config key 'model.detr' in --set \(did you mean 'model.deter'\?\)"):
+        load_config("debug", ["model.detr=3"])
+    with pytest.raises(UsageError, match="unknown section 'modle'"):
+        from_dict({"modle": {"deter": 3}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.deter=abc", "model.deter in --set must be an integer"),
+    ("model.kl_scale=yes", "model.kl_scale in --set must be a number"),
+    ("env.grayscale=3", "env.grayscale in --set must be true or false"),
+    ("run.precision=64", "run.precision in --set must be one of auto, 32, bf16, 16"),
+    ("novalue", "must look like key=value"),
+])
+def test_wrong_types_are_named(override, message):
+    with pytest.raises(UsageError, match=message):
+        load_config("debug", [override])
+
+
+@pytest.mark.parametrize("override", ["train.steps=0", "env.num_envs=-1", "behavior.discount=1.5",
+                                      "train.replay_capacity=3"])
+def test_values_out_of_range_are_refused(override):
+    with pytest.raises(UsageError):
+        validate(load_config("debug", [override]))
+
+
+def test_preset_file_that_is_not_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [unclosed\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config(str(bad))
+    with pytest.raises(UsageError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+@given(st.integers(1, 10**9))
+def test_integer_overrides_round_trip(value):
+    assert apply_overrides(Config(), [f"train.steps={value}"]).train.steps == value
+
+
+def test_overrides_do_not_mutate_the_original():
+    base = Config()
+    apply_overrides(base, ["model.deter=7"])
+    assert base.model.deter == 600

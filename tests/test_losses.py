@@ -1,0 +1,118 @@
+"""The equations of the losses: KL balancing, lambda-returns, the actor's gradient paths, the slow critic."""
+
+import torch
+
+from dreamctl.agent import Agent
+from dreamctl.behavior import ActorCritic, lambda_return
+from dreamctl.config import BehaviorConfig, ModelConfig
+from dreamctl.rssm import categorical_kl, kl_balance
+
+from conftest import tiny_config
+
+
+def test_kl_balance_sends_80_percent_of_the_gradient_to_the_prior():
+    torch.manual_seed(0)
+    post = torch.randn(2, 3, 4, 5, requires_grad=True)
+    prior = torch.randn(2, 3, 4, 5, requires_grad=True)
+    loss, _ = kl_balance(post, prior, balance=0.8, free=0.0)
+    g_post, g_prior = torch.autograd.grad(loss, [post, prior])
+    kl = categorical_kl(post, prior).mean()
+    full_post, full_prior = torch.autograd.grad(kl, [post, prior])
+    torch.testing.assert_close(g_prior, 0.8 * full_prior)
+    torch.testing.assert_close(g_post, 0.2 * full_post)
+    torch.testing.assert_close(loss, kl)
+
+
+def test_kl_is_summed_over_latents_and_free_nats_floor_the_mean():
+    post = torch.zeros(1, 1, 32, 4)
+    post[..., 0] = 5.0
+    prior = torch.zeros(1, 1, 32, 4)
+    per_var = categorical_kl(post[..., :1, :], prior[..., :1, :])
+    torch.testing.assert_close(categorical_kl(post, prior), 32 * per_var)
+    loss, value = kl_balance(post, prior, 0.8, free=1e6)
+    assert loss.item() == 1e6 and value.item() < 1e6
+
+
+def test_lambda_return_matches_a_hand_worked_example_with_a_terminal():
+    # Three imagined steps; d_1 = 0 is a terminal. lambda = 0.5, bootstrap v(s_3) = 4.
+    reward = torch.tensor([1.0, 2.0, 3.0])
+    value = torch.tensor([0.0, 10.0, 0.0])  # v(s_0), v(s_1), v(s_2)
+    discount = torch.tensor([0.9, 0.0, 0.9])
+    returns = lambda_return(reward, value, discount, torch.tensor(4.0), lambda_=0.5)
+    # V_2 = 3 + 0.9 (0.5 * 4 + 0.5 * 4) = 6.6
+    # V_1 = 2 + 0 * (...) = 2
+    # V_0 = 1 + 0.9 (0.5 * v_1 + 0.5 * V_1) = 1 + 0.9 (5 + 1) = 6.4
+    torch.testing.assert_close(returns, torch.tensor([6.4, 2.0, 6.6]))
+
+
+def test_lambda_return_with_lambda_one_is_the_discounted_sum():
+    reward, discount = torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5])
+    returns = lambda_return(reward, torch.zeros(2), discount, torch.tensor(8.0), lambda_=1.0)
+    torch.testing.assert_close(returns, torch.tensor([1 + 0.5 * (1 + 0.5 * 8), 1 + 0.5 * 8]))
+
+
+def test_slow_critic_is_copied_every_100_updates_and_at_no_other_time():
+    torch.manual_seed(0)
+    ac = ActorCritic(BehaviorConfig(slow_critic_every=100), ModelConfig(mlp_layers=1, mlp_units=4), 3, 2, True)
+    copied = []
+    for update in range(301):
+        with torch.no_grad():
+            for p in ac.critic.parameters():
+                p.add_(0.01)
+        before = [p.clone() for p in ac.slow_critic.parameters()]
+        ac.update_slow_critic()
+        changed = any(not torch.equal(b, p) for b, p in zip(before, ac.slow_critic.parameters()))
+        if changed:
+            assert all(torch.equal(s, c) for s, c in zip(ac.slow_critic.parameters(), ac.critic.parameters()))
+            copied.append(update)
+    assert copied == [0, 100, 200, 300]
+
+
+def _imagined_losses(rho_setting: str):
+    torch.manual_seed(0)
+    cfg = tiny_config(f"behavior.actor_grad={rho_setting}")
+    agent = Agent(cfg, (64, 64, 1), 3, True)
+    batch = _batch(cfg)
+    with torch.no_grad():
+        post = agent.world_model.loss(batch).post
+    traj = agent.behavior.imagine(agent.world_model, post)
+    actor_loss, _, _ = agent.behavior.losses(agent.world_model, traj, batch["is_terminal"])
+    return agent, traj, actor_loss
+
+
+def test_with_rho_one_the_actor_gradient_does_not_flow_through_the_dynamics():
+    agent, traj, actor_loss = _imagined_losses("reinforce")
+    assert not traj.feat.requires_grad  # imagination ran without autograd
+    grads = torch.autograd.grad(actor_loss, list(agent.behavior.actor.parameters()))
+    assert sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in agent.world_model.parameters())
+
+
+def test_with_rho_zero_the_actor_gradient_flows_through_the_dynamics():
+    agent, traj, actor_loss = _imagined_losses("dynamics")
+    assert traj.feat.requires_grad
+    (g_feat,) = torch.autograd.grad(actor_loss, [traj.feat], retain_graph=True)
+    assert g_feat.abs().sum() > 0
+
+
+def test_one_update_changes_each_module_only_through_its_own_optimiser():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    agent = Agent(cfg, (64, 64, 1), 3, True)
+    names = {name: set(id(p) for p in opt.params) for name, opt in agent.optimizers.items()}
+    assert not (names["model"] & names["actor"]) and not (names["actor"] & names["critic"])
+    assert set(id(p) for p in agent.behavior.actor.parameters()) == names["actor"]
+    metrics = agent.train_step(_batch(cfg))
+    assert all(torch.isfinite(v).all() for v in metrics.values())
+    assert int(agent.behavior.updates) == 1
+
+
+def _batch(cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, t = cfg.train.batch_size, cfg.train.batch_length
+    is_first = torch.zeros(b, t)
+    is_first[:, 0] = 1
+    return {"image": torch.randint(0, 256, (b, t, 64, 64, 1), dtype=torch.uint8, generator=g),
+            "action": torch.nn.functional.one_hot(torch.randint(0, 3, (b, t), generator=g), 3).float(),
+            "reward": torch.randn(b, t, generator=g), "is_first": is_first, "is_last": torch.zeros(b, t),
+            "is_terminal": (torch.rand(b, t, generator=g) < 0.1).float()}

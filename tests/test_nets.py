@@ -1,0 +1,129 @@
+"""Shapes, parameter counts and the numerics of the building blocks."""
+
+import math
+
+import pytest
+import torch
+
+from dreamctl.agent import Agent
+from dreamctl.config import load_config
+from dreamctl.nets import MLP, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
+
+
+@pytest.fixture(scope="module")
+def atari_agent():
+    torch.manual_seed(0)
+    return Agent(load_config("atari"), (64, 64, 1), 6, True)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_match_the_paper_architecture(atari_agent):
+    wm, beh = atari_agent.world_model, atari_agent.behavior
+    expected = {"encoder": 1.55e6, "rssm": 5.66e6, "decoder": 10.50e6, "reward": 1.13e6, "discount": 1.13e6,
+                "world_model": 19.97e6, "actor": 1.13e6, "critic": 1.13e6}
+    actual = {"encoder": count(wm.encoder), "rssm": count(wm.rssm), "decoder": count(wm.decoder),
+              "reward": count(wm.reward_head), "discount": count(wm.discount_head), "world_model": count(wm),
+              "actor": count(beh.actor), "critic": count(beh.critic)}
+    for name, value in expected.items():
+        assert abs(actual[name] - value) / value < 0.02, (name, actual[name], value)
+
+
+def test_atari_module_shapes(atari_agent):
+    wm = atari_agent.world_model
+    image = torch.zeros(2, 3, 1, 64, 64)
+    embed = wm.encoder(image)
+    assert embed.shape == (2, 3, 1536)
+    post, prior_logits = wm.rssm.observe(embed, torch.zeros(2, 3, 6), torch.ones(2, 3))
+    assert post.deter.shape == (2, 3, 600) and post.stoch.shape == (2, 3, 1024)
+    assert post.logits.shape == prior_logits.shape == (2, 3, 32, 32)
+    feat = post.feat()
+    assert feat.shape == (2, 3, 1624)
+    assert wm.decoder(feat).shape == (2, 3, 1, 64, 64)
+    assert wm.reward(feat).shape == (2, 3) and wm.continuation(feat).shape == (2, 3)
+    assert atari_agent.behavior.actor(feat).sample().shape == (2, 3, 6)
+    assert atari_agent.behavior.critic(feat).shape == (2, 3, 1)
+
+
+def test_encoder_and_decoder_spatial_sizes():
+    enc = Encoder(3, 4)
+    assert enc(torch.zeros(5, 3, 64, 64)).shape == (5, 4 * 8 * 4)
+    dec = Decoder(10, 4, 3)
+    assert dec(torch.zeros(5, 10)).shape == (5, 3, 64, 64)
+
+
+def test_fast_first_deconv_equals_the_plain_transposed_conv():
+    torch.manual_seed(0)
+    fast = ConvTranspose1x1(96, 24, 5, stride=2)
+    plain = torch.nn.ConvTranspose2d(96, 24, 5, stride=2)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(7, 96, 1, 1, requires_grad=True)
+    y_fast, y_plain = fast(x), plain(x)
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y_fast)
+    (gx_fast,) = torch.autograd.grad(y_fast, x, g)
+    (gx_plain,) = torch.autograd.grad(y_plain, x, g)
+    torch.testing.assert_close(gx_fast, gx_plain, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_gru_follows_dreamerv2_equations():
+    torch.manual_seed(0)
+    cell = LayerNormGRUCell(5, 4)
+    torch.nn.init.normal_(cell.norm.weight)
+    torch.nn.init.normal_(cell.norm.bias)
+    x, h = torch.randn(3, 5), torch.randn(3, 4)
+    parts = cell.linear(torch.cat([x, h], -1))
+    parts = torch.nn.functional.layer_norm(parts, (12,), cell.norm.weight, cell.norm.bias, eps=1e-3)
+    reset, cand, update = parts[:, :4], parts[:, 4:8], parts[:, 8:]
+    reset, update = torch.sigmoid(reset), torch.sigmoid(update - 1)
+    expected = update * torch.tanh(reset * cand) + (1 - update) * h
+    torch.testing.assert_close(cell(x, h), expected)
+
+
+def test_straight_through_sample_is_one_hot_and_carries_softmax_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 8, requires_grad=True)
+    sample = OneHotDist(logits).sample()
+    assert torch.all(sample.detach().sum(-1) == 1) and torch.all((sample.detach() == 0) | (sample.detach() == 1))
+    weights = torch.randn(64, 8)
+    (grad,) = torch.autograd.grad((sample * weights).sum(), logits)
+    probs = logits.softmax(-1)
+    (expected,) = torch.autograd.grad((probs * weights).sum(), logits)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_one_hot_samples_follow_the_distribution():
+    torch.manual_seed(0)
+    logits = torch.tensor([0.0, 1.0, 2.0]).expand(200_000, 3)
+    freq = OneHotDist(logits).sample().detach().mean(0)
+    torch.testing.assert_close(freq, torch.tensor([0.0, 1.0, 2.0]).softmax(-1), atol=5e-3, rtol=0)
+
+
+def test_truncated_normal_stays_inside_bounds_and_is_normalised():
+    torch.manual_seed(0)
+    mean, std = torch.full((400_000, 1), 0.7), torch.full((400_000, 1), 0.6)
+    dist = TruncNormalDist(mean, std)
+    x = dist.sample()
+    assert x.min() > -1 and x.max() < 1
+    grid = torch.linspace(-1 + 1e-6, 1 - 1e-6, 20001)[:, None]
+    density = TruncNormalDist(torch.full((1, 1), 0.7), torch.full((1, 1), 0.6)).log_prob(grid).exp()
+    assert abs(torch.trapezoid(density, grid[:, 0]).item() - 1.0) < 1e-3
+    entropy_mc = -dist.log_prob(x).mean()
+    assert abs(entropy_mc.item() - dist.entropy()[0].item()) < 0.01
+
+
+def test_truncated_normal_sample_is_reparameterised():
+    mean = torch.zeros(1000, 2, requires_grad=True)
+    TruncNormalDist(mean, torch.full((1000, 2), 0.3)).sample().sum().backward()
+    assert mean.grad.abs().sum() > 0
+
+
+def test_mlp_layers():
+    mlp = MLP(7, 3, layers=2, units=16)
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(7, 16), (16, 16), (16, 3)]
+    assert all(torch.all(m.bias == 0) for m in linears)
+    bound = math.sqrt(6 / (7 + 16))
+    assert linears[0].weight.abs().max() <= bound
