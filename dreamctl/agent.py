@@ -7,7 +7,7 @@ trajectories imagined from that batch's posterior states. Each optimiser touches
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
+from typing import Callable, ContextManager, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,10 @@ from dreamctl.config import Config
 from dreamctl.errors import UsageError
 from dreamctl.rssm import State
 from dreamctl.world_model import WorldModel, preprocess_image
+
+
+def _no_clock(_phase: str) -> ContextManager:
+    return contextlib.nullcontext()
 
 
 class ActState(NamedTuple):
@@ -56,7 +60,7 @@ class Optimizer:
         return norm.detach()
 
     def state_tensors(self, prefix: str) -> dict[str, Tensor]:
-        """Adam's moments and step counts as named tensors (no pickle needed to store them)."""
+        """Adam's moments and step counts as named tensors, storable in safetensors."""
         out = {}
         for name, param in self.named:
             for key, value in self.opt.state.get(param, {}).items():
@@ -133,20 +137,29 @@ class Agent(nn.Module):
             action = (dist.mode() if greedy else dist.sample()).float()
         return action, ActState(latent, action)
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        with self.autocast():
+    def train_step(self, batch: dict[str, Tensor], clock: Callable[[str], ContextManager] | None = None
+                   ) -> dict[str, Tensor]:
+        """One update. `clock(phase)` (optional) wraps each phase, for the benchmarks' time split."""
+        phase = clock or _no_clock
+        with phase("model_forward"), self.autocast():
             model = self.world_model.loss(batch)
         metrics = dict(model.metrics)
-        metrics["grad/model"] = self.optimizers["model"].step(model.loss)
-        with frozen(self.world_model), self.autocast():
-            traj = self.behavior.imagine(self.world_model, model.post)
-            actor_loss, critic_loss, behavior_metrics = self.behavior.losses(
-                self.world_model, traj, batch["is_terminal"])
-        metrics.update(behavior_metrics)
-        metrics["grad/actor"] = self.optimizers["actor"].step(actor_loss)
-        metrics["grad/critic"] = self.optimizers["critic"].step(critic_loss)
+        with phase("model_backward"):
+            metrics["grad/model"] = self.optimizers["model"].step(model.loss)
+        with frozen(self.world_model):
+            with phase("imagine"), self.autocast():
+                traj = self.behavior.imagine(self.world_model, model.post)
+                ret = self.behavior.returns(self.world_model, traj, batch["is_terminal"])
+            with phase("actor"):
+                with self.autocast():
+                    actor_loss, actor_metrics = self.behavior.actor_loss(traj, ret)
+                metrics["grad/actor"] = self.optimizers["actor"].step(actor_loss)
+        with phase("critic"):
+            with self.autocast():
+                critic_loss, critic_metrics = self.behavior.critic_loss(traj, ret)
+            metrics["grad/critic"] = self.optimizers["critic"].step(critic_loss)
         self.behavior.update_slow_critic()
-        return metrics
+        return {**metrics, **actor_metrics, **critic_metrics}
 
     def state_tensors(self) -> dict[str, Tensor]:
         out = {f"agent/{k}": v for k, v in self.state_dict().items()}

@@ -41,6 +41,14 @@ class Imagination:
     action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
 
 
+@dataclass
+class Returns:
+    target: Tensor  # (H, N): V_0 .. V_{H-1}
+    weight: Tensor  # (H+1, N): w_t = prod_{k<t} d_k, no gradient
+    slow_value: Tensor  # (H+1, N): v'(s_t), the REINFORCE baseline
+    reward: Tensor  # (H+1, N)
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module):
     """Let gradients flow *through* a module without computing gradients *for* its parameters."""
@@ -90,37 +98,40 @@ class ActorCritic(nn.Module):
                 actions.append(action)
         return Imagination(torch.stack(feats), torch.stack(actions))
 
-    def losses(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor
-               ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Actor loss (paper Eq. 6) and critic loss (Eq. 5) on one imagined batch."""
-        cfg, rho = self.cfg, self.rho
-        with torch.set_grad_enabled(rho < 1.0 and torch.is_grad_enabled()):
+    def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
+        """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step."""
+        with torch.set_grad_enabled(self.rho < 1.0 and torch.is_grad_enabled()):
             reward = world_model.reward(traj.feat)
             discount = world_model.continuation(traj.feat)
-            discount = torch.cat([(world_model.discount * (1.0 - start_terminal.float().flatten()))[None],
-                                  discount[1:]], 0)
+            first = world_model.discount * (1.0 - start_terminal.float().flatten())
+            discount = torch.cat([first[None], discount[1:]], 0)
             slow_value = self.slow_critic(traj.feat).squeeze(-1).float()
             target = lambda_return(reward[:-1], slow_value[:-1], discount[:-1], slow_value[-1],
-                                   cfg.return_lambda)
+                                   self.cfg.return_lambda)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
+        return Returns(target, weight, slow_value, reward)
 
+    def actor_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
+        """-mean_t w_t [rho log pi(a_t|s_t) sg(V_{t+1} - v'(s_t)) + (1 - rho) V_{t+1} + eta H[pi(.|s_t)]]."""
+        rho = self.rho
         policy = self.actor(traj.feat[:-2].detach())
-        objective = cfg.actor_entropy * policy.entropy()
+        entropy = policy.entropy()
+        objective = self.cfg.actor_entropy * entropy
         if rho > 0:
-            advantage = (target[1:] - slow_value[:-2]).detach()
+            advantage = (ret.target[1:] - ret.slow_value[:-2]).detach()
             objective = objective + rho * policy.log_prob(traj.action[1:-1].detach()) * advantage
         if rho < 1:
-            objective = objective + (1.0 - rho) * target[1:]
-        actor_loss = -(weight[:-2] * objective).mean()
+            objective = objective + (1.0 - rho) * ret.target[1:]
+        loss = -(ret.weight[:-2] * objective).mean()
+        return loss, {"loss/actor": loss.detach(), "train/actor_entropy": entropy.detach().mean()}
 
+    def critic_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
+        """mean_t w_t 0.5 (v(s_t) - sg(V_t))^2 for t < H: regression onto the lambda-returns."""
         value = self.critic(traj.feat[:-1].detach()).squeeze(-1).float()
-        critic_loss = (weight[:-1] * 0.5 * (value - target.detach()).square()).mean()
-        metrics = {
-            "loss/actor": actor_loss.detach(), "loss/critic": critic_loss.detach(),
-            "train/actor_entropy": policy.entropy().detach().mean(), "train/imagined_reward": reward.detach().mean(),
-            "train/lambda_return": target.detach().mean(), "train/value": value.detach().mean(),
-        }
-        return actor_loss, critic_loss, metrics
+        loss = (ret.weight[:-1] * 0.5 * (value - ret.target.detach()).square()).mean()
+        return loss, {"loss/critic": loss.detach(), "train/value": value.detach().mean(),
+                      "train/lambda_return": ret.target.detach().mean(),
+                      "train/imagined_reward": ret.reward.detach().mean()}
 
     def update_slow_critic(self) -> None:
         """Hard copy critic -> slow critic after updates 0, N, 2N, ... (DreamerV2's update_slow_target)."""

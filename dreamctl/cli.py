@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 
 import typer
 from typer.exceptions import Abort, TyperException
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -229,7 +230,8 @@ def eval_(
 @app.command()
 def imagine(
     run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
-    out_file: Path = typer.Option(Path("dream.mp4"), "--out", "-o", help="Output .mp4 or .gif."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", show_default=False,
+                                            help="Output .mp4 or .gif (default: the run's videos/ folder)."),
     context: int = typer.Option(5, "--context", min=1, help="Real frames the model observes first."),
     horizon: int = typer.Option(45, "--horizon", min=1, help="Steps the model then dreams open-loop."),
     samples: int = typer.Option(4, "--samples", min=1, max=16, help="Sequences side by side."),
@@ -276,7 +278,7 @@ def list_(
         out.print("No runs" + (f" with status {status}" if status else "") + " yet; start one with "
                   "[bold]dreamctl train catch --preset debug[/bold].")
         return
-    table = Table()
+    table = Table(box=None if not out.is_terminal else box.SIMPLE_HEAD)
     for column in ("id", "name", "env", "preset", "status", "agent steps", "updates", "eval", "normalised",
                    "updated", "size"):
         table.add_column(column, justify="right" if column in ("agent steps", "updates", "eval", "size") else "left")
@@ -284,8 +286,9 @@ def list_(
         table.add_row(r["id"], r["name"] or "", r["env"], r["preset"], r["status"], f"{r['env_steps']:,}",
                       f"{r['updates']:,}", "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
                       "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
-                      r["updated"], _size(r["disk_bytes"]))
-    out.print(table)
+                      r["updated"][:16].replace("T", " "), _size(r["disk_bytes"]))
+    # A pipe has no width; do not squeeze the table into rich's default of 80 columns.
+    (out if out.is_terminal else Console(width=240)).print(table)
 
 
 def _size(n: int) -> str:

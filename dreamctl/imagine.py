@@ -83,15 +83,19 @@ def compose(truth: np.ndarray, model: np.ndarray, context: int) -> np.ndarray:
     return grid
 
 
-def imagine(ref: str, out: str | Path, home: str | Path | None = None, context: int = 5, horizon: int = 45,
+def imagine(ref: str, out: str | Path | None = None, home: str | Path | None = None, context: int = 5, horizon: int = 45,
             samples: int = 4, seed: int = 0, checkpoint: str | int = "latest", device: str = "auto"
             ) -> dict[str, Any]:
+    """Write the open-loop video (default: <run>/videos/imagine-step-<S>.mp4); returns what was written."""
     for name, value, low in (("context", context, 1), ("horizon", horizon, 1), ("samples", samples, 1)):
         if value < low:
             raise UsageError(f"--{name} must be at least {low}, got {value}.")
-    out_path = check_output(Path(out))
     run = Registry(home).resolve(ref)
+    out_path = check_output(Path(out)) if out is not None else None
     agent, meta, step = load_agent(run, checkpoint, device)
+    if out_path is None:  # default: the run's own videos/ folder
+        (run.path / "videos").mkdir(exist_ok=True)
+        out_path = run.path / "videos" / f"imagine-step-{step}.mp4"
     cfg = from_dict(meta["config"])
     env = make_env(cfg.env, seed, num_envs=samples)
     try:

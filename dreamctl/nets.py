@@ -7,6 +7,7 @@ autocast, because log-probabilities, entropies and KLs lose too much in bfloat16
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -139,21 +140,30 @@ class LayerNormGRUCell(nn.Module):
 class OneHotDist:
     """Categorical over the last axis whose samples are one-hot with straight-through gradients.
 
-    sample = onehot + p - sg(p): the forward value is exactly one-hot, the backward pass sees softmax(logits).
+    sample = onehot + (p - sg(p)): the forward value is exactly one-hot, the backward pass sees softmax(logits).
+    Sampling inverts the CDF with one uniform number per variable (Gumbel-max would need one per class, and
+    at the paper's imagination size that random generation alone costs more than the RSSM's matmuls).
     """
 
     def __init__(self, logits: Tensor):
         self.logits = logits.float()
-        self.log_probs = self.logits.log_softmax(-1)
-        self.probs = self.log_probs.exp()
+
+    @functools.cached_property
+    def log_probs(self) -> Tensor:
+        return self.logits.log_softmax(-1)
+
+    @functools.cached_property
+    def probs(self) -> Tensor:
+        return self.logits.softmax(-1)
 
     def sample(self) -> Tensor:
-        gumbel = -(-torch.rand_like(self.logits).log()).log()  # Gumbel-max; rand is ~6x cheaper than exponential_
-        index = (self.logits + gumbel).argmax(-1)
+        cdf = self.probs.detach().cumsum(-1)
+        u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+        index = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1)
         return self._straight_through(index)
 
     def mode(self) -> Tensor:
-        return self._straight_through(self.logits.argmax(-1))
+        return self._straight_through(self.logits.argmax(-1, keepdim=True))
 
     def log_prob(self, value: Tensor) -> Tensor:
         return (value * self.log_probs).sum(-1)
@@ -162,8 +172,10 @@ class OneHotDist:
         return -(self.probs * self.log_probs).sum(-1)
 
     def _straight_through(self, index: Tensor) -> Tensor:
-        one_hot = F.one_hot(index, self.logits.shape[-1]).to(self.probs.dtype)
-        return one_hot + (self.probs - self.probs.detach())  # exactly one-hot forward: the bracket is 0
+        one_hot = torch.zeros_like(self.logits).scatter_(-1, index, 1.0)
+        if not self.logits.requires_grad:
+            return one_hot  # the straight-through term is exactly zero and nothing would read its gradient
+        return one_hot + (self.probs - self.probs.detach())
 
 
 class TruncNormalDist:

@@ -2,8 +2,8 @@
 
 Layout under the root: runs/run-<N>/{run.yaml, checkpoints/step-<S>.safetensors, replay/chunk-<K>.bin,
 metrics.jsonl, episodes.jsonl, tb/, videos/}. Every file is written atomically; checkpoints are listed in
-run.yaml with their sha256, and only listed, verified checkpoints are ever read. Safetensors only: nothing is
-unpickled.
+run.yaml with their sha256, and only listed, verified checkpoints are ever read. Safetensors only: loading a
+file never executes code stored in it.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class Run:
         raise CheckpointError(f"{self.ref} has no checkpoint at step {step}; it has: {steps}.")
 
     def load_checkpoint(self, entry: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Read a listed checkpoint after checking its size and sha256; never unpickles."""
+        """Read a listed checkpoint after checking its size and sha256 (plain tensors: no code runs on load)."""
         path = self.path / entry["file"]
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} is missing; pick another with --checkpoint STEP.")

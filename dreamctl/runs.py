@@ -40,14 +40,21 @@ class RunHooks(Hooks):
 
     def __init__(self, run: Run, cfg: Config, logger: MetricsLogger, progress: Callable[[Progress], None] | None):
         self.run, self.cfg, self.logger, self.progress = run, cfg, logger, progress
+        self.latest: Progress | None = None
 
     def on_progress(self, progress: Progress) -> None:
+        self.latest = progress
         if self.progress:
             self.progress(progress)
 
     def on_metrics(self, step: int, scalars: dict[str, float]) -> None:
+        """Logs, and the progress in run.yaml, so `dreamctl list` stays current during a long run."""
         self.logger.scalars(step, scalars)
         self.logger.flush()
+        p = self.latest
+        if p is not None:
+            record = progress_record(p.env_steps, p.updates, p.wall_time, self.cfg.env.action_repeat)
+            self.run.update(lambda m: m.update(progress=record))
 
     def on_episode(self, episode: Episode) -> None:
         self.logger.episode(episode.end_step, {"return": episode.ret, "length": episode.length,
@@ -77,9 +84,13 @@ def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
     run.prune_checkpoints(cfg.run.keep_checkpoints)
 
 
+def progress_record(env_steps: int, updates: int, wall_time: float, action_repeat: int) -> dict[str, Any]:
+    return {"env_steps": env_steps, "frames": env_steps * action_repeat, "updates": updates,
+            "wall_time": round(wall_time, 2)}
+
+
 def progress_of(trainer: Trainer) -> dict[str, Any]:
-    return {"env_steps": trainer.env_steps, "frames": trainer.env_steps * trainer.env.spec.action_repeat,
-            "updates": trainer.updates, "wall_time": round(trainer.wall_time, 2)}
+    return progress_record(trainer.env_steps, trainer.updates, trainer.wall_time, trainer.env.spec.action_repeat)
 
 
 def versions() -> dict[str, str]:
@@ -134,6 +145,12 @@ def prepare(cfg: Config) -> Config:
     return cfg
 
 
+def precision_label(cfg: Config, device: torch.device) -> str:
+    """The precision a run computes in, with `auto` resolved: 32, bf16 or 16."""
+    dtype = resolve_precision(cfg.run.precision, device)
+    return {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}[dtype]
+
+
 def configure_torch(cfg: Config) -> torch.device:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -158,7 +175,7 @@ def train(cfg: Config, home: str | Path | None = None, name: str | None = None, 
         run = Registry(home).create({
             "env": cfg.env.name, "preset": preset, "seed": cfg.train.seed,
             "command": " ".join(command if command is not None else sys.argv),
-            "versions": versions(), "device": str(device), "precision": cfg.run.precision,
+            "versions": versions(), "device": str(device), "precision": precision_label(cfg, device),
             "target_steps": cfg.train.steps,
             "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
             "env_spec": {"obs_shape": list(spec.obs_shape), "action_dim": spec.action_dim,
@@ -189,27 +206,34 @@ def resume(ref: str, home: str | Path | None = None, steps: int | None = None, o
         run.remove_temp_files()
         meta = run.meta()
         cfg = apply_overrides(from_dict(meta["config"], source=f"{run.ref}'s run.yaml"), overrides)
-        entry = run.find_checkpoint(checkpoint, meta)
+        # A run killed before its first checkpoint restarts from step 0, which computes the same run again.
+        entry = run.find_checkpoint(checkpoint, meta) if meta.get("checkpoints") or checkpoint != "latest" else None
+        start = entry["step"] if entry else 0
         target = steps if steps is not None else int(meta.get("target_steps", cfg.train.steps))
-        if target <= entry["step"]:
-            raise UsageError(f"{run.ref} is already at {entry['step']} agent steps; pass --steps above that to "
-                             f"train it further.")
+        if target <= start:
+            raise UsageError(f"{run.ref} is already at {start} agent steps; pass --steps above that to train it "
+                             f"further.")
         cfg.train.steps = target
         cfg = prepare(cfg)
-        tensors, metadata = run.load_checkpoint(entry)
+        tensors, metadata = run.load_checkpoint(entry) if entry else ({}, {})
         device = configure_torch(cfg)
         resumes = sum(1 for h in meta.get("history", []) if h.get("event") == "resumed")
-        env = make_env(cfg.env, cfg.train.seed + resumes + 1)
+        env = make_env(cfg.env, cfg.train.seed + resumes + 1 if entry else cfg.train.seed)
         try:
             trainer = Trainer(cfg, env, device)
-            env_restored = trainer.load_state(tensors, metadata, run.read_chunk)
-            logger = MetricsLogger(run.path, resume_step=entry["step"])
+            event = {"event": "resumed", "time": now(), "from_step": start, "target_steps": target,
+                     "overrides": list(overrides), "device": str(device)}
+            if entry:
+                event["env_restored"] = trainer.load_state(tensors, metadata, run.read_chunk)
+                if not event["env_restored"]:
+                    event["note"] = "the env cannot save its state, so new episodes were started"
+            else:
+                event["note"] = "no checkpoint had been written, so training restarted from step 0"
+                for chunk in run.replay_dir.glob("chunk-*.bin"):
+                    chunk.unlink()
+            logger = MetricsLogger(run.path, resume_step=start)
             trainer.hooks = RunHooks(run, cfg, logger, progress)
-            run.drop_checkpoints_after(entry["step"])
-            event = {"event": "resumed", "time": now(), "from_step": entry["step"], "target_steps": target,
-                     "overrides": list(overrides), "device": str(device), "env_restored": env_restored}
-            if not env_restored:
-                event["note"] = "the env cannot save its state, so new episodes were started"
+            run.drop_checkpoints_after(start)
 
             def mark(m: dict[str, Any]) -> None:
                 m.update(status="running", error=None, target_steps=target, config=cfg.to_dict(), device=str(device))

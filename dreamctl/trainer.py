@@ -102,13 +102,14 @@ class Trainer:
             if should_stop():
                 return False
             before = self.env_steps
-            self._collect()
+            self.collect_step()
             while self.updates < self._updates_due():
                 self._update()
             self._after_tick(before, total_steps)
         return True
 
-    def _collect(self) -> None:
+    def collect_step(self) -> None:
+        """One batched env step: random actions during prefill, else one policy pass for all copies."""
         spec, n = self.env.spec, self.env.num_envs
         if self.env_steps < self.cfg.train.prefill:
             if spec.discrete:
@@ -180,10 +181,13 @@ class Trainer:
                                         self.last_return, self.wall_time, self.env_steps < self.cfg.train.prefill))
         if _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps:
             self.hooks.on_metrics(self.env_steps, self.flush_metrics())
-        if run.eval_every and _crossed(before, self.env_steps, run.eval_every):
+        if self.env_steps >= total_steps:
+            return  # the caller writes the final checkpoint
+        if _crossed(before, self.env_steps, run.eval_every):
+            # Evaluation samples latents too; a forked RNG keeps the training stream, and so resume, exact.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                self.hooks.on_eval(self)
-        if _crossed(before, self.env_steps, run.checkpoint_every) and self.env_steps < total_steps:
+                self.hooks.on_eval(self)  # also writes a checkpoint, so the evaluated weights can be kept as best
+        elif _crossed(before, self.env_steps, run.checkpoint_every):
             self.hooks.on_checkpoint(self)
 
     def flush_metrics(self) -> dict[str, float]:

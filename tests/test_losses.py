@@ -76,7 +76,8 @@ def _imagined_losses(rho_setting: str):
     with torch.no_grad():
         post = agent.world_model.loss(batch).post
     traj = agent.behavior.imagine(agent.world_model, post)
-    actor_loss, _, _ = agent.behavior.losses(agent.world_model, traj, batch["is_terminal"])
+    ret = agent.behavior.returns(agent.world_model, traj, batch["is_terminal"])
+    actor_loss, _ = agent.behavior.actor_loss(traj, ret)
     return agent, traj, actor_loss
 
 

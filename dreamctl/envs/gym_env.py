@@ -48,7 +48,7 @@ def _make(env_id: str, use_render: bool, repeat: int) -> gym.Env:
 
 
 def inspect(env_id: str) -> tuple[bool, gym.Space]:
-    """Decide how to get pixels from the env; refuse, with the reason, what dreamctl cannot learn from."""
+    """Decide how to get pixels from the env, trying it once; refuse, with the reason, what cannot work."""
     try:
         probe = gym.make(env_id)
     except gym.error.Error as exc:
@@ -67,10 +67,19 @@ def inspect(env_id: str) -> tuple[bool, gym.Space]:
                          f"and 1-D Box actions.")
     if _is_image(obs_space):
         return False, action_space
-    if "rgb_array" in render_modes:
-        return True, action_space
-    raise UsageError(f"gym:{env_id} neither observes images (uint8 HxWxC) nor renders rgb_array frames; "
-                     f"dreamctl learns from pixels.")
+    if "rgb_array" not in render_modes:
+        raise UsageError(f"gym:{env_id} neither observes images (uint8 HxWxC) nor renders rgb_array frames; "
+                         f"dreamctl learns from pixels.")
+    try:
+        env = _make(env_id, True, 1)
+        frame, _ = env.reset(seed=0)
+        env.close()
+    except Exception as exc:  # a renderer whose package is missing, a display it cannot open, ...
+        raise UsageError(f"gym:{env_id} observes no images and rendering its frames failed ({exc}).") from None
+    if not _is_image(gym.spaces.Box(0, 255, np.asarray(frame).shape, np.uint8)) or np.asarray(frame).dtype != np.uint8:
+        raise UsageError(f"gym:{env_id} renders {np.asarray(frame).dtype} arrays of shape "
+                         f"{np.asarray(frame).shape}, not uint8 HxWxC frames.")
+    return True, action_space
 
 
 class GymEnv(BatchedEnv):

@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmarks: real Pong batches, a same-run matmul peak, phase clocks."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from dreamctl.config import Config
+from dreamctl.envs import make_env
+from dreamctl.replay import Replay
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A (batch_size, batch_length) batch of real Pong frames played by a random policy."""
+    t = cfg.train
+    env = make_env(cfg.env, seed, num_envs=t.batch_size)
+    replay = Replay(t.batch_size * (t.batch_length + 1), t.batch_size, env.spec.obs_shape, env.spec.action_dim,
+                    env.spec.discrete)
+    rng = np.random.default_rng(seed)
+    step = env.reset()
+    action = np.full(t.batch_size, -1)
+    for _ in range(t.batch_length + 1):
+        replay.add({"image": step.obs, "action": np.where(step.is_first, -1, action), "reward": step.reward,
+                    "is_first": step.is_first, "is_last": step.is_last, "is_terminal": step.is_terminal})
+        action = rng.integers(0, env.spec.action_dim, t.batch_size)
+        step = env.step(action)
+    env.close()
+    return replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n^3 matmul in this dtype on this device, measured now (machines of one kind differ)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        a @ b
+        reps += 1
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - began) / 1e9
+
+
+class PhaseClock:
+    """Accumulates wall time per named phase; pass `clock` to Agent.train_step."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def clock(self, phase: str):
+        sync(self.device)
+        began = time.perf_counter()
+        yield
+        sync(self.device)
+        self.totals[phase] += time.perf_counter() - began

@@ -1,0 +1,1 @@
+complete --command dreamctl --no-files --arguments "(env _DREAMCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) dreamctl)" --condition "env _DREAMCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) dreamctl"

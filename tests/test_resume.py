@@ -1,0 +1,144 @@
+"""Exact resume: a run continued from a checkpoint ends bit for bit where the uninterrupted run ends,
+whether it stopped at a step count, by SIGINT, or was SIGKILLed at random moments."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dreamctl.fileio import sha256_file
+from dreamctl.replay import decode_chunk
+
+from conftest import dreamctl_command, fast_args, run_cli
+
+ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
+
+
+def final_state(home: Path) -> tuple[dict, dict, dict]:
+    """Tensors and metadata of the run's last checkpoint, and its replay chunks, decoded."""
+    run = home / "runs" / "run-1"
+    meta = yaml.safe_load((run / "run.yaml").read_text())
+    entry = meta["checkpoints"][-1]
+    tensors = load_file(run / entry["file"])
+    chunks = {p.name: decode_chunk(p.read_bytes()) for p in sorted((run / "replay").glob("chunk-*.bin"))}
+    return tensors, meta, chunks
+
+
+def assert_identical(a_home: Path, b_home: Path) -> None:
+    a, a_meta, a_chunks = final_state(a_home)
+    b, b_meta, b_chunks = final_state(b_home)
+    assert a_meta["progress"]["env_steps"] == b_meta["progress"]["env_steps"]
+    assert a_meta["progress"]["updates"] == b_meta["progress"]["updates"]
+    assert set(a) == set(b)
+    groups = {key.split("/")[0] for key in a}
+    assert {"agent", "optim", "replay", "rng", "env", "act"} <= groups
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        assert torch.equal(a[key], b[key]), key
+    assert set(a_chunks) == set(b_chunks)
+    for name in a_chunks:
+        for field in a_chunks[name]:
+            assert np.array_equal(a_chunks[name][field], b_chunks[name][field]), (name, field)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    home = tmp_path_factory.mktemp("whole") / "home"
+    run_cli(*ARGS, "--steps", "600", home=home, check=True)
+    return home
+
+
+def test_stop_at_a_step_count_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    home = tmp_path / "home"
+    run_cli(*ARGS, "--steps", "300", home=home, check=True)
+    run_cli("resume", "run-1", "--steps", "600", home=home, check=True)
+    assert_identical(uninterrupted, home)
+
+
+def test_sigint_at_an_arbitrary_moment_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    home = tmp_path / "home"
+    proc = start(ARGS + ["--steps", "600"], home)
+    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
+    time.sleep(random.Random().uniform(0.0, 1.0))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before the signal arrived; lengthen it")
+    assert proc.returncode == 130, err
+    assert "dreamctl resume run-1" in err and "Traceback" not in err
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["status"] == "interrupted" and 0 < meta["progress"]["env_steps"] < 600
+    assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"]
+    run_cli("resume", "run-1", home=home, check=True)
+    assert_identical(uninterrupted, home)
+
+
+def test_sigterm_exits_143_with_a_checkpoint(tmp_path):
+    home = tmp_path / "home"
+    proc = start(ARGS + ["--steps", "5000"], home)
+    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "dreamctl resume run-1" in err
+    assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["status"] == "interrupted"
+
+
+def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
+    home = tmp_path / "home"
+    run_dir = home / "runs" / "run-1"
+    args = ARGS + ["--steps", "1600", "--set", "run.checkpoint_every=16"]
+    rng = random.Random()
+    proc = start(args, home)
+    during_write = 0
+    for kill in range(12):
+        wait_for(run_dir / "run.yaml")
+        if kill % 2:
+            during_write += wait_for_temp_checkpoint(run_dir, proc)
+        else:
+            time.sleep(rng.uniform(0.5, 3.0))
+        assert proc.poll() is None, f"the process ended on its own before kill {kill}: {proc.communicate()}"
+        proc.kill()
+        proc.wait()
+        meta = yaml.safe_load((run_dir / "run.yaml").read_text())
+        for entry in meta.get("checkpoints", []):
+            assert sha256_file(run_dir / entry["file"]) == entry["sha256"], entry["file"]
+        assert run_cli("list", "--json", home=home, check=True).stdout.count('"interrupted"') == 1
+        proc = start(["resume", "run-1"], home)
+    assert during_write >= 3
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    meta = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert meta["status"] == "finished" and meta["progress"]["env_steps"] == 1600
+    for entry in meta["checkpoints"]:
+        assert sha256_file(run_dir / entry["file"]) == entry["sha256"]
+
+
+def start(args, home):
+    env = {**os.environ, "DREAMCTL_HOME": str(home)}
+    return subprocess.Popen(dreamctl_command() + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def wait_for_temp_checkpoint(run_dir: Path, proc, timeout: float = 60) -> bool:
+    """Poll until a checkpoint is being written (its temp file exists); True if one was caught."""
+    folder = run_dir / "checkpoints"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.is_dir() and any(name.endswith(".tmp") for name in os.listdir(folder)):
+            return True
+    return False
