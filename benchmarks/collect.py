@@ -20,6 +20,8 @@ from dreamctl.config import load_config
 from dreamctl.envs import make_env
 from dreamctl.trainer import Trainer
 
+from common import device_name
+
 
 def steps_per_second(preset: str, num_envs: int, policy: bool, seconds: float, device: torch.device,
                      precision: str) -> float:
@@ -47,7 +49,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    result = {"benchmark": "collect", "preset": args.preset, "device": str(device), "precision": args.precision,
+    result = {"benchmark": "collect", "preset": args.preset, "device": str(device), "device_name": device_name(device),
+              "precision": args.precision,
               "threads": torch.get_num_threads()}
     for envs in (1, 8):
         result[f"policy_{envs}_env"] = round(steps_per_second(args.preset, envs, True, args.seconds, device,

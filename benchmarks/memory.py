@@ -3,7 +3,7 @@
     python benchmarks/memory.py --preset atari --capacity 200000
 
 Fills a replay of `capacity` steps with real Pong frames (played once, then cycled), builds the agent and runs
-one update, then prints one JSON line: bytes per stored step, the replay's bytes, peak RSS, and peak RSS minus
+three updates, then prints one JSON line: bytes per stored step, the replay's bytes, peak RSS, and peak RSS minus
 the replay (the rest of the process: torch, the model, optimiser state, one batch's activations).
 """
 
@@ -20,6 +20,7 @@ from dreamctl.agent import Agent
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
 from dreamctl.replay import Replay
+from dreamctl.runs import keep_freed_memory
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--preset", default="atari")
     parser.add_argument("--capacity", type=int, default=200_000)
     args = parser.parse_args()
+    keep_freed_memory()  # as `dreamctl train` does
     cfg = load_config(args.preset, ["env.name=pong", "run.precision=32"])
     env = make_env(cfg.env, seed=0)
     spec = env.spec
@@ -45,7 +47,8 @@ def main() -> None:
         replay.add(rows[i % len(rows)])
     agent = Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
     t = cfg.train
-    agent.train_step(replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), torch.device("cpu")))
+    for _ in range(3):
+        agent.train_step(replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), torch.device("cpu")))
 
     per_step = replay.nbytes_per_step()
     replay_bytes = sum(v.nbytes for v in replay.data.values())

@@ -151,7 +151,28 @@ def precision_label(cfg: Config, device: torch.device) -> str:
     return {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}[dtype]
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    An update allocates and frees activations of 100+ MB. glibc serves blocks over 32 MB with mmap and unmaps
+    them on free, so every update page-faults its activations in again; at the paper's batch that cost a third
+    of the update time on CPU. Serving everything from the heap and never trimming it removes the faults.
+    Returns False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def configure_torch(cfg: Config) -> torch.device:
+    keep_freed_memory()
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)

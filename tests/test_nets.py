@@ -7,7 +7,8 @@ import torch
 
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
-from dreamctl.nets import MLP, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
+from dreamctl.nets import (MLP, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell, OneHotDist,
+                           PatchConv2d, SubpixelConvTranspose2d, TruncNormalDist)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,42 @@ def test_fast_first_deconv_equals_the_plain_transposed_conv():
     (gx_fast,) = torch.autograd.grad(y_fast, x, g)
     (gx_plain,) = torch.autograd.grad(y_plain, x, g)
     torch.testing.assert_close(gx_fast, gx_plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cin, cout, size", [(192, 384, 6), (3, 5, 9), (4, 2, 4)])
+def test_patch_conv_equals_the_plain_conv(cin, cout, size):
+    torch.manual_seed(0)
+    fast = PatchConv2d(cin, cout, 4, stride=2)
+    plain = torch.nn.Conv2d(cin, cout, 4, stride=2)
+    plain.load_state_dict(fast.state_dict())
+    torch.nn.init.normal_(plain.bias)
+    fast.bias.data.copy_(plain.bias)
+    x = torch.randn(3, cin, size, size, requires_grad=True)
+    y_fast, y_plain = fast(x), plain(x)
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(y_fast)
+    for a, b in zip(torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], g),
+                    torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin, cout, k, size", [(48, 1, 6, 30), (16, 3, 6, 7), (8, 4, 5, 5), (6, 2, 4, 3)])
+def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
+    torch.manual_seed(0)
+    fast = SubpixelConvTranspose2d(cin, cout, k, stride=2)
+    plain = torch.nn.ConvTranspose2d(cin, cout, k, stride=2)
+    plain.load_state_dict(fast.state_dict())
+    torch.nn.init.normal_(plain.bias)
+    fast.bias.data.copy_(plain.bias)
+    x = torch.randn(5, cin, size, size, requires_grad=True)
+    y_fast, y_plain = fast(x), plain(x)
+    assert y_fast.shape == y_plain.shape
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(y_fast)
+    grads_fast = torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], g)
+    grads_plain = torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], g)
+    for a, b in zip(grads_fast, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_layer_norm_gru_follows_dreamerv2_equations():
