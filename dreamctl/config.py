@@ -91,7 +91,6 @@ class TrainConfig:
 class RunConfig:
     device: str = "auto"
     precision: Literal["auto", "32", "bf16", "16"] = "auto"
-    compile: bool = False
     threads: int = 0
     checkpoint_every: int = 100_000
     keep_checkpoints: int = 3

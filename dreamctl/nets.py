@@ -171,10 +171,6 @@ class LayerNormGRUCell(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:
         parts = self.linear(torch.cat([x, h], -1))
-        return self.gates(parts, h)
-
-    def gates(self, parts: Tensor, h: Tensor) -> Tensor:
-        """The cell after its Linear: lets callers precompute the input's share of the projection."""
         parts = F.layer_norm(parts.float(), (3 * self.size,), self.norm.weight, self.norm.bias, self.norm.eps)
         reset, cand, update = parts.split(self.size, -1)
         reset = torch.sigmoid(reset)

@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
-from dreamctl.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from dreamctl.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
 from dreamctl.replay import decode_chunk, encode_chunk
 
 SCHEMA_VERSION = 1
@@ -182,15 +182,6 @@ class Run:
             raise CheckpointError(f"checkpoint {path} cannot be read as safetensors; pick another with "
                                   f"--checkpoint STEP.") from None
         return tensors, metadata
-
-    def verify_checkpoints(self) -> list[str]:
-        """Files listed in run.yaml whose bytes no longer match their sha256."""
-        bad = []
-        for entry in self.meta().get("checkpoints", []):
-            path = self.path / entry["file"]
-            if not path.is_file() or sha256_file(path) != entry["sha256"]:
-                bad.append(entry["file"])
-        return bad
 
     def prune_checkpoints(self, keep: int) -> None:
         """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs."""

@@ -9,15 +9,13 @@ A window may span an episode boundary: `is_first` marks it and the RSSM restarts
 `is_first` is forced at every window's start (SPEC.md §3). Frames stay uint8 until the sampled batch is
 moved to the device.
 
-Rows can be exported and imported by logical index; `save_chunk` / `load_chunk` store them as compressed
+Rows can be exported and imported by logical index; `encode_chunk` / `decode_chunk` turn them into compressed
 safetensors bytes, which is how a run's experience survives a resume.
 """
 
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
-
 import numpy as np
 import torch
 from safetensors.numpy import load as st_load
@@ -108,7 +106,3 @@ def encode_chunk(rows: dict[str, np.ndarray], level: int = 1) -> bytes:
 
 def decode_chunk(data: bytes) -> dict[str, np.ndarray]:
     return st_load(zlib.decompress(data))
-
-
-def load_chunk(path: Path) -> dict[str, np.ndarray]:
-    return decode_chunk(path.read_bytes())

@@ -7,7 +7,7 @@ from dreamctl.config import load_config
 from dreamctl.envs import make_env, resolve
 from dreamctl.envs.catch import Catch
 from dreamctl.errors import UsageError
-from dreamctl.scores import human_normalized, table
+from dreamctl.scores import human_normalized, record_normalized, table
 
 
 @pytest.mark.parametrize("spelling", ["ms_pacman", "mspacman", "MsPacman", "ALE/MsPacman-v5", "atari:ms_pacman"])
@@ -35,6 +35,8 @@ def test_gamer_normalised_score():
     ref = table()["breakout"]
     assert human_normalized("breakout", ref.human_gamer) == pytest.approx(1.0)
     assert human_normalized("catch", 3.0) is None
+    assert record_normalized("pong", ref_pong := table()["pong"].human_record) == pytest.approx(1.0)
+    assert record_normalized("pong", table()["pong"].random) == 0.0 and ref_pong == 21
 
 
 def run_random(env, steps, seed=0):

@@ -63,22 +63,26 @@ def test_stop_at_a_step_count_then_resume_is_bitwise_identical(uninterrupted, tm
     assert_identical(uninterrupted, home)
 
 
-def test_sigint_at_an_arbitrary_moment_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
-    home = tmp_path / "home"
-    proc = start(ARGS + ["--steps", "600"], home)
+def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: float) -> None:
+    """Start a run, SIGINT it at a random moment after its first log line, check how it stopped, resume it."""
+    proc = start(args + ["--steps", str(steps)], home)
     wait_for(home / "runs" / "run-1" / "metrics.jsonl")
-    time.sleep(random.Random().uniform(0.0, 1.0))
+    time.sleep(random.Random().uniform(0.0, max_delay))
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     if proc.returncode == 0:
         pytest.fail("the run finished before the signal arrived; lengthen it")
     assert proc.returncode == 130, err
     assert "dreamctl resume run-1" in err and "Traceback" not in err
     meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
-    assert meta["status"] == "interrupted" and 0 < meta["progress"]["env_steps"] < 600
+    assert meta["status"] == "interrupted" and 0 < meta["progress"]["env_steps"] < steps
     assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"]
-    run_cli("resume", "run-1", home=home, check=True)
-    assert_identical(uninterrupted, home)
+    run_cli("resume", "run-1", "--steps", str(steps), home=home, timeout=20 * 60, check=True)
+
+
+def test_sigint_at_an_arbitrary_moment_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    interrupt_then_resume(ARGS, 600, tmp_path / "home", max_delay=1.0)
+    assert_identical(uninterrupted, tmp_path / "home")
 
 
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path):

@@ -1,14 +1,12 @@
 """Learning checks and the full-length exact-resume check (pytest -m slow; minutes each)."""
 
 import json
-import random
-import signal
 import time
 
 import pytest
 
 from conftest import run_cli
-from test_resume import assert_identical, start, wait_for
+from test_resume import assert_identical, interrupt_then_resume
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +44,5 @@ def test_3000_steps_in_one_go_equal_1500_then_resume(whole_3000, tmp_path):
 
 
 def test_3000_steps_in_one_go_equal_a_sigint_then_resume(whole_3000, tmp_path):
-    home = tmp_path / "home"
-    proc = start(ARGS + ["--steps", "3000"], home)
-    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
-    time.sleep(random.Random().uniform(0.0, 60.0))
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 130, err
-    run_cli("resume", "run-1", "--steps", "3000", home=home, timeout=20 * 60, check=True)
-    assert_identical(whole_3000, home)
+    interrupt_then_resume(ARGS, 3000, tmp_path / "home", max_delay=60.0)
+    assert_identical(whole_3000, tmp_path / "home")

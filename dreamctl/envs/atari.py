@@ -18,19 +18,20 @@ import os
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, convert_frames
+from dreamctl.envs.base import EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.envs.names import rom_id
 
 NATIVE_SIZE = (210, 160)
 
 
-class Atari(BatchedEnv):
+class Atari(VectorEnvAdapter):
     saveable = False
 
     def __init__(self, game: str, cfg: EnvConfig, num_envs: int, seed: int):
         from ale_py import AtariVectorEnv
 
-        self.num_envs, self.seed, self.cfg = num_envs, seed, cfg
+        super().__init__(num_envs, seed)
+        self.cfg = cfg
         self.resize_here = cfg.resize == "bilinear"
         height, width = NATIVE_SIZE if self.resize_here else (cfg.image_size, cfg.image_size)
         self.env = AtariVectorEnv(
@@ -47,23 +48,6 @@ class Atari(BatchedEnv):
         actions = int(self.env.single_action_space.n)
         channels = 1 if cfg.grayscale else 3
         self.spec = EnvSpec(game, (cfg.image_size, cfg.image_size, channels), actions, True, cfg.action_repeat)
-        self.last = np.zeros(num_envs, bool)
-
-    def reset(self) -> Step:
-        obs, _ = self.env.reset(seed=self.seed)
-        self.last[:] = False
-        n = self.num_envs
-        return Step(self._frames(obs), np.zeros(n, np.float32), np.ones(n, bool), np.zeros(n, bool),
-                    np.zeros(n, bool))
-
-    def step(self, action: np.ndarray) -> Step:
-        obs, reward, terminated, truncated, _ = self.env.step(np.asarray(action, np.int64))
-        first = self.last.copy()
-        self.last = terminated | truncated
-        return Step(self._frames(obs), reward.astype(np.float32), first, self.last.copy(), terminated.copy())
-
-    def close(self) -> None:
-        self.env.close()
 
     def _frames(self, obs: np.ndarray) -> np.ndarray:
         """(N, 1, H, W[, 3]) uint8 -> (N, size, size, C) uint8."""

@@ -62,6 +62,39 @@ def first_step(obs: np.ndarray) -> Step:
     return Step(obs, np.zeros(n, np.float32), np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool))
 
 
+class VectorEnvAdapter(BatchedEnv):
+    """A Gymnasium-API vector env with next-step autoreset (ale-py's or gymnasium's), seen through `Step`.
+
+    Subclasses set `self.env` and `self.spec` and convert frames and actions.
+    """
+
+    def __init__(self, num_envs: int, seed: int):
+        self.num_envs, self.seed = num_envs, seed
+        self.last = np.zeros(num_envs, bool)
+
+    def reset(self) -> Step:
+        obs, _ = self.env.reset(seed=self.seed)
+        self.last[:] = False
+        return first_step(self._frames(obs))
+
+    def step(self, action: np.ndarray) -> Step:
+        obs, reward, terminated, truncated, _ = self.env.step(self._env_action(action))
+        first = self.last.copy()  # the copies that ended last step have just been reset
+        self.last = np.asarray(terminated | truncated, bool)
+        return Step(self._frames(obs), np.asarray(reward, np.float32), first, self.last.copy(),
+                    np.asarray(terminated, bool).copy())
+
+    def close(self) -> None:
+        self.env.close()
+
+    @abstractmethod
+    def _frames(self, obs: np.ndarray) -> np.ndarray:
+        """The env's observations -> uint8 (N, size, size, C)."""
+
+    def _env_action(self, action: np.ndarray) -> np.ndarray:
+        return np.asarray(action, np.int64)
+
+
 def rng_state_bytes(rng: np.random.Generator) -> np.ndarray:
     """A numpy Generator's exact state as uint8 bytes (JSON inside), so it can live in a safetensors file."""
     return np.frombuffer(json.dumps(rng.bit_generator.state).encode(), dtype=np.uint8).copy()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, restore_rng, rng_state_bytes
+from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step, restore_rng, rng_state_bytes
 
 COLUMNS, ROWS = 5, 8
 DROPS = 10
@@ -36,8 +36,7 @@ class Catch(BatchedEnv):
 
     def reset(self) -> Step:
         self._start(np.ones(self.num_envs, bool))
-        n = self.num_envs
-        return Step(self._render(), np.zeros(n, np.float32), np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool))
+        return first_step(self._render())
 
     def step(self, action: np.ndarray) -> Step:
         restart = self.ended.copy()

@@ -14,7 +14,7 @@ import functools
 import gymnasium as gym
 import numpy as np
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, convert_frames
+from dreamctl.envs.base import EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.errors import UsageError
 
 
@@ -82,9 +82,10 @@ def inspect(env_id: str) -> tuple[bool, gym.Space]:
     return True, action_space
 
 
-class GymEnv(BatchedEnv):
+class GymEnv(VectorEnvAdapter):
     def __init__(self, env_id: str, cfg: EnvConfig, num_envs: int, seed: int):
-        self.num_envs, self.seed, self.cfg = num_envs, seed, cfg
+        super().__init__(num_envs, seed)
+        self.cfg = cfg
         use_render, action_space = inspect(env_id)
         make = functools.partial(_make, env_id, use_render, cfg.action_repeat)
         vector = gym.vector.AsyncVectorEnv if num_envs > 1 else gym.vector.SyncVectorEnv
@@ -98,28 +99,11 @@ class GymEnv(BatchedEnv):
         channels = 1 if cfg.grayscale else 3
         self.spec = EnvSpec(f"gym:{env_id}", (cfg.image_size, cfg.image_size, channels), action_dim,
                             self.discrete, cfg.action_repeat)
-        self.last = np.zeros(num_envs, bool)
 
-    def reset(self) -> Step:
-        obs, _ = self.env.reset(seed=self.seed)
-        self.last[:] = False
-        n = self.num_envs
-        return Step(self._frames(obs), np.zeros(n, np.float32), np.ones(n, bool), np.zeros(n, bool),
-                    np.zeros(n, bool))
-
-    def step(self, action: np.ndarray) -> Step:
+    def _env_action(self, action: np.ndarray) -> np.ndarray:
         if self.discrete:
-            action = np.asarray(action, np.int64)
-        else:
-            action = self.low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low)
-        obs, reward, terminated, truncated, _ = self.env.step(action)
-        first = self.last.copy()
-        self.last = np.asarray(terminated | truncated, bool)
-        return Step(self._frames(obs), np.asarray(reward, np.float32), first, self.last.copy(),
-                    np.asarray(terminated, bool).copy())
-
-    def close(self) -> None:
-        self.env.close()
+            return np.asarray(action, np.int64)
+        return self.low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low)
 
     def _frames(self, obs: np.ndarray) -> np.ndarray:
         return convert_frames(obs, self.cfg.image_size, self.cfg.grayscale, self.cfg.resize)
