@@ -144,18 +144,15 @@ def train(
 def _dry_run(cfg) -> None:
     import yaml
 
-    from dreamctl.runs import configure_torch, estimate_memory, prepare
     from dreamctl.envs import make_env
-    from dreamctl.agent import Agent
+    from dreamctl.runs import configure_torch, estimate_memory, parameter_count, prepare
 
     cfg = prepare(cfg)
     device = configure_torch(cfg)
     env = make_env(cfg.env, cfg.train.seed)
-    try:
-        spec = env.spec
-        params = sum(p.numel() for p in Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete, "cpu").parameters())
-    finally:
-        env.close()
+    spec = env.spec
+    env.close()
+    params = parameter_count(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
     mem = estimate_memory(cfg, spec.obs_shape, params)
     out.print(f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dreamctl.agent import resolve_device, resolve_precision
+from dreamctl.behavior import ActorCritic
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys, validate
 from dreamctl.envs import make_env, resolve
 from dreamctl.errors import DreamctlError, UsageError
@@ -23,6 +24,7 @@ from dreamctl.evaluate import evaluate_agent
 from dreamctl.metrics import MetricsLogger, read_jsonl
 from dreamctl.registry import Registry, Run, now
 from dreamctl.trainer import Episode, Hooks, Progress, Trainer
+from dreamctl.world_model import WorldModel
 
 MODEL_BYTES_PER_PARAM = 16  # weights, gradients and Adam's two moments, in float32
 
@@ -128,6 +130,14 @@ def available_memory() -> int | None:
     return None
 
 
+def parameter_count(cfg: Config, obs_shape: tuple[int, int, int], action_dim: int, discrete: bool) -> int:
+    """Trainable parameters plus the slow critic, counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        world_model = WorldModel(cfg.model, obs_shape, action_dim, cfg.behavior.discount)
+        behavior = ActorCritic(cfg.behavior, cfg.model, world_model.rssm.feat_dim, action_dim, discrete)
+    return sum(p.numel() for p in [*world_model.parameters(), *behavior.parameters()])
+
+
 def preflight(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
     need = estimate_memory(cfg, obs_shape, params)
     have = available_memory()
@@ -189,10 +199,10 @@ def train(cfg: Config, home: str | Path | None = None, name: str | None = None, 
     device = configure_torch(cfg)
     env = make_env(cfg.env, cfg.train.seed)
     try:
-        trainer = Trainer(cfg, env, device)
-        params = sum(p.numel() for p in trainer.agent.parameters())
-        preflight(cfg, env.spec.obs_shape, params)
         spec = env.spec
+        params = parameter_count(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
+        preflight(cfg, spec.obs_shape, params)
+        trainer = Trainer(cfg, env, device)
         run = Registry(home).create({
             "env": cfg.env.name, "preset": preset, "seed": cfg.train.seed,
             "command": " ".join(command if command is not None else sys.argv),

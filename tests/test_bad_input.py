@@ -44,6 +44,8 @@ CASES = [
     ("gym id missing", ["train", "gym:NoSuchEnv-v0"], 2, "could not be made"),
     ("gym renderer missing", ["train", "gym:CartPole-v1"], 2, "rendering its frames failed"),
     ("unknown option", ["list", "--colour"], 2, "No such option"),
+    ("replay beyond memory", ["train", "catch", "--set", "train.replay_capacity=100000000000"], 1,
+     "lower train.replay_capacity"),
 ]
 
 

@@ -89,6 +89,23 @@ def test_list_eval_imagine_then_resume(trained, tmp_path):
         assert sha256(home / "runs" / "run-1" / entry["file"]) == entry["sha256"]
 
 
+def test_two_trains_started_together_get_distinct_run_ids(home):
+    import os
+    import subprocess
+
+    from conftest import dreamctl_command
+
+    env = {**os.environ, "DREAMCTL_HOME": str(home)}
+    args = dreamctl_command() + ["train", "catch", "--preset", "debug", "--steps", "8", *fast_args()]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    ids = sorted(json.loads(run_cli("list", "--json", home=home, check=True).stdout), key=lambda r: r["id"])
+    assert [r["id"] for r in ids] == ["run-1", "run-2"] and all(r["status"] == "finished" for r in ids)
+    assert sorted(out.split("Training ")[1].split()[0] for out, _ in outputs) == ["run-1", "run-2"]
+
+
 def test_empty_registry_says_so_and_shows_its_root(home):
     proc = run_cli("list", home=home, check=True)
     assert f"Registry: {home}" in proc.stdout and "No runs" in proc.stdout

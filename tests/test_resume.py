@@ -85,10 +85,13 @@ def test_sigint_at_an_arbitrary_moment_then_resume_is_bitwise_identical(uninterr
     assert_identical(uninterrupted, tmp_path / "home")
 
 
-def test_sigterm_exits_143_with_a_checkpoint(tmp_path):
+def test_a_run_being_trained_refuses_a_second_trainer_and_sigterm_exits_143(tmp_path):
     home = tmp_path / "home"
     proc = start(ARGS + ["--steps", "5000"], home)
     wait_for(home / "runs" / "run-1" / "metrics.jsonl")
+    second = run_cli("resume", "run-1", "--steps", "6000", home=home)
+    assert second.returncode == 1 and "run-1 is being trained by another process" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "dreamctl resume run-1" in err
