@@ -142,10 +142,12 @@ def preflight(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict
     need = estimate_memory(cfg, obs_shape, params)
     have = available_memory()
     if have is not None and need["total"] > have:
+        fitting = int(cfg.train.replay_capacity * have / need["total"] * 0.8)
+        suggestion = max(cfg.train.batch_length * cfg.env.num_envs, fitting)
         raise DreamctlError(
             f"this run needs about {need['total'] / 2**30:.1f} GiB (replay {need['replay'] / 2**30:.1f} GiB) but "
             f"only {have / 2**30:.1f} GiB is available; lower train.replay_capacity (e.g. --set "
-            f"train.replay_capacity={max(cfg.train.batch_length * cfg.env.num_envs, int(cfg.train.replay_capacity * have / need['total'] * 0.8))}).")
+            f"train.replay_capacity={suggestion}).")
     return need
 
 
