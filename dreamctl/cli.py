@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from typer.exceptions import Abort, TyperException
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.exceptions import Abort, TyperException
 
 from dreamctl.errors import DreamctlError, UsageError
 

@@ -16,6 +16,7 @@ safetensors bytes, which is how a run's experience survives a resume.
 from __future__ import annotations
 
 import zlib
+
 import numpy as np
 import torch
 from safetensors.numpy import load as st_load

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dreamctl.agent import Agent, ActState
+from dreamctl.agent import ActState, Agent
 from dreamctl.config import Config
 from dreamctl.envs.base import BatchedEnv, Step, restore_rng, rng_state_bytes
 from dreamctl.replay import FIELDS, Replay

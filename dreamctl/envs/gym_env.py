@@ -13,6 +13,7 @@ import functools
 
 import gymnasium as gym
 import numpy as np
+
 from dreamctl.config import EnvConfig
 from dreamctl.envs.base import EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.errors import UsageError
