@@ -39,7 +39,7 @@ class Optimizer:
         self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.clip, self.weight_decay, self.scaler = clip, weight_decay, scaler
-        self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, foreach=True)
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, fused=True)
 
     def step(self, loss: Tensor) -> Tensor:
         self.opt.zero_grad(set_to_none=True)
@@ -132,7 +132,7 @@ class Agent(nn.Module):
         The latent is sampled in both, as in DreamerV2."""
         with self.autocast():
             embed = self.world_model.encoder(preprocess_image(obs))
-            latent, _ = self.world_model.rssm.obs_step(state.latent, state.action, embed, is_first)
+            latent = self.world_model.rssm.obs_step(state.latent, state.action, embed, is_first)
             dist = self.behavior.actor(latent.feat())
             action = (dist.mode() if greedy else dist.sample()).float()
         return action, ActState(latent, action)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamctl.nets import LayerNormGRUCell, OneHotDist, init_keras_
+from dreamctl.unroll import UnrolledLinear
 
 
 class State(NamedTuple):
@@ -64,54 +65,49 @@ class RSSM(nn.Module):
         """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t)."""
         x = F.elu(self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1)))
         deter = self.gru(x, state.deter)
-        logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
+        logits = self.prior(deter)
         return State(deter, OneHotDist(logits).sample().flatten(-2), logits)
 
-    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
-        """Posterior step; resets the previous state and action to zero where an episode starts.
+    def prior(self, deter: Tensor) -> Tensor:
+        """Logits of p(z_t | h_t), (..., stoch, classes)."""
+        return self._logits(self.prior_logits(F.elu(self.img_out(deter))))
 
-        Returns the posterior state and the prior's logits.
-        """
-        keep = (1.0 - is_first.float()).unsqueeze(-1)
-        state = State(state.deter * keep, state.stoch * keep, state.logits)
-        return self._posterior_step(state, self._action_in(action * keep), self._embed_in(embed))
+    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> State:
+        """Posterior step, for acting; resets the previous state and action to zero where an episode starts."""
+        post, _ = self.observe(embed[:, None], action[:, None], is_first[:, None], state, with_prior=False)
+        return post.map(lambda x: x[:, 0])
 
-    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None
-                ) -> tuple[State, Tensor]:
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
+                with_prior: bool = True) -> tuple[State, Tensor | None]:
         """Unroll the posterior over a (B, T) batch; returns posterior states and prior logits on axis 1.
 
-        The action's share of the prior input and the image's share of the posterior projection are computed
-        for all T steps in one matrix product each, so the sequential loop does only the work that depends on
-        the previous step. Nothing in the loop syncs with the host.
+        Only what depends on the previous step runs in the loop: the action's and the image's shares of the
+        layer inputs are computed for all T steps in one product each before it, the prior (which nothing in
+        the loop reads) in one pass after it, and the loop's weight gradients in one product per layer
+        (UnrolledLinear). Nothing in the loop syncs with the host.
         """
         batch, length = embed.shape[:2]
         if state is None:
             state = self.initial(batch, embed.device)
+        latent = self.stoch * self.classes
         keep = (1.0 - is_first.float()).unsqueeze(-1)
-        action_in, embed_in = self._action_in(action * keep), self._embed_in(embed)
-        posts, prior_logits = [], []
+        img_in = UnrolledLinear(self.img_in.weight[:, :latent],
+                                F.linear(action * keep, self.img_in.weight[:, latent:], self.img_in.bias))
+        gru_in = UnrolledLinear(self.gru.linear.weight, self.gru.linear.bias.expand(batch, length, -1))
+        obs_out = UnrolledLinear(self.obs_out.weight[:, :self.deter_dim],
+                                 F.linear(embed, self.obs_out.weight[:, self.deter_dim:], self.obs_out.bias))
+        post_logits = UnrolledLinear(self.post_logits.weight, self.post_logits.bias.expand(batch, length, -1))
+        deter, stoch = state.deter, state.stoch
+        posts = []
         for t in range(length):
-            state = State(state.deter * keep[:, t], state.stoch * keep[:, t], state.logits)
-            state, logits = self._posterior_step(state, action_in[:, t], embed_in[:, t])
-            posts.append(state)
-            prior_logits.append(logits)
-        return State.stack(posts, 1), torch.stack(prior_logits, 1)
-
-    def _action_in(self, action: Tensor) -> Tensor:
-        latent = self.stoch * self.classes
-        return F.linear(action, self.img_in.weight[:, latent:], self.img_in.bias)
-
-    def _embed_in(self, embed: Tensor) -> Tensor:
-        return F.linear(embed, self.obs_out.weight[:, self.deter_dim:], self.obs_out.bias)
-
-    def _posterior_step(self, state: State, action_in: Tensor, embed_in: Tensor) -> tuple[State, Tensor]:
-        latent = self.stoch * self.classes
-        x = F.elu(F.linear(state.stoch, self.img_in.weight[:, :latent]) + action_in)
-        deter = self.gru(x, state.deter)
-        prior_logits = self._logits(self.prior_logits(F.elu(self.img_out(deter))))
-        hidden = F.elu(F.linear(deter, self.obs_out.weight[:, :self.deter_dim]) + embed_in)
-        logits = self._logits(self.post_logits(hidden))
-        return State(deter, OneHotDist(logits).sample().flatten(-2), logits), prior_logits
+            deter, stoch = deter * keep[:, t], stoch * keep[:, t]
+            x = F.elu(img_in(stoch))
+            deter = self.gru.gates(gru_in(torch.cat([x, deter.to(x.dtype)], -1)), deter)
+            logits = self._logits(post_logits(F.elu(obs_out(deter))))
+            stoch = OneHotDist(logits).sample().flatten(-2)
+            posts.append(State(deter, stoch, logits))
+        post = State.stack(posts, 1)
+        return post, self.prior(post.deter) if with_prior else None
 
     def _logits(self, flat: Tensor) -> Tensor:
         return flat.float().unflatten(-1, (self.stoch, self.classes))

@@ -8,7 +8,7 @@ import torch
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
 from dreamctl.nets import (MLP, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell, OneHotDist,
-                           PatchConv2d, SubpixelConvTranspose2d, TruncNormalDist)
+                           PatchConv2d, SpaceToDepthConv2d, SubpixelConvTranspose2d, TruncNormalDist)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,26 @@ def test_fast_first_deconv_equals_the_plain_transposed_conv():
     (gx_fast,) = torch.autograd.grad(y_fast, x, g)
     (gx_plain,) = torch.autograd.grad(y_plain, x, g)
     torch.testing.assert_close(gx_fast, gx_plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cin, size, channels_last", [(1, 64, True), (3, 64, False), (3, 9, True), (2, 11, False)])
+def test_space_to_depth_conv_equals_the_plain_conv(cin, size, channels_last):
+    torch.manual_seed(0)
+    fast = SpaceToDepthConv2d(cin, 6, 4, stride=2)
+    plain = torch.nn.Conv2d(cin, 6, 4, stride=2)
+    plain.load_state_dict(fast.state_dict())
+    torch.nn.init.normal_(plain.bias)
+    fast.bias.data.copy_(plain.bias)
+    x = torch.randn(3, cin, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y_fast, y_plain = fast(x), plain(x)
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(y_fast)
+    for a, b in zip(torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], g),
+                    torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("cin, cout, size", [(192, 384, 6), (3, 5, 9), (4, 2, 4)])

@@ -1,9 +1,11 @@
 """The RSSM's unroll, resets and the world-model loss terms."""
 
 import torch
+import torch.nn.functional as F
 
 from dreamctl.agent import Agent
 from dreamctl.rssm import RSSM, State
+from dreamctl.unroll import UnrolledLinear
 from dreamctl.world_model import preprocess_image
 
 from conftest import tiny_config
@@ -19,10 +21,10 @@ def test_observe_equals_stepping_obs_step_one_at_a_time():
     torch.manual_seed(1)
     state = rssm.initial(2)
     for t in range(5):
-        state, logits = rssm.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+        state = rssm.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
         torch.testing.assert_close(state.deter, posts.deter[:, t])
         torch.testing.assert_close(state.stoch, posts.stoch[:, t])
-        torch.testing.assert_close(logits, prior_logits[:, t])
+        torch.testing.assert_close(rssm.prior(state.deter), prior_logits[:, t])
 
 
 def test_is_first_resets_state_and_action():
@@ -32,9 +34,9 @@ def test_is_first_resets_state_and_action():
     busy = State(torch.randn(1, 8), torch.randn(1, 20), torch.zeros(1, 4, 5))
     action = torch.randn(1, 3)
     torch.manual_seed(3)
-    a, _ = rssm.obs_step(busy, action, embed, torch.ones(1))
+    a = rssm.obs_step(busy, action, embed, torch.ones(1))
     torch.manual_seed(3)
-    b, _ = rssm.obs_step(rssm.initial(1), torch.zeros(1, 3), embed, torch.zeros(1))
+    b = rssm.obs_step(rssm.initial(1), torch.zeros(1, 3), embed, torch.zeros(1))
     torch.testing.assert_close(a.deter, b.deter)
     torch.testing.assert_close(a.stoch, b.stoch)
 
@@ -63,3 +65,35 @@ def test_preprocess_maps_uint8_to_centred_floats_channels_first():
     x = preprocess_image(image)
     assert x.shape == (1, 3, 2, 2)
     assert x.min() == -0.5 and x.max() == 0.5
+
+
+def _unroll(step, h0: torch.Tensor, length: int) -> torch.Tensor:
+    h, outs = h0, []
+    for t in range(length):
+        h = torch.tanh(step(t, h))
+        outs.append(h)
+    return torch.stack(outs, 1)
+
+
+def test_unrolled_linear_gives_the_gradients_of_step_by_step_autograd():
+    torch.manual_seed(0)
+    weight = torch.randn(4, 4, requires_grad=True)
+    offset = torch.randn(3, 5, 4, requires_grad=True)
+    h0 = torch.randn(3, 4, requires_grad=True)
+    probe = torch.randn(3, 5, 4)
+    plain = _unroll(lambda t, h: F.linear(h, weight) + offset[:, t], h0, 5)
+    expected = torch.autograd.grad((plain * probe).sum(), (weight, offset, h0))
+    linear = UnrolledLinear(weight, offset)
+    fast = _unroll(lambda t, h: linear(h), h0, 5)
+    got = torch.autograd.grad((fast * probe).sum(), (weight, offset, h0))
+    torch.testing.assert_close(fast, plain)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_unrolled_linear_without_autograd_records_nothing():
+    weight, offset = torch.randn(4, 4, requires_grad=True), torch.randn(3, 5, 4)
+    with torch.no_grad():
+        linear = UnrolledLinear(weight, offset)
+        out = _unroll(lambda t, h: linear(h), torch.randn(3, 4), 5)
+    assert not out.requires_grad and linear.inputs == []
