@@ -6,12 +6,15 @@ Prints one JSON line with, per precision: seconds per update (median, min, max),
 parameter count, the model FLOPs of one update, this machine's same-precision matmul peak measured in the same
 run, and MFU; and, when both were measured, how much faster bf16 is than float32 in this run.
 FLOPs are counted by torch's FlopCounterMode over one real update: every matmul and convolution by its
-shapes, forward for everything and backward for what is trained.
+shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
+reformulation are counted as the plain torch layers they equal, so a reformulation that does extra work
+(the subpixel deconv's padded borders) cannot raise the MFU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -21,9 +24,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dreamctl.agent import Agent, resolve_device
 from dreamctl.config import load_config
+from dreamctl.nets import FAST_LAYERS
 from dreamctl.runs import keep_freed_memory
 
 from common import PhaseClock, device_name, matmul_peak, pong_batch, sync
+
+
+@contextlib.contextmanager
+def plain_layers(module: torch.nn.Module):
+    """Run every fast layer in `module` as the torch layer it reformulates (its base class)."""
+    fast = [m for m in module.modules() if isinstance(m, FAST_LAYERS)]
+    for m in fast:
+        m.forward = type(m).__mro__[1].forward.__get__(m)
+    try:
+        yield
+    finally:
+        for m in fast:
+            del m.forward
 
 
 def measure(preset: str, precision: str, device: torch.device, batch: dict[str, torch.Tensor], updates: int,
@@ -33,7 +50,7 @@ def measure(preset: str, precision: str, device: torch.device, batch: dict[str, 
     agent = Agent(cfg, tuple(batch["image"].shape[2:]), batch["action"].shape[-1], True, device)
     for _ in range(warmup):
         agent.train_step(batch)
-    with FlopCounterMode(display=False) as counter:
+    with plain_layers(agent), FlopCounterMode(display=False) as counter:
         agent.train_step(batch)
     flops = counter.get_total_flops()
     clock = PhaseClock(device)

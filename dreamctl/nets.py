@@ -162,6 +162,10 @@ class Decoder(nn.Module):
         return x.reshape(*batch, *x.shape[1:])
 
 
+FAST_LAYERS = (SpaceToDepthConv2d, PatchConv2d, ConvTranspose1x1, SubpixelConvTranspose2d)
+"""Layers computed by a faster formulation of their torch base class's maths (benchmarks count FLOPs by the base)."""
+
+
 class MLP(nn.Module):
     """`layers` hidden Linear+ELU layers of `units`, then a linear output (no norm, as in the paper)."""
 
