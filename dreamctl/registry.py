@@ -184,7 +184,13 @@ class Run:
         return tensors, metadata
 
     def prune_checkpoints(self, keep: int) -> None:
-        """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs."""
+        """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs.
+
+        run.yaml stops listing a file before the file is deleted, so a kill in between leaves an orphan file
+        (harmless) and never a listed checkpoint that is missing.
+        """
+        doomed: list[Path] = []
+
         def prune(meta: dict[str, Any]) -> None:
             listed = sorted(meta.get("checkpoints", []), key=lambda c: c["step"])
             keep_steps = {c["step"] for c in listed[-keep:]}
@@ -193,23 +199,24 @@ class Run:
             except CheckpointError:
                 pass
             meta["checkpoints"] = [c for c in listed if c["step"] in keep_steps]
-            for c in listed:
-                if c["step"] not in keep_steps:
-                    (self.path / c["file"]).unlink(missing_ok=True)
+            doomed.extend(self.path / c["file"] for c in listed if c["step"] not in keep_steps)
             first = min((c.get("first_chunk", 0) for c in meta["checkpoints"]), default=0)
-            for chunk in self.replay_dir.glob("chunk-*.bin"):
-                if int(chunk.stem.split("-")[1]) < first:
-                    chunk.unlink(missing_ok=True)
+            doomed.extend(chunk for chunk in self.replay_dir.glob("chunk-*.bin")
+                          if int(chunk.stem.split("-")[1]) < first)
         self.update(prune)
+        for path in doomed:
+            path.unlink(missing_ok=True)
 
     def drop_checkpoints_after(self, step: int) -> None:
         """Resuming from an older checkpoint abandons the later ones: they belong to a history being redone."""
+        doomed: list[Path] = []
+
         def drop(meta: dict[str, Any]) -> None:
-            later = [c for c in meta.get("checkpoints", []) if c["step"] > step]
-            for c in later:
-                (self.path / c["file"]).unlink(missing_ok=True)
+            doomed.extend(self.path / c["file"] for c in meta.get("checkpoints", []) if c["step"] > step)
             meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] <= step]
         self.update(drop)
+        for path in doomed:
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ replay chunks
 

@@ -107,6 +107,24 @@ def _hold_lock(home, ready):
         time.sleep(60)
 
 
+@pytest.mark.parametrize("prune", [lambda run: run.prune_checkpoints(keep=1),
+                                   lambda run: run.drop_checkpoints_after(10)])
+def test_a_kill_while_deleting_checkpoints_never_leaves_a_listed_file_missing(home, monkeypatch, prune):
+    run = make_run(home)
+    for step in (10, 20, 30):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": 0})
+
+    def killed(path, missing_ok=False):
+        raise SystemExit("killed while deleting")
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(SystemExit):
+        prune(run)
+    monkeypatch.undo()
+    listed = run.meta()["checkpoints"]
+    assert len(listed) == 1
+    assert all((run.path / c["file"]).is_file() for c in listed)
+
+
 def test_lock_refuses_a_second_holder_and_dies_with_its_process(home):
     run = make_run(home)
     ctx = mp.get_context("spawn")
