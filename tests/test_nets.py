@@ -1,6 +1,7 @@
 """Shapes, parameter counts and the numerics of the building blocks."""
 
 import math
+from typing import Callable
 
 import pytest
 import torch
@@ -37,7 +38,8 @@ def test_atari_module_shapes(atari_agent):
     image = torch.zeros(2, 3, 1, 64, 64)
     embed = wm.encoder(image)
     assert embed.shape == (2, 3, 1536)
-    post, prior_logits = wm.rssm.observe(embed, torch.zeros(2, 3, 6), torch.ones(2, 3))
+    post = wm.rssm.observe(embed, torch.zeros(2, 3, 6), torch.ones(2, 3))
+    prior_logits = wm.rssm.prior(post.deter)
     assert post.deter.shape == (2, 3, 600) and post.stoch.shape == (2, 3, 1024)
     assert post.logits.shape == prior_logits.shape == (2, 3, 32, 32)
     feat = post.feat()
@@ -69,60 +71,43 @@ def test_fast_first_deconv_equals_the_plain_transposed_conv():
     torch.testing.assert_close(gx_fast, gx_plain, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cin, size, channels_last", [(1, 64, True), (3, 64, False), (3, 9, True), (2, 11, False)])
-def test_space_to_depth_conv_equals_the_plain_conv(cin, size, channels_last):
-    torch.manual_seed(0)
-    fast = SpaceToDepthConv2d(cin, 6, 4, stride=2)
-    plain = torch.nn.Conv2d(cin, 6, 4, stride=2)
+def assert_fast_layer_equals_plain(fast: torch.nn.Module, plain: torch.nn.Module,
+                                   make_input: Callable[[], torch.Tensor]) -> None:
+    """Same outputs and same gradients (input, weight, bias) as the plain torch layer, with a non-zero bias."""
     plain.load_state_dict(fast.state_dict())
     torch.nn.init.normal_(plain.bias)
     fast.bias.data.copy_(plain.bias)
-    x = torch.randn(3, cin, size, size)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
+    x = make_input().requires_grad_(True)
     y_fast, y_plain = fast(x), plain(x)
+    assert y_fast.shape == y_plain.shape
     torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
     g = torch.randn_like(y_fast)
     for a, b in zip(torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], g),
                     torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], g)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin, size, channels_last", [(1, 64, True), (3, 64, False), (3, 9, True), (2, 11, False)])
+def test_space_to_depth_conv_equals_the_plain_conv(cin, size, channels_last):
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert_fast_layer_equals_plain(SpaceToDepthConv2d(cin, 6, 4, stride=2), torch.nn.Conv2d(cin, 6, 4, stride=2),
+                                   lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
 
 
 @pytest.mark.parametrize("cin, cout, size", [(192, 384, 6), (3, 5, 9), (4, 2, 4)])
 def test_patch_conv_equals_the_plain_conv(cin, cout, size):
     torch.manual_seed(0)
-    fast = PatchConv2d(cin, cout, 4, stride=2)
-    plain = torch.nn.Conv2d(cin, cout, 4, stride=2)
-    plain.load_state_dict(fast.state_dict())
-    torch.nn.init.normal_(plain.bias)
-    fast.bias.data.copy_(plain.bias)
-    x = torch.randn(3, cin, size, size, requires_grad=True)
-    y_fast, y_plain = fast(x), plain(x)
-    torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
-    g = torch.randn_like(y_fast)
-    for a, b in zip(torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], g),
-                    torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_fast_layer_equals_plain(PatchConv2d(cin, cout, 4, stride=2), torch.nn.Conv2d(cin, cout, 4, stride=2),
+                                   lambda: torch.randn(3, cin, size, size))
 
 
 @pytest.mark.parametrize("cin, cout, k, size", [(48, 1, 6, 30), (16, 3, 6, 7), (8, 4, 5, 5), (6, 2, 4, 3)])
 def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
     torch.manual_seed(0)
-    fast = SubpixelConvTranspose2d(cin, cout, k, stride=2)
-    plain = torch.nn.ConvTranspose2d(cin, cout, k, stride=2)
-    plain.load_state_dict(fast.state_dict())
-    torch.nn.init.normal_(plain.bias)
-    fast.bias.data.copy_(plain.bias)
-    x = torch.randn(5, cin, size, size, requires_grad=True)
-    y_fast, y_plain = fast(x), plain(x)
-    assert y_fast.shape == y_plain.shape
-    torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
-    g = torch.randn_like(y_fast)
-    grads_fast = torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], g)
-    grads_plain = torch.autograd.grad(y_plain, [x, plain.weight, plain.bias], g)
-    for a, b in zip(grads_fast, grads_plain):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_fast_layer_equals_plain(SubpixelConvTranspose2d(cin, cout, k, stride=2),
+                                   torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
+                                   lambda: torch.randn(5, cin, size, size))
 
 
 def test_layer_norm_gru_follows_dreamerv2_equations():
