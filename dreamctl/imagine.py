@@ -51,7 +51,7 @@ def open_loop(agent, data: dict[str, torch.Tensor], context: int) -> np.ndarray:
     wm = agent.world_model
     with agent.autocast():
         embed = wm.encoder(preprocess_image(data["image"][:, :context]))
-        post, _ = wm.rssm.observe(embed, data["action"][:, :context], data["is_first"][:, :context])
+        post = wm.rssm.observe(embed, data["action"][:, :context], data["is_first"][:, :context])
         state = State(*(x[:, -1] for x in post))
         prior = []
         for t in range(context, data["image"].shape[1]):

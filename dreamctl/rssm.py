@@ -74,17 +74,16 @@ class RSSM(nn.Module):
 
     def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> State:
         """Posterior step, for acting; resets the previous state and action to zero where an episode starts."""
-        post, _ = self.observe(embed[:, None], action[:, None], is_first[:, None], state, with_prior=False)
+        post = self.observe(embed[:, None], action[:, None], is_first[:, None], state)
         return post.map(lambda x: x[:, 0])
 
-    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
-                with_prior: bool = True) -> tuple[State, Tensor | None]:
-        """Unroll the posterior over a (B, T) batch; returns posterior states and prior logits on axis 1.
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None) -> State:
+        """Unroll the posterior over a (B, T) batch; returns posterior states on axis 1.
 
         Only what depends on the previous step runs in the loop: the action's and the image's shares of the
-        layer inputs are computed for all T steps in one product each before it, the prior (which nothing in
-        the loop reads) in one pass after it, and the loop's weight gradients in one product per layer
-        (UnrolledLinear). Nothing in the loop syncs with the host.
+        layer inputs are computed for all T steps in one product each before it, and the loop's weight
+        gradients in one product per layer (UnrolledLinear). The prior is not read inside the loop, so callers
+        that need it take `prior(post.deter)` for all steps at once. Nothing in the loop syncs with the host.
         """
         batch, length = embed.shape[:2]
         if state is None:
@@ -106,8 +105,7 @@ class RSSM(nn.Module):
             logits = self._logits(post_logits(F.elu(obs_out(deter))))
             stoch = OneHotDist(logits).sample().flatten(-2)
             posts.append(State(deter, stoch, logits))
-        post = State.stack(posts, 1)
-        return post, self.prior(post.deter) if with_prior else None
+        return State.stack(posts, 1)
 
     def _logits(self, flat: Tensor) -> Tensor:
         return flat.float().unflatten(-1, (self.stoch, self.classes))

@@ -34,8 +34,8 @@ class UnrolledLinear:
     """y_t = x_t @ weight.T + offset[:, t] for the steps t = 0, 1, ... of an unroll over axis 1.
 
     `offset` (B, T, out) carries the bias and any input share that does not depend on the recurrence (it was
-    computed for all steps in one product). Call once per step, in order. Without autograd (acting,
-    imagination) this is a plain addmm per step.
+    computed for all steps in one product). Call once per step, in order. Without autograd (acting, the
+    `imagine` command's context) this is a plain addmm per step.
     """
 
     def __init__(self, weight: Tensor, offset: Tensor):

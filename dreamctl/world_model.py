@@ -60,7 +60,8 @@ class WorldModel(nn.Module):
         cfg = self.cfg
         image = preprocess_image(batch["image"])
         embed = self.encoder(image)
-        post, prior_logits = self.rssm.observe(embed, batch["action"], batch["is_first"])
+        post = self.rssm.observe(embed, batch["action"], batch["is_first"])
+        prior_logits = self.rssm.prior(post.deter)
         feat = post.feat()
 
         image_nll = 0.5 * (self.decoder(feat).float() - image).square().sum((-3, -2, -1)).mean()

@@ -17,7 +17,8 @@ def test_observe_equals_stepping_obs_step_one_at_a_time():
     embed, action = torch.randn(2, 5, 6), torch.randn(2, 5, 3)
     is_first = torch.tensor([[1.0, 0, 0, 1, 0], [1.0, 0, 1, 0, 0]])
     torch.manual_seed(1)
-    posts, prior_logits = rssm.observe(embed, action, is_first)
+    posts = rssm.observe(embed, action, is_first)
+    prior_logits = rssm.prior(posts.deter)
     torch.manual_seed(1)
     state = rssm.initial(2)
     for t in range(5):
