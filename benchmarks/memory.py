@@ -3,7 +3,7 @@
     python benchmarks/memory.py --preset atari --capacity 200000
 
 Fills a replay of `capacity` steps with real Pong frames (played once, then cycled), builds the agent and runs
-three updates, then prints one JSON line: bytes per stored step, the replay's bytes, peak RSS, and peak RSS minus
+`--updates` updates (the heap settles after about five), then prints one JSON line: bytes per stored step, the replay's bytes, peak RSS, and peak RSS minus
 the replay (the rest of the process: torch, the model, optimiser state, one batch's activations).
 """
 
@@ -27,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="atari")
     parser.add_argument("--capacity", type=int, default=200_000)
+    parser.add_argument("--updates", type=int, default=10)
     args = parser.parse_args()
     keep_freed_memory()  # as `dreamctl train` does
     cfg = load_config(args.preset, ["env.name=pong", "run.precision=32"])
@@ -47,14 +48,14 @@ def main() -> None:
         replay.add(rows[i % len(rows)])
     agent = Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
     t = cfg.train
-    for _ in range(3):
+    for _ in range(args.updates):
         agent.train_step(replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), torch.device("cpu")))
 
     per_step = replay.nbytes_per_step()
     replay_bytes = sum(v.nbytes for v in replay.data.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({
-        "benchmark": "memory", "preset": args.preset, "capacity": args.capacity,
+        "benchmark": "memory", "preset": args.preset, "capacity": args.capacity, "updates": args.updates,
         "bytes_per_step": per_step, "kib_per_step": round(per_step / 1024, 3),
         "replay_gib": round(replay_bytes / 2**30, 3), "peak_rss_gib": round(peak / 2**30, 3),
         "peak_minus_replay_gib": round((peak - replay_bytes) / 2**30, 3),

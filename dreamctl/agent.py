@@ -42,7 +42,6 @@ class Optimizer:
         self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, fused=True)
 
     def step(self, loss: Tensor) -> Tensor:
-        self.opt.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
         else:
@@ -57,6 +56,7 @@ class Optimizer:
         else:
             self.scaler.step(self.opt)
             self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)  # freed now, gradients do not sit in the heap between phases
         return norm.detach()
 
     def state_tensors(self, prefix: str) -> dict[str, Tensor]:

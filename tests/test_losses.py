@@ -103,9 +103,13 @@ def test_one_update_changes_each_module_only_through_its_own_optimiser():
     names = {name: set(id(p) for p in opt.params) for name, opt in agent.optimizers.items()}
     assert not (names["model"] & names["actor"]) and not (names["actor"] & names["critic"])
     assert set(id(p) for p in agent.behavior.actor.parameters()) == names["actor"]
+    before = {name: [p.detach().clone() for p in opt.params] for name, opt in agent.optimizers.items()}
     metrics = agent.train_step(_batch(cfg))
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert int(agent.behavior.updates) == 1
+    for name, opt in agent.optimizers.items():
+        assert any(not torch.equal(a, p) for a, p in zip(before[name], opt.params)), name
+    assert all(p.grad is None for p in agent.parameters())  # freed after each step, not kept until the next
 
 
 def _batch(cfg, seed=0):
