@@ -39,6 +39,7 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, bootstrap: Te
 class Imagination:
     feat: Tensor  # (H+1, N, F)
     action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
+    policy: Tensor  # (H, N, ...): the actor's raw output in states 0..H-1, with the actor's graph
 
 
 @dataclass
@@ -83,20 +84,24 @@ class ActorCritic(nn.Module):
         """Roll the prior forward `horizon` steps from detached start states, the actor choosing actions.
 
         With rho = 1 no gradient is needed through the rollout (the actor loss uses only log-probabilities
-        of the imagined actions), so it runs without autograd; otherwise gradients flow from the returns
-        through the frozen dynamics into the actor's reparameterised actions.
+        of the imagined actions), so the dynamics run without autograd; otherwise gradients flow from the
+        returns through the frozen dynamics into the actor's reparameterised actions. Either way the actor's
+        own forward pass keeps its graph, so the actor loss reuses it instead of running the actor again.
         """
-        needs_grad = self.rho < 1.0
+        through_dynamics = self.rho < 1.0 and torch.is_grad_enabled()
         state = start.map(lambda x: x.detach().flatten(0, 1))
         feats = [state.feat()]
         actions = [torch.zeros(feats[0].shape[0], self.action_dim, device=feats[0].device)]
-        with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):
-            for _ in range(self.cfg.horizon):
-                action = self.actor(feats[-1].detach()).sample()
+        outs = []
+        for _ in range(self.cfg.horizon):
+            out = self.actor.net(feats[-1].detach()).float()
+            with torch.set_grad_enabled(through_dynamics):
+                action = self.actor.dist(out if through_dynamics else out.detach()).sample()
                 state = world_model.rssm.img_step(state, action)
-                feats.append(state.feat())
-                actions.append(action)
-        return Imagination(torch.stack(feats), torch.stack(actions))
+            feats.append(state.feat())
+            actions.append(action)
+            outs.append(out)
+        return Imagination(torch.stack(feats), torch.stack(actions), torch.stack(outs))
 
     def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
         """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step."""
@@ -114,7 +119,7 @@ class ActorCritic(nn.Module):
     def actor_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
         """-mean_t w_t [rho log pi(a_t|s_t) sg(V_{t+1} - v'(s_t)) + (1 - rho) V_{t+1} + eta H[pi(.|s_t)]]."""
         rho = self.rho
-        policy = self.actor(traj.feat[:-2].detach())
+        policy = self.actor.dist(traj.policy[:-1])  # states 0..H-2, whose actions have a return target
         entropy = policy.entropy()
         objective = self.cfg.actor_entropy * entropy
         if rho > 0:

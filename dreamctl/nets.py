@@ -326,7 +326,10 @@ class ActionHead(nn.Module):
         self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units)
 
     def forward(self, feat: Tensor) -> OneHotDist | TruncNormalDist:
-        out = self.net(feat).float()
+        return self.dist(self.net(feat).float())
+
+    def dist(self, out: Tensor) -> OneHotDist | TruncNormalDist:
+        """The action distribution from the network's raw output (logits, or raw mean and std)."""
         if self.discrete:
             return OneHotDist(out)
         raw_mean, raw_std = out.chunk(2, -1)

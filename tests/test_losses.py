@@ -1,5 +1,6 @@
 """The equations of the losses: KL balancing, lambda-returns, the actor's gradient paths, the slow critic."""
 
+import pytest
 import torch
 
 from dreamctl.agent import Agent
@@ -87,6 +88,14 @@ def test_with_rho_one_the_actor_gradient_does_not_flow_through_the_dynamics():
     grads = torch.autograd.grad(actor_loss, list(agent.behavior.actor.parameters()))
     assert sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for p in agent.world_model.parameters())
+
+
+@pytest.mark.parametrize("rho_setting", ["reinforce", "dynamics"])
+def test_the_actor_loss_reuses_the_imagination_policy_of_each_state(rho_setting):
+    agent, traj, _ = _imagined_losses(rho_setting)
+    actor = agent.behavior.actor
+    assert traj.policy.shape[0] == traj.feat.shape[0] - 1 and traj.policy.requires_grad
+    torch.testing.assert_close(traj.policy, actor.net(traj.feat[:-1].detach()))  # output t read state t
 
 
 def test_with_rho_zero_the_actor_gradient_flows_through_the_dynamics():
