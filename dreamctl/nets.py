@@ -132,6 +132,44 @@ class ConvTranspose1x1(nn.ConvTranspose2d):
         return out.reshape(-1, cout, kh, kw)
 
 
+class _ConvTransposeBiasGradBySum(torch.autograd.Function):
+    """A transposed conv (no padding) whose backward takes the bias gradient as a sum over the output gradient.
+
+    oneDNN folds the bias gradient into its weight-gradient kernel for transposed convs, and on CPU that adds
+    about half the kernel's time (77 ms of 240 for the decoder's 96 -> 48 layer at the paper batch); a separate
+    sum over the output gradient costs 12 ms.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple[int, int]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        return F.conv_transpose2d(x, weight, bias, stride=stride)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, ctx.stride, [0, 0], [1, 1], True, [0, 0], 1, [need_x, need_weight, False])
+        grad_bias = grad.sum((0, 2, 3)) if need_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+class BiasSumConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (no padding) with the bias gradient computed apart from the weight gradient; same
+    parameters and maths, about 1.3x faster backward on CPU for the decoder's middle layers."""
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        weight, bias = self.weight, self.bias
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return _ConvTransposeBiasGradBySum.apply(x, weight, bias, self.stride)
+
+
 class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     """A stride-2 transposed conv computed as one regular 3x3 conv producing the four output phases.
 
@@ -171,7 +209,7 @@ class Decoder(nn.Module):
         kernels = [5, 5, 6, 6]
         self.deconvs = nn.ModuleList([ConvTranspose1x1(channels[0], channels[1], kernels[0], stride=2)])
         self.deconvs.extend(
-            nn.ConvTranspose2d(channels[i], channels[i + 1], kernels[i], stride=2) for i in range(1, 3)
+            BiasSumConvTranspose2d(channels[i], channels[i + 1], kernels[i], stride=2) for i in range(1, 3)
         )
         self.deconvs.append(SubpixelConvTranspose2d(channels[3], channels[4], kernels[3], stride=2))
         init_keras_(self)
@@ -188,7 +226,7 @@ class Decoder(nn.Module):
         return x.reshape(*batch, *x.shape[1:])
 
 
-FAST_LAYERS = (SpaceToDepthConv2d, PatchConv2d, ConvTranspose1x1, SubpixelConvTranspose2d)
+FAST_LAYERS = (SpaceToDepthConv2d, PatchConv2d, ConvTranspose1x1, BiasSumConvTranspose2d, SubpixelConvTranspose2d)
 """Layers computed by a faster formulation of their torch base class's maths (benchmarks count FLOPs by the base)."""
 
 

@@ -8,8 +8,8 @@ import torch
 
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
-from dreamctl.nets import (MLP, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell, OneHotDist,
-                           PatchConv2d, SpaceToDepthConv2d, SubpixelConvTranspose2d, TruncNormalDist,
+from dreamctl.nets import (MLP, BiasSumConvTranspose2d, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell,
+                           OneHotDist, PatchConv2d, SpaceToDepthConv2d, SubpixelConvTranspose2d, TruncNormalDist,
                            channels_last_act)
 
 
@@ -180,3 +180,12 @@ def test_mlp_layers():
     assert all(torch.all(m.bias == 0) for m in linears)
     bound = math.sqrt(6 / (7 + 16))
     assert linears[0].weight.abs().max() <= bound
+
+
+@pytest.mark.parametrize("cin, cout, k, size", [(12, 6, 5, 5), (8, 4, 6, 7)])
+def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
+    torch.manual_seed(0)
+    layout = torch.channels_last
+    assert_fast_layer_equals_plain(BiasSumConvTranspose2d(cin, cout, k, stride=2),
+                                   torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
+                                   lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
