@@ -19,7 +19,7 @@ from dreamctl.rssm import RSSM, State, kl_balance
 def preprocess_image(image: Tensor) -> Tensor:
     """uint8 (..., H, W, C) -> float (..., C, H, W) in [-0.5, 0.5]. The only place frames become floats,
     shared by acting and training so the policy never sees a differently scaled input."""
-    return image.permute(*range(image.dim() - 3), -1, -3, -2).float() / 255.0 - 0.5
+    return (image.permute(*range(image.dim() - 3), -1, -3, -2) / 255.0).sub_(0.5)
 
 
 @dataclass

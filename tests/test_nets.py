@@ -182,10 +182,11 @@ def test_mlp_layers():
     assert linears[0].weight.abs().max() <= bound
 
 
-@pytest.mark.parametrize("cin, cout, k, size", [(12, 6, 5, 5), (8, 4, 6, 7)])
-def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
+@pytest.mark.parametrize("cin, cout, k, size, channels_last", [(12, 6, 5, 5, True), (8, 4, 6, 7, True),
+                                                                 (8, 4, 6, 7, False)])
+def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size, channels_last):
     torch.manual_seed(0)
-    layout = torch.channels_last
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     assert_fast_layer_equals_plain(BiasSumConvTranspose2d(cin, cout, k, stride=2),
                                    torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
                                    lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
