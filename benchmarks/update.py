@@ -24,18 +24,26 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dreamctl.agent import Agent, resolve_device
 from dreamctl.config import load_config
-from dreamctl.nets import FAST_LAYERS
+from dreamctl.conv_layers import FAST_LAYERS
 from dreamctl.runs import keep_freed_memory
 
 from common import PhaseClock, device_name, matmul_peak, pong_batch, sync
 
 
+def plain_forward(layer: torch.nn.Module):
+    """The torch layer that `layer` reformulates (its base class), after an ELU where the fast layer applies one."""
+    base_forward = type(layer).__mro__[1].forward.__get__(layer)
+    if getattr(layer, "elu_input", False):
+        return lambda x: base_forward(torch.nn.functional.elu(x))
+    return base_forward
+
+
 @contextlib.contextmanager
 def plain_layers(module: torch.nn.Module):
-    """Run every fast layer in `module` as the torch layer it reformulates (its base class)."""
+    """Run every fast layer in `module` as the torch layer it reformulates."""
     fast = [m for m in module.modules() if isinstance(m, FAST_LAYERS)]
     for m in fast:
-        m.forward = type(m).__mro__[1].forward.__get__(m)
+        m.forward = plain_forward(m)
     try:
         yield
     finally:

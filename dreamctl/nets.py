@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, EluConv2d, PatchConv2d,
+                                  SpaceToDepthConv2d, SubpixelConvTranspose2d, channels_last_act)
+
 
 def init_keras_(module: nn.Module) -> nn.Module:
     """Glorot-uniform weights and zero biases, the initialisation the paper's Keras layers used."""
@@ -25,110 +28,16 @@ def init_keras_(module: nn.Module) -> nn.Module:
     return module
 
 
-class _EluInPlace(torch.autograd.Function):
-    """ELU that overwrites its input in the forward pass and its saved output in the backward pass.
-
-    ELU's derivative is a function of its output (1 above zero, output + 1 below), and once the gradient
-    reaches this node every consumer of the output has run its own backward, so the output's buffer can
-    receive the input gradient. That saves one activation-sized allocation per layer at the backward's
-    memory peak (138 MB for the decoder's 30x30 layer at the paper batch). The graph can be backpropagated
-    only once: a second pass would find the saved output modified and raise.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        out = F.elu(x, inplace=True)
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.elu_backward.grad_input(grad, 1.0, 1, 1, True, out, grad_input=out)
-
-
-def channels_last_act(x: Tensor) -> Tensor:
-    """ELU on a channels_last activation: oneDNN's strided convs run 1.3-1.6x faster on that layout on CPU."""
-    x = x.contiguous(memory_format=torch.channels_last)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _EluInPlace.apply(x)
-    return F.elu(x, inplace=True)  # the pre-activation is not needed
-
-
-class SpaceToDepthConv2d(nn.Conv2d):
-    """A stride-2, kernel-4 conv computed as a stride-1, kernel-2 conv over 2x2 pixel blocks.
-
-    Same parameters (and state-dict names) as nn.Conv2d. The encoder's first layer sees 1 or 3 input
-    channels, which oneDNN's strided conv handles poorly on CPU; regrouping each 2x2 block of pixels into
-    4C channels gives the same sums in a layout it runs about 1.4x faster (forward and backward).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 4, stride: int = 2):
-        if (kernel_size, stride) != (4, 2):
-            raise ValueError("SpaceToDepthConv2d supports kernel 4 with stride 2")
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # a valid conv never reads an odd last row
-        n, c, h, w = x.shape
-        blocks = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4)
-        blocks = blocks.reshape(n, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)  # channels_last, channel (c, i, j)
-        o = self.out_channels
-        weight = self.weight.reshape(o, c, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * c, 2, 2)
-        return F.conv2d(blocks, weight, self.bias)
-
-
-class _Patches(torch.autograd.Function):
-    """The k x k windows of a valid strided conv: (N, H, W, C) -> (N, out_h * out_w, k, k, C).
-
-    Autograd would give each window's gradient as its own zero-filled input-sized tensor and add them up;
-    this backward adds the windows' gradients into one buffer, in the input's channels_last layout.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, k: int, stride: int, out_h: int, out_w: int) -> Tensor:  # type: ignore[override]
-        ctx.x_shape, ctx.geometry = x.shape, (k, stride, out_h, out_w)
-        return torch.stack([x[:, i * stride:i * stride + k, j * stride:j * stride + k]
-                            for i in range(out_h) for j in range(out_w)], 1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        k, stride, out_h, out_w = ctx.geometry
-        grad_x = grad.new_zeros(ctx.x_shape)
-        for p in range(out_h * out_w):
-            i, j = divmod(p, out_w)
-            grad_x[:, i * stride:i * stride + k, j * stride:j * stride + k] += grad[:, p]
-        return grad_x, None, None, None, None
-
-
-class PatchConv2d(nn.Conv2d):
-    """A conv with few output positions, computed as one matrix product over its input patches.
-
-    Same parameters as nn.Conv2d (no padding, no dilation). The encoder's last layer has 2x2 outputs, so
-    this is a single GEMM of (4N x k*k*C) by (k*k*C x out): about 2x faster on CPU than the conv kernel.
-    Patches are read from the channels_last input in (row, column, channel) order, so each patch row is
-    one contiguous run of memory.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        k, stride = self.kernel_size[0], self.stride[0]
-        out_h, out_w = (x.shape[-2] - k) // stride + 1, (x.shape[-1] - k) // stride + 1
-        patches = _Patches.apply(x.permute(0, 2, 3, 1), k, stride, out_h, out_w)
-        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
-        y = patches.reshape(-1, weight.shape[1]) @ weight.t() + self.bias
-        return y.reshape(x.shape[0], out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
-
-
 class Encoder(nn.Module):
     """Four stride-2 valid convs (kernel 4): 64x64 -> 2x2 x (8 * depth) channels, flattened."""
 
     def __init__(self, in_channels: int, depth: int):
         super().__init__()
         channels = [in_channels, depth, 2 * depth, 4 * depth, 8 * depth]
-        self.convs = nn.ModuleList([SpaceToDepthConv2d(channels[0], channels[1], 4, stride=2)])
-        self.convs.extend(nn.Conv2d(a, b, 4, stride=2) for a, b in zip(channels[1:-2], channels[2:-1]))
-        self.convs.append(PatchConv2d(channels[-2], channels[-1], 4, stride=2))
+        self.convs = nn.ModuleList([SpaceToDepthConv2d(channels[0], channels[1], 4, stride=2),
+                                    EluConv2d(channels[1], channels[2], 4, stride=2),
+                                    nn.Conv2d(channels[2], channels[3], 4, stride=2),
+                                    PatchConv2d(channels[3], channels[4], 4, stride=2)])
         self.out_dim = 8 * depth * 2 * 2
         init_keras_(self)
 
@@ -136,96 +45,11 @@ class Encoder(nn.Module):
         """image: (..., C, 64, 64) float in [-0.5, 0.5] -> (..., out_dim)."""
         batch = image.shape[:-3]
         x = image.reshape(-1, *image.shape[-3:]).contiguous(memory_format=torch.channels_last)
-        for conv in self.convs:
-            x = channels_last_act(conv(x))
+        for conv, next_conv in zip(self.convs, [*self.convs[1:], None]):
+            x = conv(x)
+            if not getattr(next_conv, "elu_input", False):
+                x = channels_last_act(x)
         return x.reshape(*batch, self.out_dim)
-
-
-class ConvTranspose1x1(nn.ConvTranspose2d):
-    """A transposed conv applied to a 1x1 input, computed as the matrix product it is.
-
-    Same parameters (and state-dict names) as nn.ConvTranspose2d; on CPU the matmul is ~5x faster than
-    the generic transposed-conv kernel for the decoder's first layer.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        if x.shape[-2:] != (1, 1):
-            return super().forward(x)
-        cin, cout, kh, kw = self.weight.shape
-        out = x.reshape(-1, cin) @ self.weight.reshape(cin, cout * kh * kw)
-        out = out + self.bias.repeat_interleave(kh * kw)
-        return out.reshape(-1, cout, kh, kw)
-
-
-class _ConvTransposeBiasGradBySum(torch.autograd.Function):
-    """A transposed conv (no padding) whose backward takes the bias gradient as a sum over the output gradient.
-
-    oneDNN folds the bias gradient into its weight-gradient kernel for transposed convs, and on CPU that adds
-    about half the kernel's time (77 ms of 240 for the decoder's 96 -> 48 layer at the paper batch); a separate
-    sum over the output gradient costs 4 ms.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple[int, int]) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.stride = stride
-        return F.conv_transpose2d(x, weight, bias, stride=stride)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, ctx.stride, [0, 0], [1, 1], True, [0, 0], 1, [need_x, need_weight, False])
-        grad_bias = _sum_over_positions(grad) if need_bias else None
-        return grad_x, grad_weight, grad_bias, None
-
-
-def _sum_over_positions(grad: Tensor) -> Tensor:
-    """grad.sum((0, 2, 3)); a channels_last gradient is summed as one matrix-vector product, ~3x faster on CPU."""
-    if not grad.is_contiguous(memory_format=torch.channels_last):
-        return grad.sum((0, 2, 3))
-    rows = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
-    return grad.new_ones(rows.shape[0]) @ rows
-
-
-class BiasSumConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d (no padding) with the bias gradient computed apart from the weight gradient; same
-    parameters and maths, about 1.3x faster backward on CPU for the decoder's middle layers."""
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        weight, bias = self.weight, self.bias
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            return _ConvTransposeBiasGradBySum.apply(x, weight, bias, self.stride)
-
-
-class SubpixelConvTranspose2d(nn.ConvTranspose2d):
-    """A stride-2 transposed conv computed as one regular 3x3 conv producing the four output phases.
-
-    Output pixel 2m + a only receives kernel taps a, a + 2, a + 4, so each of the four (row, column) phases is
-    an ordinary correlation of the input with a 3x3 slice of the (zero-padded, flipped) kernel. Same parameters
-    and state-dict names as nn.ConvTranspose2d; on CPU the decoder's last layer (48 -> 1 channels) runs about
-    2x faster this way, because the generic transposed-conv kernel handles one output channel poorly.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2):
-        if stride != 2 or kernel_size > 6:
-            raise ValueError("SubpixelConvTranspose2d supports stride 2 and kernels up to 6")
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        cin, cout, k, _ = self.weight.shape
-        n, _, h, w = x.shape
-        taps = F.pad(self.weight, (0, 6 - k, 0, 6 - k)).reshape(cin, cout, 3, 2, 3, 2)
-        phase_weight = taps.permute(3, 5, 1, 0, 2, 4).flip(-1, -2).reshape(4 * cout, cin, 3, 3)
-        y = F.conv2d(x, phase_weight, None, padding=2)
-        y = y.reshape(n, 2, 2, cout, h + 2, w + 2).permute(0, 3, 4, 1, 5, 2).reshape(n, cout, 2 * h + 4, 2 * w + 4)
-        size_h, size_w = 2 * h + k - 2, 2 * w + k - 2
-        return y[:, :, :size_h, :size_w] + self.bias.reshape(1, -1, 1, 1)
 
 
 class Decoder(nn.Module):
@@ -252,15 +76,11 @@ class Decoder(nn.Module):
         batch = feat.shape[:-1]
         x = self.linear(feat.reshape(-1, feat.shape[-1]))
         x = x.reshape(x.shape[0], -1, 1, 1)
-        for i, deconv in enumerate(self.deconvs):
+        for deconv, next_deconv in zip(self.deconvs, [*self.deconvs[1:], None]):
             x = deconv(x)
-            if i < len(self.deconvs) - 1:
+            if next_deconv is not None and not getattr(next_deconv, "elu_input", False):
                 x = channels_last_act(x)
         return x.reshape(*batch, *x.shape[1:])
-
-
-FAST_LAYERS = (SpaceToDepthConv2d, PatchConv2d, ConvTranspose1x1, BiasSumConvTranspose2d, SubpixelConvTranspose2d)
-"""Layers computed by a faster formulation of their torch base class's maths (benchmarks count FLOPs by the base)."""
 
 
 class MLP(nn.Module):

@@ -8,9 +8,9 @@ import torch
 
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
-from dreamctl.nets import (MLP, BiasSumConvTranspose2d, ConvTranspose1x1, Decoder, Encoder, LayerNormGRUCell,
-                           OneHotDist, PatchConv2d, SpaceToDepthConv2d, SubpixelConvTranspose2d, TruncNormalDist,
-                           channels_last_act)
+from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, EluConv2d, PatchConv2d,
+                                  SpaceToDepthConv2d, SubpixelConvTranspose2d, channels_last_act)
+from dreamctl.nets import MLP, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_encoder_and_decoder_spatial_sizes():
 def assert_fast_layer_equals_plain(fast: torch.nn.Module, plain: torch.nn.Module,
                                    make_input: Callable[[], torch.Tensor]) -> None:
     """Same outputs and same gradients (input, weight, bias) as the plain torch layer, with a non-zero bias.
+    A fast layer with `elu_input` is compared with the plain layer after an ELU (it overwrites its input).
 
     Compared in float64, so the check is of the maths, not of float32 summation order (a weight gradient sums
     thousands of terms, whose float32 rounding differs between formulations by more than any fixed tolerance).
@@ -70,7 +71,10 @@ def assert_fast_layer_equals_plain(fast: torch.nn.Module, plain: torch.nn.Module
     torch.nn.init.normal_(plain.bias)
     fast.bias.data.copy_(plain.bias)
     x = make_input().double().requires_grad_(True)
-    y_fast, y_plain = fast(x), plain(x)
+    if getattr(fast, "elu_input", False):
+        y_fast, y_plain = fast(x.clone()), plain(torch.nn.functional.elu(x))
+    else:
+        y_fast, y_plain = fast(x), plain(x)
     assert y_fast.shape == y_plain.shape
     torch.testing.assert_close(y_fast, y_plain, rtol=1e-10, atol=1e-10)
     g = torch.randn_like(y_fast)
@@ -190,3 +194,13 @@ def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size, ch
     assert_fast_layer_equals_plain(BiasSumConvTranspose2d(cin, cout, k, stride=2),
                                    torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
                                    lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
+
+
+@pytest.mark.parametrize("cin, cout, size, slices", [(4, 6, 11, 8), (3, 5, 9, 2)])
+def test_elu_conv_equals_the_plain_conv_after_an_elu(cin, cout, size, slices, monkeypatch):
+    """Batch 5 in 8 or 2 slices: the input gradient is made one row at a time, or in uneven slices (3 + 2)."""
+    monkeypatch.setattr("dreamctl.conv_layers._EluThenConv.slices", slices)
+    torch.manual_seed(0)
+    layout = torch.channels_last
+    assert_fast_layer_equals_plain(EluConv2d(cin, cout, 4, stride=2), torch.nn.Conv2d(cin, cout, 4, stride=2),
+                                   lambda: torch.randn(5, cin, size, size).contiguous(memory_format=layout))
