@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamctl.linear import linear, weight_layout
+
 
 class _EluInPlace(torch.autograd.Function):
     """ELU that overwrites its input in the forward pass and its saved output in the backward pass.
@@ -168,8 +170,8 @@ class PatchConv2d(nn.Conv2d):
         k, stride = self.kernel_size[0], self.stride[0]
         out_h, out_w = (x.shape[-2] - k) // stride + 1, (x.shape[-1] - k) // stride + 1
         patches = _Patches.apply(x.permute(0, 2, 3, 1), k, stride, out_h, out_w)
-        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
-        y = patches.reshape(-1, weight.shape[1]) @ weight.t() + self.bias
+        weight = weight_layout(self, "patches", self.weight, lambda w: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
+        y = linear(patches.reshape(-1, weight.shape[1]), weight, self.bias)
         return y.reshape(x.shape[0], out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
 
 
@@ -184,8 +186,8 @@ class ConvTranspose1x1(nn.ConvTranspose2d):
         if x.shape[-2:] != (1, 1):
             return super().forward(x)
         cin, cout, kh, kw = self.weight.shape
-        out = x.reshape(-1, cin) @ self.weight.reshape(cin, cout * kh * kw)
-        out = out + self.bias.repeat_interleave(kh * kw)
+        weight = self.weight.reshape(cin, cout * kh * kw).t()
+        out = linear(x.reshape(-1, cin), weight, self.bias.repeat_interleave(kh * kw))
         return out.reshape(-1, cout, kh, kw)
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, EluConv2d, PatchConv2d,
                                   SpaceToDepthConv2d, SubpixelConvTranspose2d, channels_last_act)
+from dreamctl.linear import Linear
 
 
 def init_keras_(module: nn.Module) -> nn.Module:
@@ -61,7 +62,7 @@ class Decoder(nn.Module):
 
     def __init__(self, feat_dim: int, depth: int, out_channels: int):
         super().__init__()
-        self.linear = nn.Linear(feat_dim, 32 * depth)
+        self.linear = Linear(feat_dim, 32 * depth)
         channels = [32 * depth, 4 * depth, 2 * depth, depth, out_channels]
         kernels = [5, 5, 6, 6]
         self.deconvs = nn.ModuleList([ConvTranspose1x1(channels[0], channels[1], kernels[0], stride=2)])
@@ -91,9 +92,9 @@ class MLP(nn.Module):
         dims = [in_dim] + [units] * layers
         body: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
-            body += [nn.Linear(a, b), nn.ELU()]
+            body += [Linear(a, b), nn.ELU()]
         self.body = nn.Sequential(*body)
-        self.out = nn.Linear(dims[-1], out_dim)
+        self.out = Linear(dims[-1], out_dim)
         init_keras_(self)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,7 +111,7 @@ class LayerNormGRUCell(nn.Module):
     def __init__(self, in_dim: int, size: int, eps: float = 1e-3):
         super().__init__()
         self.size = size
-        self.linear = nn.Linear(in_dim + size, 3 * size)
+        self.linear = Linear(in_dim + size, 3 * size)
         self.norm = nn.LayerNorm(3 * size, eps=eps)
         init_keras_(self)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamctl.linear import Linear, linear, weight_layout
 from dreamctl.nets import LayerNormGRUCell, OneHotDist, init_keras_
 from dreamctl.unroll import UnrolledLinear
 
@@ -42,12 +43,12 @@ class RSSM(nn.Module):
         super().__init__()
         self.deter_dim, self.stoch, self.classes = deter, stoch, classes
         latent = stoch * classes
-        self.img_in = nn.Linear(latent + action_dim, hidden)
+        self.img_in = Linear(latent + action_dim, hidden)
         self.gru = LayerNormGRUCell(hidden, deter, eps=norm_eps)
-        self.img_out = nn.Linear(deter, hidden)
-        self.prior_logits = nn.Linear(hidden, latent)
-        self.obs_out = nn.Linear(deter + embed_dim, hidden)
-        self.post_logits = nn.Linear(hidden, latent)
+        self.img_out = Linear(deter, hidden)
+        self.prior_logits = Linear(hidden, latent)
+        self.obs_out = Linear(deter + embed_dim, hidden)
+        self.post_logits = Linear(hidden, latent)
         init_keras_(self)
 
     @property
@@ -88,13 +89,12 @@ class RSSM(nn.Module):
         batch, length = embed.shape[:2]
         if state is None:
             state = self.initial(batch, embed.device)
-        latent = self.stoch * self.classes
         keep = (1.0 - is_first.float()).unsqueeze(-1)
-        img_in = UnrolledLinear(self.img_in.weight[:, :latent],
-                                F.linear(action * keep, self.img_in.weight[:, latent:], self.img_in.bias))
+        stoch_w, action_w = self._split_columns("img_in", self.img_in.weight, self.stoch * self.classes)
+        deter_w, embed_w = self._split_columns("obs_out", self.obs_out.weight, self.deter_dim)
+        img_in = UnrolledLinear(stoch_w, linear(action * keep, action_w, self.img_in.bias))
         gru_in = UnrolledLinear(self.gru.linear.weight, self.gru.linear.bias.expand(batch, length, -1))
-        obs_out = UnrolledLinear(self.obs_out.weight[:, :self.deter_dim],
-                                 F.linear(embed, self.obs_out.weight[:, self.deter_dim:], self.obs_out.bias))
+        obs_out = UnrolledLinear(deter_w, linear(embed, embed_w, self.obs_out.bias))
         post_logits = UnrolledLinear(self.post_logits.weight, self.post_logits.bias.expand(batch, length, -1))
         deter, stoch = state.deter, state.stoch
         posts = []
@@ -106,6 +106,10 @@ class RSSM(nn.Module):
             stoch = OneHotDist(logits).sample().flatten(-2)
             posts.append(State(deter, stoch, logits))
         return State.stack(posts, 1)
+
+    def _split_columns(self, key: str, weight: Tensor, cut: int) -> tuple[Tensor, Tensor]:
+        """A layer's weight for its first `cut` inputs and for the rest, each contiguous (kept while acting)."""
+        return weight_layout(self, key, weight, lambda w: (w[:, :cut].contiguous(), w[:, cut:].contiguous()))
 
     def _logits(self, flat: Tensor) -> Tensor:
         return flat.float().unflatten(-1, (self.stoch, self.classes))

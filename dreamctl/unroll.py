@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dreamctl.linear import mm_t, onednn_active
+
 
 class _WeightGradTap(torch.autograd.Function):
     """Forward: a copy of `offset` (the part of every step's output computed outside the loop).
@@ -26,8 +28,22 @@ class _WeightGradTap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x = torch.stack(ctx.inputs, 1).to(grad.dtype)
-        grad_weight = grad.flatten(0, -2).t() @ x.flatten(0, -2)
+        grad_weight = mm_t(grad.flatten(0, -2).t(), x.flatten(0, -2).t())
         return grad_weight.to(ctx.weight_dtype), grad, None
+
+
+class _StepProduct(torch.autograd.Function):
+    """x @ weight.T on oneDNN for one step, with the weight constant (its gradient comes from the tap); the
+    input gradient uses the transposed weight that the unroll made contiguous once for all its steps."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, unrolled: UnrolledLinear) -> Tensor:  # type: ignore[override]
+        ctx.unrolled = unrolled
+        return mm_t(x, unrolled.weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return mm_t(grad, ctx.unrolled.weight_transposed()), None
 
 
 class UnrolledLinear:
@@ -35,7 +51,7 @@ class UnrolledLinear:
 
     `offset` (B, T, out) carries the bias and any input share that does not depend on the recurrence (it was
     computed for all steps in one product). Call once per step, in order. Without autograd (acting, the
-    `imagine` command's context) this is a plain addmm per step.
+    `imagine` command's context) this is a plain product and add per step.
     """
 
     def __init__(self, weight: Tensor, offset: Tensor):
@@ -45,14 +61,25 @@ class UnrolledLinear:
             offset = _WeightGradTap.apply(weight, offset, self.inputs)
         self.offsets = offset.unbind(1)
         self.step = 0
-        self.weight_t = weight.detach().t()
         device_type = weight.device.type
+        weight = weight.detach()
         if torch.is_autocast_enabled(device_type):
-            self.weight_t = self.weight_t.to(torch.get_autocast_dtype(device_type))
+            weight = weight.to(torch.get_autocast_dtype(device_type))
+        self.weight = weight.contiguous()  # once for all steps: oneDNN reads a sliced weight very slowly
+        self._weight_t: Tensor | None = None
+
+    def weight_transposed(self) -> Tensor:
+        if self._weight_t is None:
+            self._weight_t = self.weight.t().contiguous()
+        return self._weight_t
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.tracked:
             self.inputs.append(x.detach())
-        y = torch.addmm(self.offsets[self.step], x, self.weight_t)
+        offset = self.offsets[self.step]
         self.step += 1
-        return y
+        if not onednn_active(x, self.weight):
+            return torch.addmm(offset, x, self.weight.t())
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _StepProduct.apply(x, self).add_(offset)
+        return mm_t(x, self.weight).add_(offset)

@@ -1,9 +1,11 @@
 """The RSSM's unroll, resets and the world-model loss terms."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from dreamctl.agent import Agent
+from dreamctl.linear import use_onednn
 from dreamctl.rssm import RSSM, State
 from dreamctl.unroll import UnrolledLinear
 from dreamctl.world_model import preprocess_image
@@ -76,7 +78,13 @@ def _unroll(step, h0: torch.Tensor, length: int) -> torch.Tensor:
     return torch.stack(outs, 1)
 
 
-def test_unrolled_linear_gives_the_gradients_of_step_by_step_autograd():
+@pytest.mark.parametrize("onednn", [True, False])
+def test_unrolled_linear_gives_the_gradients_of_step_by_step_autograd(onednn):
+    with use_onednn(onednn):
+        _check_unrolled_linear_against_step_by_step_autograd()
+
+
+def _check_unrolled_linear_against_step_by_step_autograd():
     torch.manual_seed(0)
     weight = torch.randn(4, 4, requires_grad=True)
     offset = torch.randn(3, 5, 4, requires_grad=True)
