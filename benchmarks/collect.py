@@ -1,16 +1,19 @@
 """Agent-steps per second while collecting experience, with the paper's model on Pong.
 
-    python benchmarks/collect.py --preset atari [--device cpu|cuda] [--seconds 20]
+    python benchmarks/collect.py --preset atari [--device cpu|cuda] [--seconds 20] [--rounds 5]
 
 For 1 and 8 env copies, times the loop the trainer runs between updates: one batched policy pass for all
 copies (inference mode), the env step, and the replay write; and the same loop during random prefill.
-Prints one JSON line with agent-steps/s for each, and the 8-copy / 1-copy ratio.
+The four loops take turns in short rounds, so that a machine whose speed drifts (these VMs' does, by 20 % or
+more within minutes) slows them alike; each rate is the median over its rounds. Prints one JSON line with
+agent-steps/s for each, and the 8-copy / 1-copy ratio with the policy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -23,22 +26,22 @@ from dreamctl.trainer import Trainer
 from common import device_name
 
 
-def steps_per_second(preset: str, num_envs: int, policy: bool, seconds: float, device: torch.device,
-                     precision: str) -> float:
+def collector(preset: str, num_envs: int, policy: bool, device: torch.device, precision: str) -> Trainer:
     cfg = load_config(preset, ["env.name=pong", f"env.num_envs={num_envs}", f"run.precision={precision}",
                                "train.replay_capacity=100000", f"train.prefill={0 if policy else 10**9}"])
-    env = make_env(cfg.env, seed=0)
-    trainer = Trainer(cfg, env, device)
+    trainer = Trainer(cfg, make_env(cfg.env, seed=0), device)
     trainer.start()
     for _ in range(5):
         trainer.collect_step()
+    return trainer
+
+
+def steps_per_second(trainer: Trainer, seconds: float) -> float:
     steps, began = 0, time.perf_counter()
     while time.perf_counter() - began < seconds:
         trainer.collect_step()
-        steps += num_envs
-    rate = steps / (time.perf_counter() - began)
-    env.close()
-    return rate
+        steps += trainer.env.num_envs
+    return steps / (time.perf_counter() - began)
 
 
 def main() -> None:
@@ -46,17 +49,23 @@ def main() -> None:
     parser.add_argument("--preset", default="atari")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="policy time per loop, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     device = resolve_device(args.device)
     result = {"benchmark": "collect", "preset": args.preset, "device": str(device), "device_name": device_name(device),
               "precision": args.precision,
               "threads": torch.get_num_threads()}
-    for envs in (1, 8):
-        result[f"policy_{envs}_env"] = round(steps_per_second(args.preset, envs, True, args.seconds, device,
-                                                              args.precision), 1)
-        result[f"prefill_{envs}_env"] = round(steps_per_second(args.preset, envs, False, args.seconds / 2, device,
-                                                               args.precision), 1)
+    loops = {f"{kind}_{envs}_env": collector(args.preset, envs, kind == "policy", device, args.precision)
+             for envs in (1, 8) for kind in ("policy", "prefill")}
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(args.rounds):
+        for name, trainer in loops.items():
+            share = 1.0 if name.startswith("policy") else 0.5
+            rates[name].append(steps_per_second(trainer, share * args.seconds / args.rounds))
+    for name, trainer in loops.items():
+        trainer.env.close()
+        result[name] = round(statistics.median(rates[name]), 1)
     result["policy_ratio_8_to_1"] = round(result["policy_8_env"] / result["policy_1_env"], 2)
     print(json.dumps(result))
 

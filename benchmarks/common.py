@@ -11,6 +11,7 @@ import torch
 
 from dreamctl.config import Config
 from dreamctl.envs import make_env
+from dreamctl.linear import linear, onednn_active
 from dreamctl.replay import Replay
 
 
@@ -49,19 +50,27 @@ def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, to
     return replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), device)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
-    """GFLOP/s of an n^3 matmul in this dtype on this device, measured now (machines of one kind differ)."""
+def matmul_peaks(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+    """GFLOP/s of an n^3 matmul in this dtype on this device, measured now (machines of one kind differ), by each
+    route torch has: its own matmul (MKL for float32 on the CPU) and, for float32 on the CPU, oneDNN's kernels,
+    which dreamctl's linear layers use. The machine's peak is the faster of the two."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        a @ b
-        reps += 1
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - began) / 1e9
+    routes = {"torch_mm": lambda: a @ b}
+    if onednn_active(a, b):
+        routes["onednn"] = lambda: linear(a, b)
+    peaks = {}
+    for name, product in routes.items():
+        for _ in range(3):
+            product()
+        sync(device)
+        reps, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            product()
+            reps += 1
+        sync(device)
+        peaks[name] = round(2 * n**3 * reps / (time.perf_counter() - began) / 1e9, 1)
+    return peaks
 
 
 class PhaseClock:
