@@ -67,7 +67,8 @@ class Decoder(nn.Module):
         kernels = [5, 5, 6, 6]
         self.deconvs = nn.ModuleList([ConvTranspose1x1(channels[0], channels[1], kernels[0], stride=2)])
         self.deconvs.extend(
-            BiasSumConvTranspose2d(channels[i], channels[i + 1], kernels[i], stride=2) for i in range(1, 3)
+            BiasSumConvTranspose2d(channels[i], channels[i + 1], kernels[i], stride=2, forward_by_products=i == 1)
+            for i in range(1, 3)
         )
         self.deconvs.append(SubpixelConvTranspose2d(channels[3], channels[4], kernels[3], stride=2))
         init_keras_(self)

@@ -112,6 +112,44 @@ def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
                                    lambda: torch.randn(5, cin, size, size))
 
 
+BF16_CASES = {
+    "space_to_depth": (lambda: SpaceToDepthConv2d(1, 8, 4, stride=2), lambda: torch.nn.Conv2d(1, 8, 4, stride=2),
+                       (4, 1, 16, 16)),
+    "elu_conv": (lambda: EluConv2d(8, 16, 4, stride=2), lambda: torch.nn.Conv2d(8, 16, 4, stride=2), (4, 8, 15, 15)),
+    "patch": (lambda: PatchConv2d(16, 32, 4, stride=2), lambda: torch.nn.Conv2d(16, 32, 4, stride=2), (4, 16, 6, 6)),
+    "first_deconv": (lambda: ConvTranspose1x1(32, 16, 5, stride=2),
+                     lambda: torch.nn.ConvTranspose2d(32, 16, 5, stride=2), (4, 32, 1, 1)),
+    "bias_sum_deconv": (lambda: BiasSumConvTranspose2d(16, 8, 5, stride=2),
+                        lambda: torch.nn.ConvTranspose2d(16, 8, 5, stride=2), (4, 16, 5, 5)),
+    "bias_sum_deconv_by_products": (lambda: BiasSumConvTranspose2d(16, 8, 5, stride=2, forward_by_products=True),
+                                    lambda: torch.nn.ConvTranspose2d(16, 8, 5, stride=2), (4, 16, 5, 5)),
+    "subpixel_deconv": (lambda: SubpixelConvTranspose2d(8, 1, 6, stride=2),
+                        lambda: torch.nn.ConvTranspose2d(8, 1, 6, stride=2), (9, 8, 13, 13)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_fast_layers_under_bf16_autocast_agree_with_the_exact_layer(case):
+    """Under bf16 autocast every fast layer still gives the plain layer's maths, to bf16's precision."""
+    make_fast, make_plain, shape = BF16_CASES[case]
+    torch.manual_seed(0)
+    fast, plain = make_fast(), make_plain().double()
+    plain.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+    x = torch.randn(*shape)
+    x64 = x.double().requires_grad_(True)
+    y64 = plain(torch.nn.functional.elu(x64) if getattr(fast, "elu_input", False) else x64)
+    xb = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fast(xb * 1.0)
+    assert y.shape == y64.shape
+    g = torch.randn_like(y64)
+    got = torch.autograd.grad(y, [xb, fast.weight], g.to(y.dtype))
+    expected = torch.autograd.grad(y64, [x64, plain.weight], g)
+    for a, b in zip([y, *got], [y64, *expected]):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.double(), b.detach(), rtol=0, atol=0.03 * scale)
+
+
 def test_in_place_elu_gives_elu_and_its_gradient_and_refuses_a_second_backward():
     torch.manual_seed(0)
     x = torch.randn(4, 6, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -186,12 +224,13 @@ def test_mlp_layers():
     assert linears[0].weight.abs().max() <= bound
 
 
+@pytest.mark.parametrize("by_products", [False, True])
 @pytest.mark.parametrize("cin, cout, k, size, channels_last", [(12, 6, 5, 5, True), (8, 4, 6, 7, True),
                                                                  (8, 4, 6, 7, False)])
-def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size, channels_last):
+def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size, channels_last, by_products):
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    assert_fast_layer_equals_plain(BiasSumConvTranspose2d(cin, cout, k, stride=2),
+    assert_fast_layer_equals_plain(BiasSumConvTranspose2d(cin, cout, k, stride=2, forward_by_products=by_products),
                                    torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
                                    lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
 
