@@ -21,6 +21,7 @@ import torch
 from dreamctl.agent import resolve_device
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
+from dreamctl.runs import keep_freed_memory
 from dreamctl.trainer import Trainer
 
 from common import device_name
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="policy time per loop, over all rounds")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    keep_freed_memory()  # as `dreamctl train` does
     device = resolve_device(args.device)
     result = {"benchmark": "collect", "preset": args.preset, "device": str(device), "device_name": device_name(device),
               "precision": args.precision,
