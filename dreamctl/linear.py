@@ -7,8 +7,10 @@ float32 arithmetic throughout (no reduced-precision math mode). Every Linear of 
 `linear`, so the world model, imagination, actor and critic all take the faster kernels; the results equal
 F.linear's to float32 rounding (tests compare them in float64).
 
-oneDNN handles a strided weight very slowly (a row slice of a wider matrix took 100x longer), so weights
-reach it contiguous; callers that reuse a sliced weight many times (the RSSM unroll) make it contiguous once.
+oneDNN handles a sliced weight very slowly (a column slice of a wider matrix took 100x longer), so weights
+reach it contiguous or as the transpose of a contiguous matrix (which it reads well at training batch sizes,
+and which spares a weight-sized copy); callers that reuse a sliced weight many times (the RSSM unroll, acting)
+make it contiguous once.
 On CUDA, under autocast, and for other dtypes `linear` is F.linear. `use_onednn(False)` turns the route off,
 for the benchmarks' FLOP count (torch's counter knows aten's matmuls, not oneDNN's op) and for comparisons.
 """
@@ -73,7 +75,7 @@ class _OneDnnLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad
         rows = grad.reshape(-1, grad.shape[-1])
-        grad_x = _mm_t(grad, weight.t().contiguous()) if need_x else None
+        grad_x = _mm_t(grad, weight.t()) if need_x else None  # a transposed view is fine at training batch sizes
         grad_weight = _mm_t(rows.t(), x.reshape(-1, x.shape[-1]).contiguous().t()) if need_weight else None
         grad_bias = rows.sum(0) if need_bias else None
         return grad_x, grad_weight, grad_bias
@@ -83,7 +85,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear(x, weight, bias), on oneDNN for float32 CPU tensors."""
     if not onednn_active(x, weight):
         return F.linear(x, weight, bias)
-    weight = weight.contiguous()
+    if not (weight.is_contiguous() or weight.t().is_contiguous()):
+        weight = weight.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _OneDnnLinear.apply(x, weight, bias)
     return _mm_t(x, weight, bias)
