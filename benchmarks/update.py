@@ -4,11 +4,13 @@
 
 Prints one JSON line with, per precision: seconds per update (median, min, max), the time split by phase,
 parameter count, the model FLOPs of one update, this machine's same-precision matmul peak measured in the same
-run, and MFU; and, when both were measured, how much faster bf16 is than float32 in this run.
+run (the faster of torch's matmul and, for float32 on the CPU, oneDNN's: both are listed), and MFU; and, when
+both were measured, how much faster bf16 is than float32 in this run.
 FLOPs are counted by torch's FlopCounterMode over one real update: every matmul and convolution by its
 shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
-reformulation are counted as the plain torch layers they equal, so a reformulation that does extra work
-(the subpixel deconv's padded borders) cannot raise the MFU.
+reformulation are counted as the plain torch layers they equal, and linears as aten's matmuls (the count runs
+with the oneDNN route off), so a reformulation that does extra work (the subpixel deconv's padded borders) cannot
+raise the MFU.
 """
 
 from __future__ import annotations

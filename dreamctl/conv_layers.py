@@ -227,10 +227,10 @@ def _transposed_conv_by_products(x: Tensor, weight: Tensor, bias: Tensor, stride
     size = (n, cout, (h - 1) * stride + k, (w - 1) * stride + k)
     out = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
     pixels = x.permute(0, 2, 3, 1)
+    span_h, span_w = stride * (h - 1) + 1, stride * (w - 1) + 1
     for rows in _batch_slices(n, slices):
         products = mm_t(pixels[rows].reshape(-1, cin), taps).view(-1, h, w, k, k, cout)
         region = out[rows].permute(0, 2, 3, 1)
-        span_h, span_w = stride * (h - 1) + 1, stride * (w - 1) + 1
         for i in range(k):
             for j in range(k):
                 region[:, i:i + span_h:stride, j:j + span_w:stride] += products[:, :, :, i, j]
