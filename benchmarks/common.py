@@ -11,7 +11,7 @@ import torch
 
 from dreamctl.config import Config
 from dreamctl.envs import make_env
-from dreamctl.linear import linear, onednn_active
+from dreamctl.linear import linear, onednn_active, use_onednn
 from dreamctl.replay import Replay
 
 
@@ -53,12 +53,18 @@ def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, to
 def matmul_peaks(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
     """GFLOP/s of an n^3 matmul in this dtype on this device, measured now (machines of one kind differ), by each
     route torch has: its own matmul (MKL for float32 on the CPU) and, for float32 on the CPU, oneDNN's kernels,
-    which dreamctl's linear layers use. The machine's peak is the faster of the two."""
+    which dreamctl's linear layers take where MKL is slow. The machine's peak is the faster of the two."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def onednn_product() -> None:
+        with use_onednn(True):
+            linear(a, b)
+
     routes = {"torch_mm": lambda: a @ b}
-    if onednn_active(a, b):
-        routes["onednn"] = lambda: linear(a, b)
+    with use_onednn(True):
+        if onednn_active(a, b):
+            routes["onednn"] = onednn_product
     peaks = {}
     for name, product in routes.items():
         for _ in range(3):

@@ -1,11 +1,14 @@
-"""Float32 linear layers (x @ W.T + b) computed by oneDNN's CPU kernels instead of the BLAS.
+"""Float32 linear layers (x @ W.T + b) computed by oneDNN's CPU kernels where the BLAS is slow.
 
 torch multiplies float32 matrices on the CPU with MKL, and MKL runs its AVX2 kernels on AMD processors even
 where they have AVX-512: on a 2-core AMD EPYC (Zen 5) it reached 126-184 GFLOP/s where oneDNN, the library
 behind torch's CPU convolutions and bfloat16 matmuls, reached 380-405 GFLOP/s on the same products, with
-float32 arithmetic throughout (no reduced-precision math mode). Every Linear of the model goes through
-`linear`, so the world model, imagination, actor and critic all take the faster kernels; the results equal
-F.linear's to float32 rounding (tests compare them in float64).
+float32 arithmetic throughout (no reduced-precision math mode). On Intel processors MKL takes its AVX-512
+kernels and is the faster of the two (a whole update 1.12x faster than with oneDNN's linears, in an
+interleaved A/B on a 2-core Xeon), so the oneDNN route is the default only on other x86 processors and on
+torch builds without MKL. Every Linear of the model goes through `linear`, so the world model, imagination,
+actor and critic all take the route; its results equal F.linear's to float32 rounding (tests compare them
+in float64).
 
 oneDNN handles a sliced weight very slowly (a column slice of a wider matrix took 100x longer), so weights
 reach it contiguous or as the transpose of a contiguous matrix (which it reads well at training batch sizes,
@@ -32,14 +35,28 @@ def _onednn_linear_op():
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
+def _blas_is_slow(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether torch's float32 BLAS runs below this CPU's speed: MKL picks AVX-512 kernels on Intel CPUs only."""
+    if not torch.backends.mkl.is_available():
+        return True
+    try:
+        with open(cpuinfo) as info:
+            vendor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
+    except OSError:
+        return False
+    return vendor != "GenuineIntel"
+
+
 T = TypeVar("T")
 _OP = _onednn_linear_op()
-_enabled = _OP is not None
+ONEDNN_BY_DEFAULT = _OP is not None and _blas_is_slow()
+_enabled = ONEDNN_BY_DEFAULT
 
 
 @contextlib.contextmanager
 def use_onednn(enabled: bool):
-    """Route float32 CPU linears through oneDNN (where torch has it) or through torch's BLAS, within the block."""
+    """Route float32 CPU linears through oneDNN (where torch has it) or through torch's BLAS, within the block,
+    whichever this CPU would take by default."""
     global _enabled
     before, _enabled = _enabled, enabled and _OP is not None
     try:

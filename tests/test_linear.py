@@ -15,6 +15,13 @@ from conftest import tiny_config
 needs_onednn = pytest.mark.skipif(linear_module._OP is None, reason="this torch build has no oneDNN linear op")
 
 
+@pytest.fixture(autouse=True)
+def onednn_route():
+    """Every test here runs with the oneDNN route on where torch has it, whichever route this CPU takes by default."""
+    with use_onednn(True):
+        yield
+
+
 def assert_within_float32_rounding(got: torch.Tensor, expected: torch.Tensor, abs_products: torch.Tensor,
                                     terms: int) -> None:
     """|got - exact| <= terms * 2^-23 * sum_i |a_i b_i|: the worst-case float32 rounding of a sum of `terms` products
@@ -69,6 +76,17 @@ def test_route_is_float32_on_the_cpu_outside_autocast_only():
     with use_onednn(False):
         assert not onednn_active(x, w)
     assert onednn_active(x, w) == (linear_module._OP is not None)
+
+
+@pytest.mark.parametrize("vendor, slow", [("GenuineIntel", False), ("AuthenticAMD", True), ("HygonGenuine", True)])
+def test_onednn_is_the_default_route_only_where_mkl_is_slow(tmp_path, monkeypatch, vendor, slow):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 6\n")
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
+    assert linear_module._blas_is_slow(str(cpuinfo)) == slow
+    assert not linear_module._blas_is_slow(str(tmp_path / "missing"))  # unknown CPU: keep torch's own route
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    assert linear_module._blas_is_slow(str(cpuinfo))
 
 
 def test_linear_module_keeps_nn_linears_state_dict():
