@@ -47,7 +47,7 @@ class Returns:
     target: Tensor  # (H, N): V_0 .. V_{H-1}
     weight: Tensor  # (H+1, N): w_t = prod_{k<t} d_k, no gradient
     slow_value: Tensor  # (H+1, N): v'(s_t), the REINFORCE baseline
-    reward: Tensor  # (H+1, N)
+    reward: Tensor  # (H, N): r_0 .. r_{H-1}
 
 
 @contextlib.contextmanager
@@ -106,14 +106,15 @@ class ActorCritic(nn.Module):
     def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
         """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step."""
         with torch.set_grad_enabled(self.rho < 1.0 and torch.is_grad_enabled()):
-            reward = world_model.reward(traj.feat)
-            discount = world_model.continuation(traj.feat)
+            # Only the states whose outputs are read: rewards of s_0..s_{H-1}, predicted discounts of
+            # s_1..s_{H-1} (s_0's discount comes from the data, s_H's is never used).
+            reward = world_model.reward(traj.feat[:-1])
+            discount = world_model.continuation(traj.feat[1:-1])
             first = world_model.discount * (1.0 - start_terminal.float().flatten())
-            discount = torch.cat([first[None], discount[1:]], 0)
+            discount = torch.cat([first[None], discount], 0)
             slow_value = self.slow_critic(traj.feat).squeeze(-1).float()
-            target = lambda_return(reward[:-1], slow_value[:-1], discount[:-1], slow_value[-1],
-                                   self.cfg.return_lambda)
-        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
+            target = lambda_return(reward, slow_value[:-1], discount, slow_value[-1], self.cfg.return_lambda)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount], 0), 0).detach()
         return Returns(target, weight, slow_value, reward)
 
     def actor_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:

@@ -105,6 +105,23 @@ def test_with_rho_zero_the_actor_gradient_flows_through_the_dynamics():
     assert g_feat.abs().sum() > 0
 
 
+def test_returns_read_the_heads_only_where_the_equations_do():
+    """V_t uses r_t and d_t for t < H and v'(s_t) for t <= H, and d_0 comes from the data: running the reward and
+    discount heads on only those states gives the returns and weights of heads run on every imagined state."""
+    agent, traj, _ = _imagined_losses("reinforce")
+    terminal = torch.zeros(traj.feat.shape[1])
+    terminal[0] = 1
+    ret = agent.behavior.returns(agent.world_model, traj, terminal)
+    wm, lam = agent.world_model, agent.cfg.behavior.return_lambda
+    reward, discount = wm.reward(traj.feat), wm.continuation(traj.feat)
+    discount[0] = wm.discount * (1 - terminal)
+    value = agent.behavior.slow_critic(traj.feat).squeeze(-1)
+    target = lambda_return(reward[:-1], value[:-1], discount[:-1], value[-1], lam)
+    torch.testing.assert_close(ret.target, target)
+    torch.testing.assert_close(ret.weight, torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0))
+    assert ret.weight[1, 0] == 0 and ret.reward.shape == target.shape
+
+
 def test_one_update_changes_each_module_only_through_its_own_optimiser():
     torch.manual_seed(0)
     cfg = tiny_config()
