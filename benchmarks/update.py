@@ -8,9 +8,9 @@ run (the faster of torch's matmul and, for float32 on the CPU, oneDNN's: both ar
 both were measured, how much faster bf16 is than float32 in this run.
 FLOPs are counted by torch's FlopCounterMode over one real update: every matmul and convolution by its
 shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
-reformulation are counted as the plain torch layers they equal, and linears as aten's matmuls (the count runs
-with the oneDNN route off), so a reformulation that does extra work (the subpixel deconv's padded borders) cannot
-raise the MFU.
+reformulation are counted as the plain torch layers they equal, the encoder's first layer once (training computes
+it again in the backward pass), and linears as aten's matmuls (the count runs with the oneDNN route off), so
+extra work (the subpixel deconv's padded borders, a recomputation) cannot raise the MFU.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dreamctl.agent import Agent, resolve_device
 from dreamctl.config import load_config
 from dreamctl.conv_layers import FAST_LAYERS
 from dreamctl.linear import use_onednn
+from dreamctl.nets import Encoder
 from dreamctl.runs import keep_freed_memory
 
 from common import PhaseClock, device_name, matmul_peaks, pong_batch, sync
@@ -43,15 +44,20 @@ def plain_forward(layer: torch.nn.Module):
 
 @contextlib.contextmanager
 def plain_layers(module: torch.nn.Module):
-    """Run every fast layer in `module` as the torch layer it reformulates."""
+    """Run every fast layer in `module` as the torch layer it reformulates, and recompute nothing."""
     fast = [m for m in module.modules() if isinstance(m, FAST_LAYERS)]
+    encoders = [m for m in module.modules() if isinstance(m, Encoder)]
     for m in fast:
         m.forward = plain_forward(m)
+    for m in encoders:
+        m.recompute_stem = False
     try:
         yield
     finally:
         for m in fast:
             del m.forward
+        for m in encoders:
+            del m.recompute_stem
 
 
 def measure(preset: str, precision: str, device: torch.device, batch: dict[str, torch.Tensor], updates: int,

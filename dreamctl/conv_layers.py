@@ -45,70 +45,13 @@ def channels_last_act(x: Tensor) -> Tensor:
     return F.elu(x, inplace=True)  # the pre-activation is not needed
 
 
-class _EluThenConv(torch.autograd.Function):
-    """ELU in place, then a convolution of the result; returns (conv output, ELU output).
-
-    The backward makes the ELU's input gradient in batch slices, each written straight into the ELU's saved
-    output, so the layer never holds a second activation-sized tensor. At the paper batch the encoder's first
-    and the decoder's last activations are 148 and 138 MB; a fresh buffer that large, requested when the
-    update's memory use is highest, found no free block of its size among the holes earlier updates left in
-    the heap, and grew the heap (and the RSS) by 50-150 MB every few updates.
-    """
-
-    slices = 8
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int,  # type: ignore[override]
-                padding: int) -> tuple[Tensor, Tensor]:
-        ctx.set_materialize_grads(False)
-        out = F.elu(x, inplace=True)
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(out, weight)
-        ctx.conv = (None if bias is None else [bias.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1)
-        return F.conv2d(out, weight, bias, stride, padding), out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor, _out_grad: None):  # type: ignore[override]
-        out, weight = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad, out, weight, *ctx.conv, [False, need_weight, need_bias])
-        if not need_x:
-            return None, grad_weight, grad_bias, None, None
-        step = -(-out.shape[0] // _EluThenConv.slices)
-        for start in range(0, out.shape[0], step):
-            rows = slice(start, start + step)
-            grad_out = torch.ops.aten.convolution_backward(
-                grad[rows], out[rows], weight, *ctx.conv, [True, False, False])[0]
-            torch.ops.aten.elu_backward.grad_input(grad_out, 1.0, 1, 1, True, out[rows], grad_input=out[rows])
-        return out, grad_weight, grad_bias, None, None
+BACKWARD_SLICES = 8
+"""Batch slices in which the layers after the two largest activations make their input gradients."""
 
 
-def elu_then_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0) -> Tensor:
-    """F.conv2d(F.elu(x), weight, bias, stride, padding) for a channels_last pre-activation x, which it overwrites."""
-    x = x.contiguous(memory_format=torch.channels_last)
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return F.conv2d(F.elu(x, inplace=True), weight, bias, stride, padding)
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    with torch.autocast(device_type, enabled=False):
-        return _EluThenConv.apply(x, weight, bias, stride, padding)[0]
-
-
-class EluConv2d(nn.Conv2d):
-    """nn.Conv2d (no padding) of the ELU of its input: the layer after the encoder's largest activation, which it
-    receives before the activation so that its backward can run in batch slices (see _EluThenConv)."""
-
-    elu_input = True
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return elu_then_conv(x, self.weight, self.bias, self.stride[0])
+def _batch_slices(n: int, slices: int = BACKWARD_SLICES) -> list[slice]:
+    step = -(-n // slices)
+    return [slice(start, start + step) for start in range(0, n, step)]
 
 
 class SpaceToDepthConv2d(nn.Conv2d):
@@ -124,37 +67,123 @@ class SpaceToDepthConv2d(nn.Conv2d):
             raise ValueError("SpaceToDepthConv2d supports kernel 4 with stride 2")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def blocks(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, 4C, H/2, W/2), channels_last, channels in (c, row in block, column in block) order."""
         x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # a valid conv never reads an odd last row
         n, c, h, w = x.shape
         blocks = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4)
-        blocks = blocks.reshape(n, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)  # channels_last, channel (c, i, j)
-        o = self.out_channels
-        weight = self.weight.reshape(o, c, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * c, 2, 2)
-        return F.conv2d(blocks, weight, self.bias)
+        return blocks.reshape(n, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
+
+    def block_weight(self) -> Tensor:
+        """The weight as a kernel-2 conv over `blocks`."""
+        o, c = self.out_channels, self.in_channels
+        return self.weight.reshape(o, c, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * c, 2, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return F.conv2d(self.blocks(x), self.block_weight(), self.bias)
 
 
-class _Patches(torch.autograd.Function):
-    """The k x k windows of a valid strided conv: (N, H, W, C) -> (N, out_h * out_w, k, k, C).
+def _activated_stem(blocks: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return F.elu(F.conv2d(blocks, weight, bias).contiguous(memory_format=torch.channels_last), inplace=True)
 
-    Autograd would give each window's gradient as its own zero-filled input-sized tensor and add them up;
-    this backward adds the windows' gradients into one buffer, in the input's channels_last layout.
+
+class _ConvOfRecomputedStem(torch.autograd.Function):
+    """conv(elu(stem(blocks))) that keeps only `blocks` for the backward pass and computes the stem again there.
+
+    The encoder's first activation is its largest (31x31x48 per image, 148 MB at the paper batch) and would
+    be held from the forward pass through the update's memory peak, at the start of the decoder's backward.
+    The first conv reads 16 inputs per output, so computing it and its ELU again costs about 20 ms (0.6 % of
+    a paper-config update on a 2-core CPU), while the peak RSS fell by 0.12 GiB. The backward writes the
+    activation's gradient into the recomputed activation, in batch slices, so it allocates no second copy.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, k: int, stride: int, out_h: int, out_w: int) -> Tensor:  # type: ignore[override]
-        ctx.x_shape, ctx.geometry = x.shape, (k, stride, out_h, out_w)
-        return torch.stack([x[:, i * stride:i * stride + k, j * stride:j * stride + k]
-                            for i in range(out_h) for j in range(out_w)], 1)
+    def forward(ctx, blocks: Tensor, stem_weight: Tensor, stem_bias: Tensor | None,  # type: ignore[override]
+                weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+        ctx.save_for_backward(blocks, stem_weight, stem_bias, weight)
+        ctx.stride, ctx.bias_sizes = stride, None if bias is None else [bias.shape[0]]
+        return F.conv2d(_activated_stem(blocks, stem_weight, stem_bias), weight, bias, stride)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        k, stride, out_h, out_w = ctx.geometry
-        grad_x = grad.new_zeros(ctx.x_shape)
-        for p in range(out_h * out_w):
-            i, j = divmod(p, out_w)
-            grad_x[:, i * stride:i * stride + k, j * stride:j * stride + k] += grad[:, p]
-        return grad_x, None, None, None, None
+        blocks, stem_weight, stem_bias, weight = ctx.saved_tensors
+        need_stem_weight, need_stem_bias, need_weight, need_bias = ctx.needs_input_grad[1:5]
+        act = _activated_stem(blocks, stem_weight, stem_bias)
+        conv = (ctx.bias_sizes, [ctx.stride] * 2, [0, 0], [1, 1], False, [0, 0], 1)
+        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, act, weight, *conv, [False, need_weight, need_bias])
+        grad_stem_weight = grad_stem_bias = None
+        if need_stem_weight or need_stem_bias:
+            for rows in _batch_slices(act.shape[0]):
+                grad_act = torch.ops.aten.convolution_backward(grad[rows], act[rows], weight, *conv,
+                                                               [True, False, False])[0]
+                torch.ops.aten.elu_backward.grad_input(grad_act, 1.0, 1, 1, True, act[rows], grad_input=act[rows])
+            _, grad_stem_weight, grad_stem_bias = torch.ops.aten.convolution_backward(
+                act, blocks, stem_weight, None if stem_bias is None else [stem_bias.shape[0]], [1, 1], [0, 0],
+                [1, 1], False, [0, 0], 1, [False, need_stem_weight, need_stem_bias])
+        return None, grad_stem_weight, grad_stem_bias, grad_weight, grad_bias, None
+
+
+def conv_of_recomputed_stem(x: Tensor, stem: SpaceToDepthConv2d, conv: nn.Conv2d) -> Tensor:
+    """conv(elu(stem(x))) for training: the same maths, holding only the image until the backward pass.
+
+    `conv` must be unpadded; autocast is applied here as it would be to the two convs."""
+    tensors = [stem.blocks(x), stem.block_weight(), stem.bias, conv.weight, conv.bias]
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        tensors = [None if t is None else t.to(dtype) for t in tensors]
+    with torch.autocast(device_type, enabled=False):
+        return _ConvOfRecomputedStem.apply(*tensors, conv.stride[0])
+
+
+def _windows(x: Tensor, k: int, stride: int, out_h: int, out_w: int) -> Tensor:
+    """The k x k windows of a valid strided conv: (N, H, W, C) -> (N, out_h * out_w, k, k, C)."""
+    return torch.stack([x[:, i * stride:i * stride + k, j * stride:j * stride + k]
+                        for i in range(out_h) for j in range(out_w)], 1)
+
+
+def _fold_windows(grad: Tensor, x_shape: torch.Size, k: int, stride: int, out_h: int, out_w: int) -> Tensor:
+    """The gradient of `_windows` with respect to x: each window's gradient added into one (N, H, W, C) buffer
+    (autograd would give each window its own zero-filled input-sized tensor and add them up)."""
+    grad_x = grad.new_zeros(x_shape)
+    for p in range(out_h * out_w):
+        i, j = divmod(p, out_w)
+        grad_x[:, i * stride:i * stride + k, j * stride:j * stride + k] += grad[:, p]
+    return grad_x
+
+
+class _PatchProduct(torch.autograd.Function):
+    """y = windows(x) @ W.T + b, saving x rather than its windows.
+
+    The encoder's last layer has overlapping windows (kernel 4, stride 2 on a 6x6 input), so its patches take
+    1.8x the memory of its input: 39 MB at the paper batch, held until the backward pass, where the update's
+    memory use peaks. Its input is the preceding ELU's output, which that ELU saves anyway, so the backward
+    makes the windows again (a 5 ms copy) instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                geometry: tuple[int, int, int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = geometry
+        return linear(_windows(x, *geometry).reshape(-1, weight.shape[1]), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_x = grad_weight = grad_bias = None
+        if need_x:
+            grad_patches = mm_t(grad, weight.t()).view(x.shape[0], -1, *x.shape[-1:])
+            k = ctx.geometry[0]
+            grad_x = _fold_windows(grad_patches.view(x.shape[0], -1, k, k, x.shape[-1]), x.shape, *ctx.geometry)
+        if need_weight:
+            patches = _windows(x, *ctx.geometry).reshape(-1, weight.shape[1])
+            grad_weight = mm_t(grad.t(), patches.t())
+        if need_bias:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias, None
 
 
 class PatchConv2d(nn.Conv2d):
@@ -168,11 +197,19 @@ class PatchConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         k, stride = self.kernel_size[0], self.stride[0]
-        out_h, out_w = (x.shape[-2] - k) // stride + 1, (x.shape[-1] - k) // stride + 1
-        patches = _Patches.apply(x.permute(0, 2, 3, 1), k, stride, out_h, out_w)
+        geometry = (k, stride, (x.shape[-2] - k) // stride + 1, (x.shape[-1] - k) // stride + 1)
+        pixels = x.permute(0, 2, 3, 1)
         weight = weight_layout(self, "patches", self.weight, lambda w: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
-        y = linear(patches.reshape(-1, weight.shape[1]), weight, self.bias)
-        return y.reshape(x.shape[0], out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, self.bias)):
+            bias, device_type = self.bias, x.device.type
+            if torch.is_autocast_enabled(device_type):
+                dtype = torch.get_autocast_dtype(device_type)
+                pixels, weight, bias = pixels.to(dtype), weight.to(dtype), bias.to(dtype)
+            with torch.autocast(device_type, enabled=False):
+                y = _PatchProduct.apply(pixels, weight, bias, geometry)
+        else:
+            y = linear(_windows(pixels, *geometry).reshape(-1, weight.shape[1]), weight, self.bias)
+        return y.reshape(x.shape[0], geometry[2], geometry[3], self.out_channels).permute(0, 3, 1, 2)
 
 
 class ConvTranspose1x1(nn.ConvTranspose2d):
@@ -218,7 +255,7 @@ class _ConvTransposeBiasGradBySum(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
-def _transposed_conv_by_products(x: Tensor, weight: Tensor, bias: Tensor, stride: int, slices: int = 8) -> Tensor:
+def _transposed_conv_by_products(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
     """F.conv_transpose2d (no padding) as one GEMM per batch slice, giving every input pixel's contribution to
     each kernel tap, and k * k strided adds of those contributions into the (channels_last) output."""
     n, cin, h, w = x.shape
@@ -228,18 +265,13 @@ def _transposed_conv_by_products(x: Tensor, weight: Tensor, bias: Tensor, stride
     out = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
     pixels = x.permute(0, 2, 3, 1)
     span_h, span_w = stride * (h - 1) + 1, stride * (w - 1) + 1
-    for rows in _batch_slices(n, slices):
+    for rows in _batch_slices(n):
         products = mm_t(pixels[rows].reshape(-1, cin), taps).view(-1, h, w, k, k, cout)
         region = out[rows].permute(0, 2, 3, 1)
         for i in range(k):
             for j in range(k):
                 region[:, i:i + span_h:stride, j:j + span_w:stride] += products[:, :, :, i, j]
     return out.add_(bias.reshape(1, -1, 1, 1))
-
-
-def _batch_slices(n: int, slices: int) -> list[slice]:
-    step = -(-n // slices)
-    return [slice(start, start + step) for start in range(0, n, step)]
 
 
 def _sum_over_positions(grad: Tensor) -> Tensor:
@@ -284,7 +316,9 @@ class _EluThenTapProducts(torch.autograd.Function):
     input channels, 4 output phases) oneDNN's convolution kernels fall back to slow paths on this CPU kind
     (an AVX2 weight gradient in float32, a plain GEMM-based one in bfloat16): this form runs 1.2x faster in
     float32 and 2.1x in bfloat16. Everything runs in batch slices, and the input gradient is written into the
-    ELU's saved output, as in _EluThenConv, so no temporary is larger than a slice.
+    ELU's saved output, so no temporary is larger than a slice: the layer's input is the decoder's largest
+    activation (138 MB at the paper batch), and a fresh buffer that large, requested at the update's memory
+    peak, found no free block of its size among the holes earlier updates left in the heap and grew the RSS.
 
     x: (N, C, H, W) channels_last pre-activation; weight: (9 * P, C), rows in (row tap, column tap, channel) order.
     Returns the output as (P, N, H + 2, W + 2), and the ELU output.
@@ -304,7 +338,7 @@ class _EluThenTapProducts(torch.autograd.Function):
         n, c, h, w = out.shape
         pixels = out.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
         grad_weight = torch.zeros_like(weight)
-        for rows in _batch_slices(n, _EluThenConv.slices):
+        for rows in _batch_slices(n):
             windows = torch.stack([grad[:, rows, 2 - i:2 - i + h, 2 - j:2 - j + w] for i in range(3) for j in range(3)])
             windows = windows.reshape(weight.shape[0], -1)  # (9 * P, slice * H * W)
             grad_weight += mm_t(windows, pixels[rows].reshape(-1, c).t())
@@ -319,7 +353,7 @@ def _tap_products(a: Tensor, weight: Tensor) -> Tensor:
     outputs = weight.shape[0] // 9
     pixels = a.permute(0, 2, 3, 1)
     y = a.new_zeros(outputs, n, h + 2, w + 2)
-    for rows in _batch_slices(n, _EluThenConv.slices):
+    for rows in _batch_slices(n):
         products = mm_t(weight, pixels[rows].reshape(-1, c)).view(3, 3, outputs, -1, h, w)
         for i in range(3):
             for j in range(3):
@@ -369,7 +403,7 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
         return y[:, :, :size_h, :size_w] + self.bias.reshape(1, -1, 1, 1)
 
 
-FAST_LAYERS = (SpaceToDepthConv2d, EluConv2d, PatchConv2d, ConvTranspose1x1, BiasSumConvTranspose2d,
+FAST_LAYERS = (SpaceToDepthConv2d, PatchConv2d, ConvTranspose1x1, BiasSumConvTranspose2d,
                SubpixelConvTranspose2d)
 """Layers computed by a faster formulation of their torch base class's maths (benchmarks count FLOPs by the base);
 those with `elu_input` apply the ELU to their input first."""

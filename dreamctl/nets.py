@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, EluConv2d, PatchConv2d,
-                                  SpaceToDepthConv2d, SubpixelConvTranspose2d, channels_last_act)
+from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, PatchConv2d, SpaceToDepthConv2d,
+                                  SubpixelConvTranspose2d, channels_last_act, conv_of_recomputed_stem)
 from dreamctl.linear import Linear
 
 
@@ -30,13 +30,20 @@ def init_keras_(module: nn.Module) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    """Four stride-2 valid convs (kernel 4): 64x64 -> 2x2 x (8 * depth) channels, flattened."""
+    """Four stride-2 valid convs (kernel 4): 64x64 -> 2x2 x (8 * depth) channels, flattened.
+
+    In training the first activation is not kept for the backward pass but computed again there
+    (`conv_of_recomputed_stem`); `recompute_stem = False` runs the layers one by one (the benchmarks count
+    FLOPs that way).
+    """
+
+    recompute_stem = True
 
     def __init__(self, in_channels: int, depth: int):
         super().__init__()
         channels = [in_channels, depth, 2 * depth, 4 * depth, 8 * depth]
         self.convs = nn.ModuleList([SpaceToDepthConv2d(channels[0], channels[1], 4, stride=2),
-                                    EluConv2d(channels[1], channels[2], 4, stride=2),
+                                    nn.Conv2d(channels[1], channels[2], 4, stride=2),
                                     nn.Conv2d(channels[2], channels[3], 4, stride=2),
                                     PatchConv2d(channels[3], channels[4], 4, stride=2)])
         self.out_dim = 8 * depth * 2 * 2
@@ -46,10 +53,12 @@ class Encoder(nn.Module):
         """image: (..., C, 64, 64) float in [-0.5, 0.5] -> (..., out_dim)."""
         batch = image.shape[:-3]
         x = image.reshape(-1, *image.shape[-3:]).contiguous(memory_format=torch.channels_last)
-        for conv, next_conv in zip(self.convs, [*self.convs[1:], None]):
-            x = conv(x)
-            if not getattr(next_conv, "elu_input", False):
-                x = channels_last_act(x)
+        convs = list(self.convs)
+        if self.recompute_stem and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            x = channels_last_act(conv_of_recomputed_stem(x, convs[0], convs[1]))
+            convs = convs[2:]
+        for conv in convs:
+            x = channels_last_act(conv(x))
         return x.reshape(*batch, self.out_dim)
 
 

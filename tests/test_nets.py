@@ -8,8 +8,8 @@ import torch
 
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
-from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, EluConv2d, PatchConv2d,
-                                  SpaceToDepthConv2d, SubpixelConvTranspose2d, channels_last_act)
+from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, PatchConv2d, SpaceToDepthConv2d,
+                                  SubpixelConvTranspose2d, channels_last_act)
 from dreamctl.nets import MLP, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
 
 
@@ -115,7 +115,6 @@ def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
 BF16_CASES = {
     "space_to_depth": (lambda: SpaceToDepthConv2d(1, 8, 4, stride=2), lambda: torch.nn.Conv2d(1, 8, 4, stride=2),
                        (4, 1, 16, 16)),
-    "elu_conv": (lambda: EluConv2d(8, 16, 4, stride=2), lambda: torch.nn.Conv2d(8, 16, 4, stride=2), (4, 8, 15, 15)),
     "patch": (lambda: PatchConv2d(16, 32, 4, stride=2), lambda: torch.nn.Conv2d(16, 32, 4, stride=2), (4, 16, 6, 6)),
     "first_deconv": (lambda: ConvTranspose1x1(32, 16, 5, stride=2),
                      lambda: torch.nn.ConvTranspose2d(32, 16, 5, stride=2), (4, 32, 1, 1)),
@@ -235,11 +234,60 @@ def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size, ch
                                    lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
 
 
-@pytest.mark.parametrize("cin, cout, size, slices", [(4, 6, 11, 8), (3, 5, 9, 2)])
-def test_elu_conv_equals_the_plain_conv_after_an_elu(cin, cout, size, slices, monkeypatch):
-    """Batch 5 in 8 or 2 slices: the input gradient is made one row at a time, or in uneven slices (3 + 2)."""
-    monkeypatch.setattr("dreamctl.conv_layers._EluThenConv.slices", slices)
+def _plain_encoder(encoder: Encoder) -> torch.nn.Sequential:
+    """The encoder as torch's own layers, with its weights: convs and ELUs one after another."""
+    layers = []
+    for conv in encoder.convs:
+        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 4, stride=2)
+        plain.load_state_dict(conv.state_dict())
+        layers += [plain, torch.nn.ELU()]
+    return torch.nn.Sequential(*layers, torch.nn.Flatten())
+
+
+@pytest.mark.parametrize("channels, batch, slices", [(1, 5, 8), (3, 5, 2), (1, 1, 8)])
+def test_encoder_with_its_recomputed_stem_equals_the_plain_layers(channels, batch, slices, monkeypatch):
+    """Batch 5 in 8 or 2 slices: the stem's input gradient is made one row at a time, or in uneven slices."""
+    monkeypatch.setattr("dreamctl.conv_layers.BACKWARD_SLICES", slices)
     torch.manual_seed(0)
-    layout = torch.channels_last
-    assert_fast_layer_equals_plain(EluConv2d(cin, cout, 4, stride=2), torch.nn.Conv2d(cin, cout, 4, stride=2),
-                                   lambda: torch.randn(5, cin, size, size).contiguous(memory_format=layout))
+    encoder = Encoder(channels, 4).double()
+    plain = _plain_encoder(encoder).double()
+    for p, q in zip(encoder.parameters(), plain.parameters()):
+        torch.nn.init.normal_(p, std=0.3)
+        q.data.copy_(p.data)
+    image = torch.rand(batch, channels, 64, 64, dtype=torch.float64) - 0.5
+    y = encoder(image)
+    expected = plain(image)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, list(encoder.parameters()), g),
+                    torch.autograd.grad(expected, list(plain.parameters()), g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_encoder_training_keeps_no_copy_of_its_first_activation():
+    """The first activation (31x31 per image) is computed again in the backward pass, not saved for it."""
+    encoder = Encoder(1, 4)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        encoder(torch.rand(3, 1, 64, 64) - 0.5).sum().backward()
+    assert saved and not any(shape[-2:] == (31, 31) for shape in saved)
+    encoder.recompute_stem = False
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        encoder(torch.rand(3, 1, 64, 64) - 0.5).sum().backward()
+    assert any(shape[-2:] == (31, 31) for shape in saved)  # the check can see it when it is there
+
+
+def test_encoder_under_bf16_autocast_agrees_with_the_exact_layers():
+    torch.manual_seed(0)
+    encoder = Encoder(1, 4)
+    plain = _plain_encoder(encoder).double()
+    image = torch.rand(6, 1, 64, 64) - 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = encoder(image)
+    expected = plain(image.double())
+    g = torch.randn_like(expected)
+    got = torch.autograd.grad(y, list(encoder.parameters()), g.to(y.dtype))
+    exact = torch.autograd.grad(expected, list(plain.parameters()), g)
+    for a, b in zip([y, *got], [expected, *exact]):
+        torch.testing.assert_close(a.double(), b.detach(), rtol=0, atol=0.03 * b.abs().max().item())
