@@ -49,8 +49,8 @@ BACKWARD_SLICES = 8
 """Batch slices in which the layers after the two largest activations make their input gradients."""
 
 
-def _batch_slices(n: int, slices: int = BACKWARD_SLICES) -> list[slice]:
-    step = -(-n // slices)
+def _batch_slices(n: int) -> list[slice]:
+    step = -(-n // BACKWARD_SLICES)
     return [slice(start, start + step) for start in range(0, n, step)]
 
 
