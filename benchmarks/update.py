@@ -26,9 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dreamctl.agent import Agent, resolve_device
 from dreamctl.config import load_config
-from dreamctl.conv_layers import FAST_LAYERS
 from dreamctl.linear import use_onednn
-from dreamctl.nets import Encoder
+from dreamctl.nets import FAST_LAYERS, Encoder
 from dreamctl.runs import keep_freed_memory
 
 from common import PhaseClock, device_name, matmul_peaks, pong_batch, sync

@@ -14,9 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, PatchConv2d, SpaceToDepthConv2d,
-                                  SubpixelConvTranspose2d, channels_last_act, conv_of_recomputed_stem)
+from dreamctl.conv_layers import PatchConv2d, SpaceToDepthConv2d, channels_last_act, conv_of_recomputed_stem
+from dreamctl.deconv_layers import BiasSumConvTranspose2d, ConvTranspose1x1, SubpixelConvTranspose2d
 from dreamctl.linear import Linear
+
+
+FAST_LAYERS = (SpaceToDepthConv2d, PatchConv2d, ConvTranspose1x1, BiasSumConvTranspose2d, SubpixelConvTranspose2d)
+"""Layers computed by a faster formulation of their torch base class's maths (benchmarks count FLOPs by the base);
+those with `elu_input` apply the ELU to their input first."""
 
 
 def init_keras_(module: nn.Module) -> nn.Module:

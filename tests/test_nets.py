@@ -8,8 +8,8 @@ import torch
 
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
-from dreamctl.conv_layers import (BiasSumConvTranspose2d, ConvTranspose1x1, PatchConv2d, SpaceToDepthConv2d,
-                                  SubpixelConvTranspose2d, channels_last_act)
+from dreamctl.conv_layers import PatchConv2d, SpaceToDepthConv2d, channels_last_act
+from dreamctl.deconv_layers import BiasSumConvTranspose2d, ConvTranspose1x1, SubpixelConvTranspose2d
 from dreamctl.nets import MLP, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
 
 
