@@ -12,6 +12,8 @@ from dreamctl.conv_layers import PatchConv2d, SpaceToDepthConv2d, channels_last_
 from dreamctl.deconv_layers import BiasSumConvTranspose2d, ConvTranspose1x1, SubpixelConvTranspose2d
 from dreamctl.nets import MLP, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
 
+from conftest import tiny_config
+
 
 @pytest.fixture(scope="module")
 def atari_agent():
@@ -291,3 +293,20 @@ def test_encoder_under_bf16_autocast_agrees_with_the_exact_layers():
     exact = torch.autograd.grad(expected, list(plain.parameters()), g)
     for a, b in zip([y, *got], [expected, *exact]):
         torch.testing.assert_close(a.double(), b.detach(), rtol=0, atol=0.03 * b.abs().max().item())
+
+
+def test_on_the_cpu_a_bf16_run_acts_in_float32():
+    """Acting takes the float32 weights as they are (autocast would cast them again at every step)."""
+    torch.manual_seed(0)
+    exact = Agent(tiny_config(), (64, 64, 1), 3, True)
+    bf16 = Agent(tiny_config("run.precision=bf16"), (64, 64, 1), 3, True)
+    bf16.load_state_dict(exact.state_dict())
+    obs = torch.randint(0, 256, (4, 64, 64, 1), dtype=torch.uint8)
+    first = torch.ones(4, dtype=torch.bool)
+    decisions = []
+    for agent in (exact, bf16):
+        torch.manual_seed(1)
+        decisions.append(agent.policy(obs, first, agent.initial_act_state(4)))
+    (action, state), (action_bf16, state_bf16) = decisions
+    assert state_bf16.latent.logits.dtype == torch.float32
+    assert torch.equal(state_bf16.latent.logits, state.latent.logits) and torch.equal(action_bf16, action)
