@@ -51,6 +51,7 @@ BACKWARD_SLICES = 8
 
 
 def batch_slices(n: int) -> list[slice]:
+    """At most BACKWARD_SLICES equal slices covering range(n), the last one possibly shorter."""
     step = -(-n // BACKWARD_SLICES)
     return [slice(start, start + step) for start in range(0, n, step)]
 
