@@ -46,6 +46,17 @@ def channels_last_act(x: Tensor) -> Tensor:
     return F.elu(x, inplace=True)  # the pre-activation is not needed
 
 
+def apply_outside_autocast(function: type[torch.autograd.Function], *args):
+    """function.apply(*args) with its tensors cast as autocast would cast a layer's inputs, and autocast off inside,
+    so that the function's own products run in one dtype and its backward receives gradients of that dtype."""
+    device_type = next(a for a in args if isinstance(a, Tensor)).device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        args = tuple(a.to(dtype) if isinstance(a, Tensor) else a for a in args)
+    with torch.autocast(device_type, enabled=False):
+        return function.apply(*args)
+
+
 BACKWARD_SLICES = 8
 """Batch slices in which the layers after the two largest activations make their input gradients."""
 
@@ -130,13 +141,8 @@ def conv_of_recomputed_stem(x: Tensor, stem: SpaceToDepthConv2d, conv: nn.Conv2d
     """conv(elu(stem(x))) for training: the same maths, holding only the image until the backward pass.
 
     `conv` must be unpadded; autocast is applied here as it would be to the two convs."""
-    tensors = [stem.blocks(x), stem.block_weight(), stem.bias, conv.weight, conv.bias]
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        tensors = [None if t is None else t.to(dtype) for t in tensors]
-    with torch.autocast(device_type, enabled=False):
-        return _ConvOfRecomputedStem.apply(*tensors, conv.stride[0])
+    return apply_outside_autocast(_ConvOfRecomputedStem, stem.blocks(x), stem.block_weight(), stem.bias, conv.weight,
+                                  conv.bias, conv.stride[0])
 
 
 def _windows(x: Tensor, k: int, stride: int, out_h: int, out_w: int) -> Tensor:
@@ -177,9 +183,9 @@ class _PatchProduct(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
         if need_x:
-            grad_patches = mm_t(grad, weight.t()).view(x.shape[0], -1, *x.shape[-1:])
             k = ctx.geometry[0]
-            grad_x = _fold_windows(grad_patches.view(x.shape[0], -1, k, k, x.shape[-1]), x.shape, *ctx.geometry)
+            grad_patches = mm_t(grad, weight.t()).view(x.shape[0], -1, k, k, x.shape[-1])
+            grad_x = _fold_windows(grad_patches, x.shape, *ctx.geometry)
         if need_weight:
             patches = _windows(x, *ctx.geometry).reshape(-1, weight.shape[1])
             grad_weight = mm_t(grad.t(), patches.t())
@@ -203,12 +209,7 @@ class PatchConv2d(nn.Conv2d):
         pixels = x.permute(0, 2, 3, 1)
         weight = weight_layout(self, "patches", self.weight, lambda w: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, self.bias)):
-            bias, device_type = self.bias, x.device.type
-            if torch.is_autocast_enabled(device_type):
-                dtype = torch.get_autocast_dtype(device_type)
-                pixels, weight, bias = pixels.to(dtype), weight.to(dtype), bias.to(dtype)
-            with torch.autocast(device_type, enabled=False):
-                y = _PatchProduct.apply(pixels, weight, bias, geometry)
+            y = apply_outside_autocast(_PatchProduct, pixels, weight, self.bias, geometry)
         else:
             y = linear(_windows(pixels, *geometry).reshape(-1, weight.shape[1]), weight, self.bias)
         return y.reshape(x.shape[0], geometry[2], geometry[3], self.out_channels).permute(0, 3, 1, 2)

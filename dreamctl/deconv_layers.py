@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamctl.conv_layers import batch_slices
+from dreamctl.conv_layers import apply_outside_autocast, batch_slices
 from dreamctl.linear import linear, mm_t
 
 
@@ -101,13 +101,8 @@ class BiasSumConvTranspose2d(nn.ConvTranspose2d):
         self.forward_by_products = forward_by_products
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        weight, bias = self.weight, self.bias
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            return _ConvTransposeBiasGradBySum.apply(x, weight, bias, self.stride, self.forward_by_products)
+        return apply_outside_autocast(_ConvTransposeBiasGradBySum, x, self.weight, self.bias, self.stride,
+                                      self.forward_by_products)
 
 
 class _EluThenTapProducts(torch.autograd.Function):
@@ -169,12 +164,7 @@ def elu_then_tap_products(x: Tensor, weight: Tensor) -> Tensor:
     x = x.contiguous(memory_format=torch.channels_last)
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         return _tap_products(F.elu(x, inplace=True), weight.to(x.dtype))
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-    with torch.autocast(device_type, enabled=False):
-        return _EluThenTapProducts.apply(x, weight)[0]
+    return apply_outside_autocast(_EluThenTapProducts, x, weight)[0]
 
 
 class SubpixelConvTranspose2d(nn.ConvTranspose2d):
