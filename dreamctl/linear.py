@@ -49,8 +49,7 @@ def _blas_is_slow(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 T = TypeVar("T")
 _OP = _onednn_linear_op()
-ONEDNN_BY_DEFAULT = _OP is not None and _blas_is_slow()
-_enabled = ONEDNN_BY_DEFAULT
+_enabled = _OP is not None and _blas_is_slow()
 
 
 @contextlib.contextmanager
