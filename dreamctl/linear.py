@@ -5,8 +5,10 @@ where they have AVX-512: on a 2-core AMD EPYC (Zen 5) it reached 126-184 GFLOP/s
 behind torch's CPU convolutions and bfloat16 matmuls, reached 380-405 GFLOP/s on the same products, with
 float32 arithmetic throughout (no reduced-precision math mode). On Intel processors MKL takes its AVX-512
 kernels and is the faster of the two (a whole update 1.12x faster than with oneDNN's linears, in an
-interleaved A/B on a 2-core Xeon), so the oneDNN route is the default only on other x86 processors and on
-torch builds without MKL. Every Linear of the model goes through `linear`, so the world model, imagination,
+interleaved A/B on a 2-core Xeon), and on processors without AVX-512 MKL's AVX2 kernels are all the machine
+has (on a 2-core AMD EPYC of the Zen 3 kind MKL reached 131 GFLOP/s and oneDNN 113, and the debug preset's
+update ran 1.10x faster with MKL's linears). So the oneDNN route is the default only on non-Intel x86
+processors with AVX-512, and on torch builds without MKL. Every Linear of the model goes through `linear`, so the world model, imagination,
 actor and critic all take the route; its results equal F.linear's to float32 rounding (tests compare them
 in float64).
 
@@ -36,15 +38,19 @@ def _onednn_linear_op():
 
 
 def _blas_is_slow(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether torch's float32 BLAS runs below this CPU's speed: MKL picks AVX-512 kernels on Intel CPUs only."""
+    """Whether torch's float32 BLAS runs below this CPU's speed: MKL picks AVX-512 kernels on Intel CPUs only,
+    so it is slow on other CPUs that have AVX-512."""
     if not torch.backends.mkl.is_available():
         return True
+    fields: dict[str, str] = {}
     try:
         with open(cpuinfo) as info:
-            vendor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
+            for line in info:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         return False
-    return vendor != "GenuineIntel"
+    return fields.get("vendor_id", "") != "GenuineIntel" and "avx512f" in fields.get("flags", "").split()
 
 
 T = TypeVar("T")

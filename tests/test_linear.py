@@ -78,10 +78,16 @@ def test_route_is_float32_on_the_cpu_outside_autocast_only():
     assert onednn_active(x, w) == (linear_module._OP is not None)
 
 
-@pytest.mark.parametrize("vendor, slow", [("GenuineIntel", False), ("AuthenticAMD", True), ("HygonGenuine", True)])
-def test_onednn_is_the_default_route_only_where_mkl_is_slow(tmp_path, monkeypatch, vendor, slow):
+@pytest.mark.parametrize("vendor, flags, slow", [
+    ("GenuineIntel", "fpu avx2 avx512f avx512bw", False),
+    ("AuthenticAMD", "fpu avx2 avx512f avx512bw avx512_bf16", True),
+    ("AuthenticAMD", "fpu avx avx2 fma", False),  # Zen 3: MKL's AVX2 kernels are what the CPU has
+    ("HygonGenuine", "fpu avx2 avx512f", True),
+])
+def test_onednn_is_the_default_route_only_where_mkl_is_slow(tmp_path, monkeypatch, vendor, flags, slow):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 6\n")
+    cpu = f"vendor_id\t: {vendor}\ncpu family\t: 25\nflags\t\t: {flags}\n"
+    cpuinfo.write_text(f"processor\t: 0\n{cpu}\nprocessor\t: 1\n{cpu}")
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
     assert linear_module._blas_is_slow(str(cpuinfo)) == slow
     assert not linear_module._blas_is_slow(str(tmp_path / "missing"))  # unknown CPU: keep torch's own route
