@@ -91,3 +91,19 @@ def test_corrupt_checkpoint_is_refused_and_nothing_else_changes(registry, tmp_pa
     assert after == files
     listing = json.loads(run_cli("list", "--json", home=copy, check=True).stdout)
     assert listing[0]["status"] == "finished"
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(monkeypatch, has_bf16):
+    from dreamctl import runs
+    from dreamctl.config import load_config
+    from dreamctl.errors import UsageError
+
+    monkeypatch.setattr(runs, "cpu_computes_bf16", lambda: has_bf16)
+    cfg = load_config("debug", ["run.precision=bf16", "run.device=cpu"])
+    if has_bf16:
+        assert runs.configure_torch(cfg).type == "cpu"
+    else:
+        with pytest.raises(UsageError, match="use --precision 32"):
+            runs.configure_torch(cfg)
+    assert runs.configure_torch(load_config("debug", ["run.precision=32", "run.device=cpu"])).type == "cpu"
