@@ -8,9 +8,9 @@ kernels and is the faster of the two (a whole update 1.12x faster than with oneD
 interleaved A/B on a 2-core Xeon), and on processors without AVX-512 MKL's AVX2 kernels are all the machine
 has (on a 2-core AMD EPYC of the Zen 3 kind MKL reached 131 GFLOP/s and oneDNN 113, and the debug preset's
 update ran 1.10x faster with MKL's linears). So the oneDNN route is the default only on non-Intel x86
-processors with AVX-512, and on torch builds without MKL. Every Linear of the model goes through `linear`, so the world model, imagination,
-actor and critic all take the route; its results equal F.linear's to float32 rounding (tests compare them
-in float64).
+processors with AVX-512, and on torch builds without MKL. Every Linear of the model goes through `linear`, so
+the world model, imagination, actor and critic all take the route; its results equal F.linear's to float32
+rounding (tests compare them in float64).
 
 oneDNN handles a sliced weight very slowly (a column slice of a wider matrix took 100x longer), so weights
 reach it contiguous or as the transpose of a contiguous matrix (which it reads well at training batch sizes,
