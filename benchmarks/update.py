@@ -5,7 +5,9 @@
 Prints one JSON line with, per precision: seconds per update (median, min, max), the time split by phase,
 parameter count, the model FLOPs of one update, this machine's same-precision matmul peak measured in the same
 run (the faster of torch's matmul and, for float32 on the CPU, oneDNN's: both are listed), and MFU; and, when
-both were measured, how much faster bf16 is than float32 in this run.
+both were measured, how much faster bf16 is than float32 in this run. The peak is measured for half a second after
+each timed update and its median taken: these VMs' speed drifts within minutes, and a peak measured once after
+all the updates could land in a faster or slower moment than they did.
 FLOPs are counted by torch's FlopCounterMode over one real update: every matmul and convolution by its
 shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
 reformulation are counted as the plain torch layers they equal, the encoder's first layer once (training computes
@@ -70,14 +72,16 @@ def measure(preset: str, precision: str, device: torch.device, batch: dict[str, 
         agent.train_step(batch)
     flops = counter.get_total_flops()
     clock = PhaseClock(device)
-    times = []
+    dtype = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+    times, peak_runs = [], []
     for _ in range(updates):
         sync(device)
         began = time.perf_counter()
         agent.train_step(batch, clock=clock.clock)
         sync(device)
         times.append(time.perf_counter() - began)
-    peaks = matmul_peaks({"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}[precision], device)
+        peak_runs.append(matmul_peaks(dtype, device, seconds=0.5))  # between updates, so both see the same drift
+    peaks = {route: round(statistics.median(run[route] for run in peak_runs), 1) for route in peak_runs[0]}
     peak = max(peaks.values())
     median = statistics.median(times)
     return {
