@@ -1,12 +1,29 @@
 """dreamctl: DreamerV2 from pixels, with a run registry of safetensors checkpoints and YAML metadata.
 
 The library's entry points: `train` and `resume` a run, `evaluate` it, `imagine` with its world model.
+They are imported on first use, so that the command line's `--help`, `list`, `envs` and shell completion start
+without loading torch (a second on a 2-core machine).
 """
 
-from dreamctl.config import Config, load_config
-from dreamctl.evaluate import evaluate
-from dreamctl.imagine import imagine
-from dreamctl.runs import resume, train
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dreamctl.config import Config, load_config
+    from dreamctl.evaluate import evaluate
+    from dreamctl.imagine import imagine
+    from dreamctl.runs import resume, train
 
 __version__ = "0.1.0"
 __all__ = ["Config", "evaluate", "imagine", "load_config", "resume", "train"]
+
+_HOMES = {"Config": "dreamctl.config", "load_config": "dreamctl.config", "evaluate": "dreamctl.evaluate",
+          "imagine": "dreamctl.imagine", "resume": "dreamctl.runs", "train": "dreamctl.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'dreamctl' has no attribute '{name}'")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -14,19 +14,18 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import filelock
-import numpy as np
-import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
 from dreamctl.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
-from dreamctl.replay import decode_chunk, encode_chunk
+
+if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
+    import numpy as np
+    import torch
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "finished", "interrupted", "failed")
@@ -132,6 +131,8 @@ class Run:
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], step: int,
                         extra: dict[str, Any]) -> dict[str, Any]:
         """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml."""
+        from safetensors.torch import save as st_save
+
         self.checkpoints_dir.mkdir(exist_ok=True)
         data = st_save(tensors, metadata=metadata)
         name = f"step-{step}.safetensors"
@@ -167,6 +168,8 @@ class Run:
 
     def load_checkpoint(self, entry: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Read a listed checkpoint after checking its size and sha256 (plain tensors: no code runs on load)."""
+        from safetensors.torch import load as st_load
+
         path = self.path / entry["file"]
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} is missing; pick another with --checkpoint STEP.")
@@ -221,10 +224,14 @@ class Run:
     # ------------------------------------------------------------------ replay chunks
 
     def write_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
+        from dreamctl.replay import encode_chunk
+
         self.replay_dir.mkdir(exist_ok=True)
         atomic_write_bytes(self.replay_dir / f"chunk-{index}.bin", encode_chunk(rows))
 
     def read_chunk(self, index: int) -> dict[str, np.ndarray]:
+        from dreamctl.replay import decode_chunk
+
         path = self.replay_dir / f"chunk-{index}.bin"
         try:
             return decode_chunk(path.read_bytes())

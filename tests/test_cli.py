@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import av
 import pytest
@@ -126,3 +129,30 @@ def test_every_command_explains_itself(command, home):
 
 def test_steps_help_says_how_many_frames(home):
     assert "frames" in run_cli("train", "--help", home=home, check=True).stdout
+
+
+
+COMPLETION = {"_DREAMCTL_COMPLETE": "complete_bash", "COMP_WORDS": "dreamctl train catch --pre", "COMP_CWORD": "3"}
+LIGHT = {"--help": (["--help"], {}), "list": (["list"], {}), "list --json": (["list", "--json"], {}), "envs": (["envs"], {}),
+         "train --help": (["train", "--help"], {}), "completion": ([], COMPLETION)}
+
+
+@pytest.mark.parametrize("case", LIGHT)
+def test_commands_that_need_no_model_start_without_torch(case, home):
+    """--help, list, envs and shell completion answer in a fraction of a second: importing torch alone takes
+    about a second on a 2-core machine, and completion runs the program at every press of TAB."""
+    args, extra_env = LIGHT[case]
+    probe = ("import sys\n"
+             "from dreamctl.cli import main\n"
+             f"sys.argv = ['dreamctl', *{args!r}]\n"
+             "try:\n"
+             "    main()\n"
+             "except SystemExit as exit:\n"
+             "    assert exit.code in (0, None), exit.code\n"
+             "heavy = sorted(m for m in ('torch', 'numpy', 'gymnasium', 'ale_py') if m in sys.modules)\n"
+             "print('HEAVY', heavy, file=sys.stderr)\n")
+    env = {**os.environ, "DREAMCTL_HOME": str(home), **extra_env}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr, proc.stderr
+    assert proc.stdout.strip(), "the command printed nothing"
