@@ -117,7 +117,6 @@ def train(
 
     Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
     """
-    from dreamctl import runs
     from dreamctl.config import load_config
     from dreamctl.envs import resolve
     from dreamctl.envs.names import is_atari
@@ -133,6 +132,8 @@ def train(
     if dry_run:
         _dry_run(cfg)
         return
+    from dreamctl import runs  # after the checks above, so that a mistake is answered without loading torch
+
     caught, should_stop = _run_signals()
     with ProgressView(out) as view:
         outcome = runs.train(cfg, home=home, name=name, preset=preset_label, command=["dreamctl"] + sys.argv[1:],
