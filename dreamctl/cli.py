@@ -176,14 +176,23 @@ def resume(
 
     Example: [bold]dreamctl resume run-3 --steps 20000[/bold]
     """
+    which = _checkpoint_ref(checkpoint)
+    _check_run(run, home)
     from dreamctl import runs
 
     sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
     caught, should_stop = _run_signals()
     with ProgressView(out) as view:
-        outcome = runs.resume(run, home=home, steps=steps, overrides=sets, checkpoint=_checkpoint_ref(checkpoint),
-                              progress=view, should_stop=should_stop)
+        outcome = runs.resume(run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view,
+                              should_stop=should_stop)
     _finish(outcome, caught, "reached")
+
+
+def _check_run(ref: str, home: Path | None) -> None:
+    """Find the run before loading torch, so that a wrong reference is answered at once."""
+    from dreamctl.registry import Registry
+
+    Registry(home).resolve(ref)
 
 
 def _checkpoint_ref(text: str) -> str | int:
@@ -209,10 +218,11 @@ def eval_(
 
     Example: [bold]dreamctl eval run-3 --episodes 20 --video play.mp4[/bold]
     """
+    which = _checkpoint_ref(checkpoint)
+    _check_run(run, home)
     from dreamctl.evaluate import evaluate
 
-    result = evaluate(run, home=home, episodes=episodes, checkpoint=_checkpoint_ref(checkpoint), video=video,
-                      seed=seed, device=device)
+    result = evaluate(run, home=home, episodes=episodes, checkpoint=which, video=video, seed=seed, device=device)
     if as_json:
         keys = ("run", "checkpoint_step", "episodes", "returns", "mean", "std", "min", "max", "human_normalized")
         print(json.dumps({k: result[k] for k in keys}))
@@ -242,10 +252,12 @@ def imagine(
 
     Example: [bold]dreamctl imagine run-3 --out dream.mp4 --context 5 --horizon 45[/bold]
     """
+    which = _checkpoint_ref(checkpoint)
+    _check_run(run, home)
     from dreamctl.imagine import imagine as make_video
 
     result = make_video(run, out_file, home=home, context=context, horizon=horizon, samples=samples, seed=seed,
-                        checkpoint=_checkpoint_ref(checkpoint), device=device)
+                        checkpoint=which, device=device)
     out.print(f"wrote {result['out']}: {result['frames']} frames ({result['context']} observed, {result['horizon']} "
               f"dreamed, {result['samples']} samples); dream MSE {result['dream_mse']:.4f}")
 
