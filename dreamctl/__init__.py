@@ -8,6 +8,8 @@ without loading torch (a second on a 2-core machine).
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,4 +28,19 @@ _HOMES = {"Config": "dreamctl.config", "load_config": "dreamctl.config", "evalua
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module 'dreamctl' has no attribute '{name}'")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps `dreamctl.evaluate` and `dreamctl.imagine` naming the functions: importing the submodules of the same
+    names would otherwise rebind them to the modules, as the import system sets each submodule on its package."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -158,3 +158,18 @@ def test_commands_that_need_no_model_start_without_torch(case, home):
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert f"EXIT {code} HEAVY []" in proc.stderr, proc.stderr
     assert (proc.stdout if code == 0 else proc.stderr).strip(), "the command printed nothing"
+
+
+def test_the_library_entry_points_are_there_on_first_use():
+    """They load lazily, and the submodules named like two of them must not shadow them once imported."""
+    import dreamctl
+    import dreamctl.evaluate
+    import dreamctl.imagine
+    from dreamctl import Config, evaluate, imagine, load_config, resume, train
+    from dreamctl.runs import train as runs_train
+
+    assert train is runs_train and all(callable(f) for f in (evaluate, imagine, load_config, resume))
+    assert isinstance(load_config("debug"), Config)
+    assert set(dreamctl.__all__) == {"Config", "evaluate", "imagine", "load_config", "resume", "train"}
+    with pytest.raises(AttributeError):
+        dreamctl.no_such_thing
