@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # as `dreamctl train` does
     cfg = load_config(args.preset, ["env.name=pong", "run.precision=32"])
-    env = make_env(cfg.env, seed=0)
+    env = make_env(cfg.env, seed=0, num_envs=1)  # the replay below takes one copy's rows, whatever the preset plays
     spec = env.spec
     rng = np.random.default_rng(0)
     rows, step = [], env.reset()
