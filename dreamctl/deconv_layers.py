@@ -85,6 +85,10 @@ def _sum_over_positions(grad: Tensor) -> Tensor:
     return grad.new_ones(rows.shape[0]) @ rows
 
 
+PRODUCTS_MIN_CHANNELS = 128
+"""Input channels from which a transposed conv's forward pass pays as products (`forward_by_products`)."""
+
+
 class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (no padding) with the bias gradient computed apart from the weight gradient; same
     parameters and maths, about 1.3x faster backward on CPU for the decoder's middle layers.
@@ -92,7 +96,10 @@ class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     `forward_by_products` computes the forward pass as matrix products and strided adds instead: for the
     decoder's 192 -> 96 layer (5x5 input) oneDNN's strided transposed-conv kernel reached only 190 GFLOP/s in
     float32 and 110 in bfloat16 on this CPU kind, and the products run 1.2x and 3.5x faster. On larger inputs
-    (the 96 -> 48 layer) the kernel wins, so the choice is per layer.
+    (the 96 -> 48 layer) the kernel wins, so the choice is per layer. The products' inner dimension is the input
+    channels, and with few of them the k * k strided adds dominate: on a 2-core Xeon with AMX the kernel ran the
+    debug preset's 32 -> 16 layer 2x faster in float32 (20x in bfloat16), the two broke even at 96 input channels
+    and the products won by 1.1-1.25x at 192; hence PRODUCTS_MIN_CHANNELS.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamctl.conv_layers import PatchConv2d, SpaceToDepthConv2d, channels_last_act, conv_of_recomputed_stem
-from dreamctl.deconv_layers import BiasSumConvTranspose2d, ConvTranspose1x1, SubpixelConvTranspose2d
+from dreamctl.deconv_layers import (PRODUCTS_MIN_CHANNELS, BiasSumConvTranspose2d, ConvTranspose1x1,
+                                     SubpixelConvTranspose2d)
 from dreamctl.linear import Linear
 
 
@@ -81,7 +82,8 @@ class Decoder(nn.Module):
         kernels = [5, 5, 6, 6]
         self.deconvs = nn.ModuleList([ConvTranspose1x1(channels[0], channels[1], kernels[0], stride=2)])
         self.deconvs.extend(
-            BiasSumConvTranspose2d(channels[i], channels[i + 1], kernels[i], stride=2, forward_by_products=i == 1)
+            BiasSumConvTranspose2d(channels[i], channels[i + 1], kernels[i], stride=2,
+                                   forward_by_products=i == 1 and channels[i] >= PRODUCTS_MIN_CHANNELS)
             for i in range(1, 3)
         )
         self.deconvs.append(SubpixelConvTranspose2d(channels[3], channels[4], kernels[3], stride=2))
