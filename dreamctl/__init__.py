@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from dreamctl.runs import resume, train
 
 __version__ = "0.1.0"
-__all__ = ["Config", "evaluate", "imagine", "load_config", "resume", "train"]
 
 _HOMES = {"Config": "dreamctl.config", "load_config": "dreamctl.config", "evaluate": "dreamctl.evaluate",
           "imagine": "dreamctl.imagine", "resume": "dreamctl.runs", "train": "dreamctl.runs"}
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,11 @@ FAST = ["train.prefill=200", "train.batch_size=4", "train.batch_length=8", "run.
         "run.checkpoint_every=200", "run.replay_chunk=32"]
 
 
+# What bash sets when TAB is pressed after `dreamctl train catch --pre`.
+BASH_COMPLETION_ENV = {"_DREAMCTL_COMPLETE": "complete_bash", "COMP_WORDS": "dreamctl train catch --pre",
+                       "COMP_CWORD": "3"}
+
+
 def tiny_config(*overrides: str):
     """Debug preset shrunk further, for unit tests of the maths."""
     base = ["model.cnn_depth=4", "model.deter=32", "model.hidden=32", "model.stoch=4", "model.classes=4",

@@ -10,7 +10,7 @@ import av
 import pytest
 import yaml
 
-from conftest import fast_args, run_cli
+from conftest import BASH_COMPLETION_ENV, fast_args, run_cli
 
 
 def sha256(path):
@@ -131,11 +131,9 @@ def test_steps_help_says_how_many_frames(home):
     assert "frames" in run_cli("train", "--help", home=home, check=True).stdout
 
 
-
-
-COMPLETION = {"_DREAMCTL_COMPLETE": "complete_bash", "COMP_WORDS": "dreamctl train catch --pre", "COMP_CWORD": "3"}
 LIGHT = {"--help": (["--help"], {}, 0), "list": (["list"], {}, 0), "list --json": (["list", "--json"], {}, 0),
-         "envs": (["envs"], {}, 0), "train --help": (["train", "--help"], {}, 0), "completion": ([], COMPLETION, 0),
+         "envs": (["envs"], {}, 0), "train --help": (["train", "--help"], {}, 0),
+         "completion": ([], BASH_COMPLETION_ENV, 0),
          "train typo": (["train", "pongg"], {}, 2), "eval unknown run": (["eval", "run-99"], {}, 2),
          "resume bad checkpoint": (["resume", "run-1", "--checkpoint", "x"], {}, 2)}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dreamctl_command
+from conftest import BASH_COMPLETION_ENV, dreamctl_command
 
 FOLDER = Path(__file__).resolve().parent.parent / "completions"
 
@@ -20,7 +20,6 @@ def test_completion_scripts_are_current(shell):
 
 
 def test_completion_answers_commands_and_options():
-    env = {**os.environ, "_DREAMCTL_COMPLETE": "complete_bash", "COMP_WORDS": "dreamctl train catch --pre",
-           "COMP_CWORD": "3"}
+    env = {**os.environ, **BASH_COMPLETION_ENV}
     out = subprocess.run(dreamctl_command(), capture_output=True, text=True, env=env).stdout.split()
     assert "--preset" in out and "--precision" in out
