@@ -99,18 +99,22 @@ def test_a_run_being_trained_refuses_a_second_trainer_and_sigterm_exits_143(tmp_
 
 
 def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
+    """Twelve lives, each SIGKILLed: the even ones at a random moment after they listed a checkpoint of their own
+    (so every resume starts from a later state than the one before), the odd ones while writing a checkpoint.
+    Every listed checkpoint stays intact, and the last life finishes the run."""
     home = tmp_path / "home"
     run_dir = home / "runs" / "run-1"
-    args = ARGS + ["--steps", "1600", "--set", "run.checkpoint_every=16"]
+    args = ARGS + ["--steps", "1200", "--set", "run.checkpoint_every=16"]
     rng = random.Random()
     proc = start(args, home)
-    during_write = 0
+    wait_for(run_dir / "run.yaml")
+    during_write, steps = 0, listed_steps(run_dir)
     for kill in range(12):
-        wait_for(run_dir / "run.yaml")
         if kill % 2:
-            during_write += wait_for_temp_checkpoint(run_dir, proc)
+            during_write += wait_for_new_temp_checkpoint(run_dir, proc, stale=temp_checkpoints(run_dir))
         else:
-            time.sleep(rng.uniform(0.5, 3.0))
+            wait_for_progress(run_dir, proc, beyond=steps)
+            time.sleep(rng.uniform(0.0, 1.0))
         assert proc.poll() is None, f"the process ended on its own before kill {kill}: {proc.communicate()}"
         proc.kill()
         proc.wait()
@@ -118,12 +122,13 @@ def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
         for entry in meta.get("checkpoints", []):
             assert sha256_file(run_dir / entry["file"]) == entry["sha256"], entry["file"]
         assert run_cli("list", "--json", home=home, check=True).stdout.count('"interrupted"') == 1
+        steps = listed_steps(run_dir)
         proc = start(["resume", "run-1"], home)
     assert during_write >= 3
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
-    assert meta["status"] == "finished" and meta["progress"]["env_steps"] == 1600
+    assert meta["status"] == "finished" and meta["progress"]["env_steps"] == 1200
     for entry in meta["checkpoints"]:
         assert sha256_file(run_dir / entry["file"]) == entry["sha256"]
 
@@ -141,11 +146,31 @@ def wait_for(path: Path, timeout: float = 120) -> None:
         time.sleep(0.01)
 
 
-def wait_for_temp_checkpoint(run_dir: Path, proc, timeout: float = 60) -> bool:
-    """Poll until a checkpoint is being written (its temp file exists); True if one was caught."""
+def listed_steps(run_dir: Path) -> int:
+    """The step of the run's newest listed checkpoint (0 before the first)."""
+    checkpoints = yaml.safe_load((run_dir / "run.yaml").read_text()).get("checkpoints") or [{"step": 0}]
+    return checkpoints[-1]["step"]
+
+
+def wait_for_progress(run_dir: Path, proc, beyond: int, timeout: float = 120) -> None:
+    """Poll until the run lists a checkpoint past step `beyond`."""
+    deadline = time.monotonic() + timeout
+    while listed_steps(run_dir) <= beyond:
+        assert proc.poll() is None, f"the process ended before listing a checkpoint past {beyond}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no checkpoint past step {beyond} within {timeout} s"
+        time.sleep(0.01)
+
+
+def temp_checkpoints(run_dir: Path) -> set[str]:
     folder = run_dir / "checkpoints"
+    return {name for name in os.listdir(folder) if name.endswith(".tmp")} if folder.is_dir() else set()
+
+
+def wait_for_new_temp_checkpoint(run_dir: Path, proc, stale: set[str], timeout: float = 60) -> bool:
+    """Poll until a checkpoint is being written: a temp file other than the `stale` ones an earlier kill left
+    (the resumed process deletes those once it holds the run's lock). True if one was caught."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if folder.is_dir() and any(name.endswith(".tmp") for name in os.listdir(folder)):
+        if temp_checkpoints(run_dir) - stale:
             return True
     return False
