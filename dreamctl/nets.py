@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamctl.conv_layers import PatchConv2d, SpaceToDepthConv2d, channels_last_act, conv_of_recomputed_stem
+from dreamctl.conv_layers import (ActingConv2d, PatchConv2d, SpaceToDepthConv2d, channels_last_act,
+                                  conv_of_recomputed_stem)
 from dreamctl.deconv_layers import (PRODUCTS_MIN_CHANNELS, BiasSumConvTranspose2d, ConvTranspose1x1,
                                      SubpixelConvTranspose2d)
 from dreamctl.linear import Linear
@@ -49,8 +50,8 @@ class Encoder(nn.Module):
         super().__init__()
         channels = [in_channels, depth, 2 * depth, 4 * depth, 8 * depth]
         self.convs = nn.ModuleList([SpaceToDepthConv2d(channels[0], channels[1], 4, stride=2),
-                                    nn.Conv2d(channels[1], channels[2], 4, stride=2),
-                                    nn.Conv2d(channels[2], channels[3], 4, stride=2),
+                                    ActingConv2d(channels[1], channels[2], 4, stride=2),
+                                    ActingConv2d(channels[2], channels[3], 4, stride=2),
                                     PatchConv2d(channels[3], channels[4], 4, stride=2)])
         self.out_dim = 8 * depth * 2 * 2
         init_keras_(self)

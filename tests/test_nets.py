@@ -8,7 +8,7 @@ import torch
 
 from dreamctl.agent import Agent
 from dreamctl.config import load_config
-from dreamctl.conv_layers import PatchConv2d, SpaceToDepthConv2d, channels_last_act
+from dreamctl.conv_layers import ActingConv2d, PatchConv2d, SpaceToDepthConv2d, channels_last_act
 from dreamctl.deconv_layers import BiasSumConvTranspose2d, ConvTranspose1x1, SubpixelConvTranspose2d
 from dreamctl.nets import MLP, Decoder, Encoder, LayerNormGRUCell, OneHotDist, TruncNormalDist
 
@@ -97,6 +97,19 @@ def test_space_to_depth_conv_equals_the_plain_conv(cin, size, channels_last):
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert_fast_layer_equals_plain(SpaceToDepthConv2d(cin, 6, 4, stride=2), torch.nn.Conv2d(cin, 6, 4, stride=2),
                                    lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_acting_conv_equals_the_plain_conv_with_and_without_gradients(channels_last):
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert_fast_layer_equals_plain(ActingConv2d(6, 8, 4, stride=2), torch.nn.Conv2d(6, 8, 4, stride=2),
+                                   lambda: torch.randn(3, 6, 14, 14).contiguous(memory_format=layout))
+    fast, plain = ActingConv2d(6, 8, 4, stride=2).double(), torch.nn.Conv2d(6, 8, 4, stride=2).double()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 6, 14, 14, dtype=torch.float64).contiguous(memory_format=layout)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("cin, cout, size", [(192, 384, 6), (3, 5, 9), (4, 2, 4)])
