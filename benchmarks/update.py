@@ -12,7 +12,9 @@ FLOPs are counted by torch's FlopCounterMode over one real update: every matmul 
 shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
 reformulation are counted as the plain torch layers they equal, the encoder's first layer once (training computes
 it again in the backward pass), and linears as aten's matmuls (the count runs with the oneDNN route off), so
-extra work (the subpixel deconv's padded borders, a recomputation) cannot raise the MFU.
+extra work (the subpixel deconv's padded borders, a recomputation) cannot raise the MFU. Products with one-hot
+inputs are counted as the dense products the layer shapes say, and `gflop_gathered` says how much of that count
+ran as gathers of weight rows instead (FLOPs this machine did not execute).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dreamctl.agent import Agent, resolve_device
 from dreamctl.config import load_config
 from dreamctl.linear import use_onednn
+from dreamctl.one_hot import use_gathers
 from dreamctl.nets import FAST_LAYERS, Encoder
 from dreamctl.runs import keep_freed_memory
 
@@ -68,9 +71,12 @@ def measure(preset: str, precision: str, device: torch.device, batch: dict[str, 
     agent = Agent(cfg, tuple(batch["image"].shape[2:]), batch["action"].shape[-1], True, device)
     for _ in range(warmup):
         agent.train_step(batch)
-    with plain_layers(agent), use_onednn(False), FlopCounterMode(display=False) as counter:
+    with plain_layers(agent), use_onednn(False), use_gathers(False), FlopCounterMode(display=False) as counter:
         agent.train_step(batch)
     flops = counter.get_total_flops()
+    with plain_layers(agent), use_onednn(False), FlopCounterMode(display=False) as counter:
+        agent.train_step(batch)
+    gathered = flops - counter.get_total_flops()  # products with one-hot inputs that ran as gathers
     clock = PhaseClock(device)
     dtype = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}[precision]
     times, peak_runs = [], []
@@ -92,6 +98,7 @@ def measure(preset: str, precision: str, device: torch.device, batch: dict[str, 
         "split_seconds": {k: round(v / len(times), 4) for k, v in clock.totals.items()},
         "parameters": sum(p.numel() for p in agent.parameters() if p.requires_grad),
         "gflop_per_update": round(flops / 1e9, 1),
+        "gflop_gathered": round(gathered / 1e9, 1),
         "matmul_peak_gflops": round(peak, 1),
         "matmul_peaks_gflops": peaks,
         "mfu": round(flops / median / (peak * 1e9), 3),

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import BehaviorConfig, ModelConfig
+from dreamctl.one_hot import OneHotColumns, OneHotFeature, gathers_active
 from dreamctl.nets import MLP, ActionHead
 from dreamctl.rssm import State
 from dreamctl.world_model import WorldModel
@@ -37,7 +38,7 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, bootstrap: Te
 
 @dataclass
 class Imagination:
-    feat: Tensor  # (H+1, N, F)
+    feat: Tensor | OneHotFeature  # (H+1, N, F)
     action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
     policy: Tensor  # (H, N, ...): the actor's raw output in states 0..H-1, with the actor's graph
 
@@ -84,24 +85,39 @@ class ActorCritic(nn.Module):
         """Roll the prior forward `horizon` steps from detached start states, the actor choosing actions.
 
         With rho = 1 no gradient is needed through the rollout (the actor loss uses only log-probabilities
-        of the imagined actions), so the dynamics run without autograd; otherwise gradients flow from the
-        returns through the frozen dynamics into the actor's reparameterised actions. Either way the actor's
-        own forward pass keeps its graph, so the actor loss reuses it instead of running the actor again.
+        of the imagined actions), so the dynamics run without autograd, and the features can travel as
+        `OneHotFeature`s (see `one_hot`); otherwise gradients flow from the returns through the frozen dynamics
+        into the actor's reparameterised actions. Either way the actor's own forward pass keeps its graph, so
+        the actor loss reuses it instead of running the actor again.
         """
         through_dynamics = self.rho < 1.0 and torch.is_grad_enabled()
+        rssm = world_model.rssm
         state = start.map(lambda x: x.detach().flatten(0, 1))
-        feats = [state.feat()]
-        actions = [torch.zeros(feats[0].shape[0], self.action_dim, device=feats[0].device)]
+        gathers = not through_dynamics and gathers_active(state.deter)
+
+        def feature(state: State) -> tuple[Tensor | OneHotFeature, OneHotColumns | None]:
+            if not gathers:
+                return state.feat(), None
+            ones = OneHotColumns.of(state.stoch, rssm.classes)
+            return OneHotFeature(ones, state.deter), ones
+
+        feat, ones = feature(state)
+        feats = [feat]
+        actions = [torch.zeros(state.deter.shape[0], self.action_dim, device=state.deter.device)]
         outs = []
         for _ in range(self.cfg.horizon):
-            out = self.actor.net(feats[-1].detach()).float()
+            out = self.actor.net(feat.detach()).float()
             with torch.set_grad_enabled(through_dynamics):
                 action = self.actor.dist(out if through_dynamics else out.detach()).sample()
-                state = world_model.rssm.img_step(state, action)
-            feats.append(state.feat())
+                if ones is not None and self.actor.discrete:
+                    ones = ones.then(OneHotColumns.of(action, self.action_dim))
+                state = rssm.img_step(state, action, ones)
+            feat, ones = feature(state)
+            feats.append(feat)
             actions.append(action)
             outs.append(out)
-        return Imagination(torch.stack(feats), torch.stack(actions), torch.stack(outs))
+        stacked = OneHotFeature.stack(feats, 0) if gathers else torch.stack(feats)
+        return Imagination(stacked, torch.stack(actions), torch.stack(outs))
 
     def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
         """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step."""

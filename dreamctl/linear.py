@@ -132,7 +132,10 @@ def weight_layout(module: nn.Module, key: str, weight: Tensor, make: Callable[[T
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict names) computed by `linear`."""
+    """nn.Linear (same parameters and state-dict names) computed by `linear`. An input that is not a tensor
+    computes the product itself (`one_hot.OneHotFeature.times`)."""
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        return linear(x, self.weight, self.bias)
+    def forward(self, x) -> Tensor:  # type: ignore[override]
+        if isinstance(x, Tensor):
+            return linear(x, self.weight, self.bias)
+        return x.times(self)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from dreamctl.linear import Linear, linear, weight_layout
 from dreamctl.nets import LayerNormGRUCell, OneHotDist, init_keras_
+from dreamctl.one_hot import OneHotColumns, OneHotFeature
 from dreamctl.unroll import UnrolledLinear
 
 
@@ -62,9 +63,18 @@ class RSSM(nn.Module):
             torch.zeros(batch, self.stoch, self.classes, device=device),
         )
 
-    def img_step(self, state: State, action: Tensor) -> State:
-        """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t)."""
-        x = F.elu(self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1)))
+    def img_step(self, state: State, action: Tensor, ones: OneHotColumns | None = None) -> State:
+        """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t).
+
+        `ones`, where given, locates the ones of concat(z, a)'s leading one-hot columns (z's, and a's too when
+        they cover it), so that the input layer sums weight rows instead of multiplying by zeros.
+        """
+        if ones is None:
+            x = self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1))
+        else:
+            rest = action[..., ones.width - state.stoch.shape[-1]:].to(state.deter.dtype)
+            x = self.img_in(OneHotFeature(ones, rest))
+        x = F.elu(x)
         deter = self.gru(x, state.deter)
         logits = self.prior(deter)
         return State(deter, OneHotDist(logits).sample().flatten(-2), logits)

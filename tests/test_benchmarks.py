@@ -29,6 +29,7 @@ def test_update_benchmark_reports_the_time_split_flops_peak_and_mfu():
     assert 0 < sum(run["split_seconds"].values()) <= seconds["max"] + 1e-3
     assert run["matmul_peak_gflops"] == max(run["matmul_peaks_gflops"].values()) > 0
     assert run["gflop_per_update"] > 1 and 0 < run["mfu"] < 1
+    assert 0 < run["gflop_gathered"] < run["gflop_per_update"] / 4  # imagination's one-hot products, counted dense
     expected = run["gflop_per_update"] / seconds["median"] / run["matmul_peak_gflops"]
     assert abs(run["mfu"] - expected) < 0.01
 

@@ -6,6 +6,7 @@ import torch
 from dreamctl.agent import Agent
 from dreamctl.behavior import ActorCritic, lambda_return
 from dreamctl.config import BehaviorConfig, ModelConfig
+from dreamctl.one_hot import OneHotFeature
 from dreamctl.rssm import categorical_kl, kl_balance
 
 from conftest import tiny_config
@@ -84,7 +85,8 @@ def _imagined_losses(rho_setting: str):
 
 def test_with_rho_one_the_actor_gradient_does_not_flow_through_the_dynamics():
     agent, traj, actor_loss = _imagined_losses("reinforce")
-    assert not traj.feat.requires_grad  # imagination ran without autograd
+    assert isinstance(traj.feat, OneHotFeature)  # float32 on the CPU: the heads gather the latents' weight rows
+    assert not traj.feat.rest.requires_grad  # imagination ran without autograd
     grads = torch.autograd.grad(actor_loss, list(agent.behavior.actor.parameters()))
     assert sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for p in agent.world_model.parameters())
@@ -95,7 +97,8 @@ def test_the_actor_loss_reuses_the_imagination_policy_of_each_state(rho_setting)
     agent, traj, _ = _imagined_losses(rho_setting)
     actor = agent.behavior.actor
     assert traj.policy.shape[0] == traj.feat.shape[0] - 1 and traj.policy.requires_grad
-    torch.testing.assert_close(traj.policy, actor.net(traj.feat[:-1].detach()))  # output t read state t
+    feat = traj.feat.dense() if isinstance(traj.feat, OneHotFeature) else traj.feat
+    torch.testing.assert_close(traj.policy, actor.net(feat[:-1].detach()))  # output t read state t
 
 
 def test_with_rho_zero_the_actor_gradient_flows_through_the_dynamics():
@@ -112,10 +115,10 @@ def test_returns_read_the_heads_only_where_the_equations_do():
     terminal = torch.zeros(traj.feat.shape[1])
     terminal[0] = 1
     ret = agent.behavior.returns(agent.world_model, traj, terminal)
-    wm, lam = agent.world_model, agent.cfg.behavior.return_lambda
-    reward, discount = wm.reward(traj.feat), wm.continuation(traj.feat)
+    wm, lam, feat = agent.world_model, agent.cfg.behavior.return_lambda, traj.feat.dense()
+    reward, discount = wm.reward(feat), wm.continuation(feat)
     discount[0] = wm.discount * (1 - terminal)
-    value = agent.behavior.slow_critic(traj.feat).squeeze(-1)
+    value = agent.behavior.slow_critic(feat).squeeze(-1)
     target = lambda_return(reward[:-1], value[:-1], discount[:-1], value[-1], lam)
     torch.testing.assert_close(ret.target, target)
     torch.testing.assert_close(ret.weight, torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]]), 0))
