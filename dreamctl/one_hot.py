@@ -50,8 +50,8 @@ class OneHotColumns(NamedTuple):
 
 @dataclass(frozen=True)
 class OneHotFeature:
-    """concat(one-hot block, rest) without the one-hot block written out. Indexing, `detach` and `shape` act
-    as on the dense feature, so heads take either."""
+    """concat(one-hot block, rest) without the one-hot block written out. Indexing over the leading (time, batch)
+    axes, `detach` and `shape` act as on the dense feature, so heads take either."""
 
     ones: OneHotColumns
     rest: Tensor  # (..., rest columns); may have none

@@ -32,6 +32,18 @@ def tiny_config(*overrides: str):
     return load_config("debug", base + list(overrides))
 
 
+def random_batch(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A training batch of random frames, 3 one-hot actions and some terminals, of `cfg`'s batch sizes."""
+    g = torch.Generator().manual_seed(seed)
+    b, t = cfg.train.batch_size, cfg.train.batch_length
+    is_first = torch.zeros(b, t)
+    is_first[:, 0] = 1
+    return {"image": torch.randint(0, 256, (b, t, 64, 64, 1), dtype=torch.uint8, generator=g),
+            "action": torch.nn.functional.one_hot(torch.randint(0, 3, (b, t), generator=g), 3).float(),
+            "reward": torch.randn(b, t, generator=g), "is_first": is_first, "is_last": torch.zeros(b, t),
+            "is_terminal": (torch.rand(b, t, generator=g) < 0.1).float()}
+
+
 def dreamctl_command() -> list[str]:
     exe = shutil.which("dreamctl", path=str(Path(sys.executable).parent)) or shutil.which("dreamctl")
     assert exe, "the dreamctl entry point is not installed; run `pip install -e .[dev]`"

@@ -10,7 +10,7 @@ from dreamctl import linear as linear_module
 from dreamctl.agent import Agent
 from dreamctl.linear import Linear, linear, onednn_active, use_onednn
 
-from conftest import tiny_config
+from conftest import random_batch, tiny_config
 
 needs_onednn = pytest.mark.skipif(linear_module._OP is None, reason="this torch build has no oneDNN linear op")
 
@@ -114,16 +114,11 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
     monkeypatch.setattr(linear_module, "_OP", counting)
     cfg = tiny_config()
     agent = Agent(cfg, (64, 64, 1), 3, True)
-    t = cfg.train
-    batch = {"image": torch.randint(0, 255, (t.batch_size, t.batch_length, 64, 64, 1), dtype=torch.uint8),
-             "action": F.one_hot(torch.randint(0, 3, (t.batch_size, t.batch_length)), 3).float(),
-             "reward": torch.randn(t.batch_size, t.batch_length),
-             "is_first": torch.zeros(t.batch_size, t.batch_length, dtype=torch.bool),
-             "is_terminal": torch.zeros(t.batch_size, t.batch_length, dtype=torch.bool)}
+    batch = random_batch(cfg)
     agent.train_step(batch)
     assert calls["n"] > 50
     before = calls["n"]
-    agent.policy(batch["image"][:, 0], batch["is_first"][:, 0], agent.initial_act_state(t.batch_size))
+    agent.policy(batch["image"][:, 0], batch["is_first"][:, 0].bool(), agent.initial_act_state(cfg.train.batch_size))
     assert calls["n"] > before
     with use_onednn(False):
         before = calls["n"]

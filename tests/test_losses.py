@@ -9,7 +9,7 @@ from dreamctl.config import BehaviorConfig, ModelConfig
 from dreamctl.one_hot import OneHotFeature
 from dreamctl.rssm import categorical_kl, kl_balance
 
-from conftest import tiny_config
+from conftest import random_batch, tiny_config
 
 
 def test_kl_balance_sends_80_percent_of_the_gradient_to_the_prior():
@@ -74,7 +74,7 @@ def _imagined_losses(rho_setting: str):
     torch.manual_seed(0)
     cfg = tiny_config(f"behavior.actor_grad={rho_setting}")
     agent = Agent(cfg, (64, 64, 1), 3, True)
-    batch = _batch(cfg)
+    batch = random_batch(cfg)
     with torch.no_grad():
         post = agent.world_model.loss(batch).post
     traj = agent.behavior.imagine(agent.world_model, post)
@@ -133,20 +133,9 @@ def test_one_update_changes_each_module_only_through_its_own_optimiser():
     assert not (names["model"] & names["actor"]) and not (names["actor"] & names["critic"])
     assert set(id(p) for p in agent.behavior.actor.parameters()) == names["actor"]
     before = {name: [p.detach().clone() for p in opt.params] for name, opt in agent.optimizers.items()}
-    metrics = agent.train_step(_batch(cfg))
+    metrics = agent.train_step(random_batch(cfg))
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert int(agent.behavior.updates) == 1
     for name, opt in agent.optimizers.items():
         assert any(not torch.equal(a, p) for a, p in zip(before[name], opt.params)), name
     assert all(p.grad is None for p in agent.parameters())  # freed after each step, not kept until the next
-
-
-def _batch(cfg, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    b, t = cfg.train.batch_size, cfg.train.batch_length
-    is_first = torch.zeros(b, t)
-    is_first[:, 0] = 1
-    return {"image": torch.randint(0, 256, (b, t, 64, 64, 1), dtype=torch.uint8, generator=g),
-            "action": torch.nn.functional.one_hot(torch.randint(0, 3, (b, t), generator=g), 3).float(),
-            "reward": torch.randn(b, t, generator=g), "is_first": is_first, "is_last": torch.zeros(b, t),
-            "is_terminal": (torch.rand(b, t, generator=g) < 0.1).float()}

@@ -12,7 +12,7 @@ from dreamctl.linear import Linear, use_onednn
 from dreamctl.one_hot import OneHotColumns, OneHotFeature, gathers_active, use_gathers
 from dreamctl.rssm import RSSM
 
-from conftest import tiny_config
+from conftest import random_batch, tiny_config
 
 ROUTES = [False] + ([True] if linear_module._OP is not None else [])
 
@@ -115,12 +115,7 @@ def test_imagination_hands_its_heads_one_hot_features_only_where_gathers_are_tak
     torch.manual_seed(0)
     cfg = tiny_config()
     agent = Agent(cfg, (64, 64, 1), 3, True)
-    t = cfg.train
-    batch = {"image": torch.randint(0, 255, (t.batch_size, t.batch_length, 64, 64, 1), dtype=torch.uint8),
-             "action": F.one_hot(torch.randint(0, 3, (t.batch_size, t.batch_length)), 3).float(),
-             "reward": torch.randn(t.batch_size, t.batch_length),
-             "is_first": torch.zeros(t.batch_size, t.batch_length, dtype=torch.bool),
-             "is_terminal": torch.zeros(t.batch_size, t.batch_length, dtype=torch.bool)}
+    batch = random_batch(cfg)
     with torch.no_grad():
         post = agent.world_model.loss(batch).post
     traj = agent.behavior.imagine(agent.world_model, post)
