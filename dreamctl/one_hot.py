@@ -4,10 +4,10 @@ Imagination's features concat(z, h) start with z, 32 one-hot variables of 32 cla
 columns), and with discrete actions the RSSM's input concat(z, a) is one-hot throughout: a product multiplies by
 zero 31 times in 32 there. `embedding_bag` sums the rows instead. With rho = 1 imagination runs without autograd
 through the dynamics, so its features can travel as `OneHotFeature`s, which every head's first `Linear` reads
-this way: on a 2-core AVX-512 CPU, in float32, the RSSM's input layer at the paper's 800 states took 0.8 ms
-instead of 7 ms, and a head's 4-layer MLP over the 12,000 imagined states 17 % less time. Under bfloat16
-autocast the AMX products are fast enough as they are, so only float32 on the CPU takes the route
-(`gathers_active`). The benchmarks count the dense products, as the layer shapes say, and report how much of
+this way: on a 2-core AVX-512 CPU, in float32, the RSSM's input layer at the paper's 800 states took 0.9 ms
+instead of 3.2 ms, and a head's 4-layer MLP over the 12,000 imagined states 87 ms instead of 107. Under bfloat16
+autocast the update was 6 % slower with them (their weight gradients are float32 products where the AMX ones are
+bfloat16), and on GPUs they are unmeasured, so only float32 on the CPU takes the route (`gathers_active`). The benchmarks count the dense products, as the layer shapes say, and report how much of
 that count ran as gathers.
 """
 
