@@ -7,8 +7,8 @@ through the dynamics, so its features can travel as `OneHotFeature`s, which ever
 this way: on a 2-core AVX-512 CPU, in float32, the RSSM's input layer at the paper's 800 states took 0.9 ms
 instead of 3.2 ms, and a head's 4-layer MLP over the 12,000 imagined states 87 ms instead of 107. Under bfloat16
 autocast the update was 6 % slower with them (their weight gradients are float32 products where the AMX ones are
-bfloat16), and on GPUs they are unmeasured, so only float32 on the CPU takes the route (`gathers_active`). The benchmarks count the dense products, as the layer shapes say, and report how much of
-that count ran as gathers.
+bfloat16), and on GPUs they are unmeasured, so only float32 on the CPU takes the route (`gathers_active`). The
+benchmarks count the dense products, as the layer shapes say, and report how much of that count ran as gathers.
 """
 
 from __future__ import annotations
