@@ -95,25 +95,23 @@ class ActorCritic(nn.Module):
         state = start.map(lambda x: x.detach().flatten(0, 1))
         gathers = not through_dynamics and gathers_active(state.deter)
 
-        def feature(state: State) -> tuple[Tensor | OneHotFeature, OneHotColumns | None]:
+        def feature(state: State) -> Tensor | OneHotFeature:
             if not gathers:
-                return state.feat(), None
-            ones = OneHotColumns.of(state.stoch, rssm.classes)
-            return OneHotFeature(ones, state.deter), ones
+                return state.feat()
+            return OneHotFeature(OneHotColumns.of(state.stoch, rssm.classes), state.deter)
 
-        feat, ones = feature(state)
-        feats = [feat]
+        feats = [feature(state)]
         actions = [torch.zeros(state.deter.shape[0], self.action_dim, device=state.deter.device)]
         outs = []
         for _ in range(self.cfg.horizon):
-            out = self.actor.net(feat.detach()).float()
+            out = self.actor.net(feats[-1].detach()).float()
             with torch.set_grad_enabled(through_dynamics):
                 action = self.actor.dist(out if through_dynamics else out.detach()).sample()
+                ones = feats[-1].ones if gathers else None
                 if ones is not None and self.actor.discrete:
                     ones = ones.then(OneHotColumns.of(action, self.action_dim))
                 state = rssm.img_step(state, action, ones)
-            feat, ones = feature(state)
-            feats.append(feat)
+            feats.append(feature(state))
             actions.append(action)
             outs.append(out)
         stacked = OneHotFeature.stack(feats, 0) if gathers else torch.stack(feats)
