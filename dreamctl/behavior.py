@@ -72,6 +72,8 @@ class ActorCritic(nn.Module):
         self.critic = MLP(feat_dim, 1, model_cfg.mlp_layers, model_cfg.mlp_units)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+        self._updates_seen: int | None = 0  # the buffer's value on the host; read from it once after loading
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_updates_seen", None))
         self.rho = self.reinforce_mix(cfg, discrete)
 
     @staticmethod
@@ -154,7 +156,13 @@ class ActorCritic(nn.Module):
                       "train/imagined_reward": ret.reward.detach().mean()}
 
     def update_slow_critic(self) -> None:
-        """Hard copy critic -> slow critic after updates 0, N, 2N, ... (DreamerV2's update_slow_target)."""
-        if int(self.updates) % self.cfg.slow_critic_every == 0:
+        """Hard copy critic -> slow critic after updates 0, N, 2N, ... (DreamerV2's update_slow_target).
+
+        The count is kept on the host too: reading the device's buffer at every update would make the CPU wait
+        for the GPU to finish the update before it could queue the next one."""
+        if self._updates_seen is None:
+            self._updates_seen = int(self.updates)
+        if self._updates_seen % self.cfg.slow_critic_every == 0:
             self.slow_critic.load_state_dict(self.critic.state_dict())
+        self._updates_seen += 1
         self.updates += 1

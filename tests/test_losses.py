@@ -53,11 +53,11 @@ def test_lambda_return_with_lambda_one_is_the_discounted_sum():
     torch.testing.assert_close(returns, torch.tensor([1 + 0.5 * (1 + 0.5 * 8), 1 + 0.5 * 8]))
 
 
-def test_slow_critic_is_copied_every_100_updates_and_at_no_other_time():
-    torch.manual_seed(0)
-    ac = ActorCritic(BehaviorConfig(slow_critic_every=100), ModelConfig(mlp_layers=1, mlp_units=4), 3, 2, True)
+def _slow_critic_copies(ac: ActorCritic, updates: int) -> list[int]:
+    """The calls (0-based) of `updates` calls to update_slow_critic after which the slow critic equals the
+    critic and differs from before, with the critic changed before each call."""
     copied = []
-    for update in range(301):
+    for update in range(updates):
         with torch.no_grad():
             for p in ac.critic.parameters():
                 p.add_(0.01)
@@ -67,7 +67,28 @@ def test_slow_critic_is_copied_every_100_updates_and_at_no_other_time():
         if changed:
             assert all(torch.equal(s, c) for s, c in zip(ac.slow_critic.parameters(), ac.critic.parameters()))
             copied.append(update)
-    assert copied == [0, 100, 200, 300]
+    return copied
+
+
+def _small_actor_critic() -> ActorCritic:
+    return ActorCritic(BehaviorConfig(slow_critic_every=100), ModelConfig(mlp_layers=1, mlp_units=4), 3, 2, True)
+
+
+def test_slow_critic_is_copied_every_100_updates_and_at_no_other_time():
+    torch.manual_seed(0)
+    assert _slow_critic_copies(_small_actor_critic(), 301) == [0, 100, 200, 300]
+
+
+def test_slow_critic_schedule_continues_from_a_loaded_count():
+    torch.manual_seed(0)
+    source = _small_actor_critic()
+    _slow_critic_copies(source, 150)
+    loaded = _small_actor_critic()
+    _slow_critic_copies(loaded, 30)  # a count of its own, which loading must replace
+    torch.nn.ModuleDict({"behavior": loaded}).load_state_dict(  # as Agent loads it: as a submodule
+        {f"behavior.{k}": v for k, v in source.state_dict().items()})
+    assert [150 + i for i in _slow_critic_copies(loaded, 151)] == [200, 300]
+    assert int(loaded.updates) == 301
 
 
 def _imagined_losses(rho_setting: str):
