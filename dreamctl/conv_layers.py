@@ -46,13 +46,22 @@ def channels_last_act(x: Tensor) -> Tensor:
     return F.elu(x, inplace=True)  # the pre-activation is not needed
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts products to on this device type now, or None (also on devices without autocast,
+    such as `meta`, where the tests run the update to prove it never reads a value back to the host)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def apply_outside_autocast(function: type[torch.autograd.Function], *args):
     """function.apply(*args) with its tensors cast as autocast would cast a layer's inputs, and autocast off inside,
     so that the function's own products run in one dtype and its backward receives gradients of that dtype."""
     device_type = next(a for a in args if isinstance(a, Tensor)).device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        args = tuple(a.to(dtype) if isinstance(a, Tensor) else a for a in args)
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
+        return function.apply(*args)
+    args = tuple(a.to(dtype) if isinstance(a, Tensor) else a for a in args)
     with torch.autocast(device_type, enabled=False):
         return function.apply(*args)
 

@@ -86,8 +86,13 @@ class Replay:
         return out
 
     def to_torch(self, sample: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-        """Move a sampled batch to the device; images stay uint8, actions become one-hot floats there."""
-        out = {key: torch.from_numpy(value).to(device, non_blocking=True) for key, value in sample.items()}
+        """Move a sampled batch to the device; images stay uint8, actions become one-hot floats there.
+
+        A GPU receives it from pinned memory: a copy from pageable memory makes the CPU wait until the GPU has
+        finished everything queued so far, so the update could not be queued while the previous one runs."""
+        pinned = device.type == "cuda"
+        out = {key: (torch.from_numpy(value).pin_memory() if pinned else torch.from_numpy(value))
+               .to(device, non_blocking=True) for key, value in sample.items()}
         if self.discrete:  # index -1 marks "no action" (an episode's first step): an all-zero vector
             index = out["action"].long()
             one_hot = torch.nn.functional.one_hot(index.clamp_min(0), self.action_dim).float()

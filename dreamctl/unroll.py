@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dreamctl.conv_layers import autocast_dtype
 from dreamctl.linear import mm_t, onednn_active
 
 
@@ -61,10 +62,9 @@ class UnrolledLinear:
             offset = _WeightGradTap.apply(weight, offset, self.inputs)
         self.offsets = offset.unbind(1)
         self.step = 0
-        device_type = weight.device.type
-        weight = weight.detach()
-        if torch.is_autocast_enabled(device_type):
-            weight = weight.to(torch.get_autocast_dtype(device_type))
+        weight, dtype = weight.detach(), autocast_dtype(weight.device.type)
+        if dtype is not None:
+            weight = weight.to(dtype)
         self.weight = weight.contiguous()  # once for all steps: oneDNN reads a sliced weight very slowly
         self._weight_t: Tensor | None = None
 
