@@ -44,3 +44,30 @@ def test_update_and_policy_read_nothing_back_to_the_host(monkeypatch, preset, di
     obs = torch.zeros(4, 64, 64, 1, dtype=torch.uint8, device="meta")
     action, state = agent.policy(obs, torch.ones(4, dtype=torch.bool, device="meta"), state)
     assert action.shape == (4, 3) and action.device.type == "meta"
+
+
+def _optimizer_pair(scale: float) -> tuple[torch.nn.Linear, Optimizer, torch.nn.Linear, Optimizer]:
+    torch.manual_seed(0)
+    plain, scaled = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    scaled.load_state_dict(plain.state_dict())
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    return (plain, Optimizer(plain, 1e-2, 1e-5, 100.0, 0.0),
+            scaled, Optimizer(scaled, 1e-2, 1e-5, 100.0, 0.0, scaler))
+
+
+def test_loss_scaling_for_float16_steps_as_the_unscaled_optimizer_and_skips_overflows():
+    """Precision 16 (GPUs without bf16, such as the paper's V100) scales the loss; the clipping, the reported
+    norm and the step must see the true gradients, and a step whose gradients overflowed must not move."""
+    x = torch.randn(8, 4)
+    plain, plain_opt, scaled, scaled_opt = _optimizer_pair(2.0 ** 12)
+    for _ in range(3):
+        norm = plain_opt.step(plain(x).square().mean())
+        scaled_norm = scaled_opt.step(scaled(x).square().mean())
+        torch.testing.assert_close(scaled_norm, norm)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b)
+
+    before = [p.detach().clone() for p in scaled.parameters()]
+    scaled_opt.step(scaled(x).sum() * float("inf"))
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+    assert scaled_opt.scaler.get_scale() == 2.0 ** 11
