@@ -1,14 +1,17 @@
 """Time the paper-config update on a 16x50 batch of real Pong frames and report its MFU.
 
-    python benchmarks/update.py --preset atari [--precision 32,bf16] [--device cpu|cuda] [--updates 10]
+    python benchmarks/update.py --preset atari [--precision 32,bf16] [--layers fast,plain] [--device cpu|cuda]
+                                [--updates 10]
 
-Prints one JSON line with, per precision: seconds per update (median, min, max), the time split by phase (on a
-GPU from further updates, since the clock's synchronisations would slow the timed ones), parameter count, the
-model FLOPs of one update, this machine's same-precision matmul peak measured in the same run (the faster of
-torch's matmul and, for float32 on the CPU, oneDNN's: both are listed), and MFU; and, when both were measured,
-how much faster bf16 is than float32 in this run. The peak is measured for half a second after each timed update
-and its median taken: these VMs' speed drifts within minutes, and a peak measured once after
-all the updates could land in a faster or slower moment than they did.
+Prints one JSON line with, per precision (and kind of layers): seconds per update (median, min, max), the time split
+by phase (on a GPU from further updates, since the clock's synchronisations would slow the timed ones), parameter
+count, the model FLOPs of one update, this machine's same-precision matmul peak measured in the same run (the faster
+of torch's matmul and, for float32 on the CPU, oneDNN's: both are listed), and MFU; and, when both were measured,
+how much faster bf16 is than float32 in this run. `--layers fast,plain` also times the update with every
+reformulated layer, linear and one-hot product run as torch's plain layer, and reports how much faster dreamctl's
+layers are on this device (they were tuned on CPUs; on a GPU they are unmeasured). The peak is measured for half a
+second after each timed update and its median taken: these VMs' speed drifts within minutes, and a peak measured
+once after all the updates could land in a faster or slower moment than they did.
 FLOPs are counted by torch's FlopCounterMode over one real update: every matmul and convolution by its
 shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
 reformulation are counted as the plain torch layers they equal, the encoder's first layer once (training computes
@@ -65,19 +68,39 @@ def plain_layers(module: torch.nn.Module):
             del m.recompute_stem
 
 
-def measure(preset: str, precision: str, device: torch.device, batch: dict[str, torch.Tensor], updates: int,
-            warmup: int, overrides: list[str]) -> dict:
-    cfg = load_config(preset, ["env.name=pong", f"run.precision={precision}", *overrides])
-    torch.manual_seed(0)
-    agent = Agent(cfg, tuple(batch["image"].shape[2:]), batch["action"].shape[-1], True, device)
-    for _ in range(warmup):
-        agent.train_step(batch)
-    with plain_layers(agent), use_onednn(False), use_gathers(False), FlopCounterMode(display=False) as counter:
+@contextlib.contextmanager
+def torch_layers(agent: Agent):
+    """Every reformulated layer, linear and one-hot product as torch's plain layer: what dreamctl's own layers
+    gain on a device is the ratio of two updates timed with and without this."""
+    with plain_layers(agent), use_onednn(False), use_gathers(False):
+        yield
+
+
+def count_flops(agent: Agent, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """FLOPs of one update by the layer shapes, and how many of them ran as gathers of weight rows."""
+    with torch_layers(agent), FlopCounterMode(display=False) as counter:
         agent.train_step(batch)
     flops = counter.get_total_flops()
     with plain_layers(agent), use_onednn(False), FlopCounterMode(display=False) as counter:
         agent.train_step(batch)
-    gathered = flops - counter.get_total_flops()  # products with one-hot inputs that ran as gathers
+    return flops, flops - counter.get_total_flops()
+
+
+def measure(preset: str, precision: str, layers: str, device: torch.device, batch: dict[str, torch.Tensor],
+            updates: int, warmup: int, overrides: list[str]) -> dict:
+    cfg = load_config(preset, ["env.name=pong", f"run.precision={precision}", *overrides])
+    torch.manual_seed(0)
+    agent = Agent(cfg, tuple(batch["image"].shape[2:]), batch["action"].shape[-1], True, device)
+    flops, gathered = count_flops(agent, batch)
+    with torch_layers(agent) if layers == "plain" else contextlib.nullcontext():
+        return {"precision": precision, "layers": layers,
+                **time_updates(agent, batch, precision, device, updates, warmup, flops, gathered)}
+
+
+def time_updates(agent: Agent, batch: dict[str, torch.Tensor], precision: str, device: torch.device, updates: int,
+                 warmup: int, flops: int, gathered: int) -> dict:
+    for _ in range(warmup):
+        agent.train_step(batch)
     clock = PhaseClock(device)
     # On a GPU the clock's synchronisations would stop the CPU from queueing ahead at each phase boundary, so
     # the timed updates run without it and the split comes from as many further updates.
@@ -97,7 +120,6 @@ def measure(preset: str, precision: str, device: torch.device, batch: dict[str, 
     peak = max(peaks.values())
     median = statistics.median(times)
     return {
-        "precision": precision,
         "seconds_per_update": {"median": round(median, 4), "min": round(min(times), 4), "max": round(max(times), 4),
                                "n": len(times)},
         "updates_per_second": round(1 / median, 3),
@@ -115,25 +137,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="atari")
     parser.add_argument("--precision", default="32", help="one or more of 32, bf16, 16, comma-separated")
+    parser.add_argument("--layers", default="fast",
+                        help="fast (dreamctl's), plain (torch's), or fast,plain to measure what dreamctl's gain")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    if not set(args.layers.split(",")) <= {"fast", "plain"}:
+        parser.error(f"--layers takes fast, plain or fast,plain, not {args.layers!r}")
 
     device = resolve_device(args.device)
     keep_freed_memory()  # as `dreamctl train` does
     cfg = load_config(args.preset, ["env.name=pong"])
     batch = pong_batch(cfg, device)
-    runs = [measure(args.preset, p, device, batch, args.updates, args.warmup, args.overrides)
-            for p in args.precision.split(",")]
+    runs = [measure(args.preset, precision, layers, device, batch, args.updates, args.warmup, args.overrides)
+            for precision in args.precision.split(",") for layers in args.layers.split(",")]
     result = {"benchmark": "update", "preset": args.preset, "device": str(device),
               "device_name": device_name(device),
               "threads": torch.get_num_threads(), "batch": [cfg.train.batch_size, cfg.train.batch_length],
               "runs": runs}
-    by_precision = {r["precision"]: r["seconds_per_update"]["median"] for r in runs}
-    if "32" in by_precision and "bf16" in by_precision:
-        result["bf16_speedup"] = round(by_precision["32"] / by_precision["bf16"], 2)
+    median = {(r["precision"], r["layers"]): r["seconds_per_update"]["median"] for r in runs}
+    if ("32", "fast") in median and ("bf16", "fast") in median:
+        result["bf16_speedup"] = round(median["32", "fast"] / median["bf16", "fast"], 2)
+    gains = {precision: round(median[precision, "plain"] / median[precision, "fast"], 2)
+             for precision, layers in median if layers == "fast" and (precision, "plain") in median}
+    if gains:
+        result["fast_layers_speedup"] = gains
     print(json.dumps(result))
 
 

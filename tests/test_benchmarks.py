@@ -21,17 +21,23 @@ def bench(script: str, *args: str) -> dict:
     return json.loads(lines[0])
 
 
-def test_update_benchmark_reports_the_time_split_flops_peak_and_mfu():
-    run = bench("update.py", "--preset", "debug", "--updates", "2", "--warmup", "1")["runs"][0]
-    seconds = run["seconds_per_update"]
-    assert seconds["n"] == 2 and 0 < seconds["min"] <= seconds["median"] <= seconds["max"]
-    assert set(run["split_seconds"]) == {"model_forward", "model_backward", "imagine", "actor", "critic"}
-    assert 0 < sum(run["split_seconds"].values()) <= seconds["max"] + 1e-3
-    assert run["matmul_peak_gflops"] == max(run["matmul_peaks_gflops"].values()) > 0
-    assert run["gflop_per_update"] > 1 and 0 < run["mfu"] < 1
-    assert 0 < run["gflop_gathered"] < run["gflop_per_update"] / 4  # imagination's one-hot products, counted dense
-    expected = run["gflop_per_update"] / seconds["median"] / run["matmul_peak_gflops"]
-    assert abs(run["mfu"] - expected) < 0.01
+def test_update_benchmark_reports_the_time_split_flops_peak_and_mfu_for_each_kind_of_layers():
+    result = bench("update.py", "--preset", "debug", "--updates", "2", "--warmup", "1", "--layers", "fast,plain")
+    assert [run["layers"] for run in result["runs"]] == ["fast", "plain"]
+    for run in result["runs"]:
+        seconds = run["seconds_per_update"]
+        assert seconds["n"] == 2 and 0 < seconds["min"] <= seconds["median"] <= seconds["max"]
+        assert set(run["split_seconds"]) == {"model_forward", "model_backward", "imagine", "actor", "critic"}
+        assert 0 < sum(run["split_seconds"].values()) <= seconds["max"] + 1e-3
+        assert run["matmul_peak_gflops"] == max(run["matmul_peaks_gflops"].values()) > 0
+        assert run["gflop_per_update"] > 1 and 0 < run["mfu"] < 1
+        assert 0 < run["gflop_gathered"] < run["gflop_per_update"] / 4  # imagination's one-hot products, dense
+        expected = run["gflop_per_update"] / seconds["median"] / run["matmul_peak_gflops"]
+        assert abs(run["mfu"] - expected) < 0.01
+    fast, plain = result["runs"]
+    assert fast["gflop_per_update"] == plain["gflop_per_update"]  # the same update, counted the same way
+    gain = plain["seconds_per_update"]["median"] / fast["seconds_per_update"]["median"]
+    assert abs(result["fast_layers_speedup"]["32"] - gain) < 0.01
 
 
 def test_collect_benchmark_reports_policy_and_prefill_rates_for_1_and_8_copies():
