@@ -1,6 +1,6 @@
 """Agent-steps per second while collecting experience, with the paper's model on Pong.
 
-    python benchmarks/collect.py --preset atari [--device cpu|cuda] [--seconds 20] [--rounds 5]
+    python -m benchmarks.collect --preset atari [--device cpu|cuda] [--seconds 20] [--rounds 5]
 
 For 1 and 8 env copies, times the loop the trainer runs between updates: one batched policy pass for all
 copies (inference mode), the env step, and the replay write; and the same loop during random prefill.
@@ -18,19 +18,25 @@ import time
 
 import torch
 
-from dreamctl.agent import resolve_device
+from benchmarks.common import device_name
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
-from dreamctl.runs import keep_freed_memory
-from dreamctl.trainer import Trainer
-
-from common import device_name
+from dreamctl.runs.system import keep_freed_memory, resolve_device, resolve_precision
+from dreamctl.training.trainer import Trainer
 
 
 def collector(preset: str, num_envs: int, policy: bool, device: torch.device, precision: str) -> Trainer:
-    cfg = load_config(preset, ["env.name=pong", f"env.num_envs={num_envs}", f"run.precision={precision}",
-                               "train.replay_capacity=100000", f"train.prefill={0 if policy else 10**9}"])
-    trainer = Trainer(cfg, make_env(cfg.env, seed=0), device)
+    cfg = load_config(
+        preset,
+        [
+            "env.name=pong",
+            f"env.num_envs={num_envs}",
+            f"run.precision={precision}",
+            "train.replay_capacity=100000",
+            f"train.prefill={0 if policy else 10**9}",
+        ],
+    )
+    trainer = Trainer(cfg, make_env(cfg.env, seed=0), device, resolve_precision(precision, device))
     trainer.start()
     for _ in range(5):
         trainer.collect_step()
@@ -55,11 +61,19 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # as `dreamctl train` does
     device = resolve_device(args.device)
-    result = {"benchmark": "collect", "preset": args.preset, "device": str(device), "device_name": device_name(device),
-              "precision": args.precision,
-              "threads": torch.get_num_threads()}
-    loops = {f"{kind}_{envs}_env": collector(args.preset, envs, kind == "policy", device, args.precision)
-             for envs in (1, 8) for kind in ("policy", "prefill")}
+    result = {
+        "benchmark": "collect",
+        "preset": args.preset,
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+    }
+    loops = {
+        f"{kind}_{envs}_env": collector(args.preset, envs, kind == "policy", device, args.precision)
+        for envs in (1, 8)
+        for kind in ("policy", "prefill")
+    }
     rates: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(args.rounds):
         for name, trainer in loops.items():

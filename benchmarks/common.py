@@ -11,17 +11,18 @@ import torch
 
 from dreamctl.config import Config
 from dreamctl.envs import make_env
-from dreamctl.linear import linear, onednn_active, use_onednn
-from dreamctl.replay import Replay
+from dreamctl.layers.linear import linear, onednn_active, use_onednn
+from dreamctl.training.replay import Replay
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return "cpu"
@@ -36,14 +37,23 @@ def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, to
     """A (batch_size, batch_length) batch of real Pong frames played by a random policy."""
     t = cfg.train
     env = make_env(cfg.env, seed, num_envs=t.batch_size)
-    replay = Replay(t.batch_size * (t.batch_length + 1), t.batch_size, env.spec.obs_shape, env.spec.action_dim,
-                    env.spec.discrete)
+    replay = Replay(
+        t.batch_size * (t.batch_length + 1), t.batch_size, env.spec.obs_shape, env.spec.action_dim, env.spec.discrete
+    )
     rng = np.random.default_rng(seed)
     step = env.reset()
     action = np.full(t.batch_size, -1)
     for _ in range(t.batch_length + 1):
-        replay.add({"image": step.obs, "action": np.where(step.is_first, -1, action), "reward": step.reward,
-                    "is_first": step.is_first, "is_last": step.is_last, "is_terminal": step.is_terminal})
+        replay.add(
+            {
+                "image": step.obs,
+                "action": np.where(step.is_first, -1, action),
+                "reward": step.reward,
+                "is_first": step.is_first,
+                "is_last": step.is_last,
+                "is_terminal": step.is_terminal,
+            }
+        )
         action = rng.integers(0, env.spec.action_dim, t.batch_size)
         step = env.step(action)
     env.close()

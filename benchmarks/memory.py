@@ -1,6 +1,6 @@
 """Replay bytes per stored step and the peak memory of a process holding a full replay and the paper model.
 
-    python benchmarks/memory.py --preset atari --capacity 200000
+    python -m benchmarks.memory --preset atari --capacity 200000
 
 Fills a replay of `capacity` steps with real Pong frames (played once, then cycled), builds the agent and runs
 `--updates` updates (the heap settles after about five), then prints one JSON line: bytes per stored step, the
@@ -17,11 +17,11 @@ import resource
 import numpy as np
 import torch
 
-from dreamctl.agent import Agent
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
-from dreamctl.replay import Replay
-from dreamctl.runs import keep_freed_memory
+from dreamctl.model.agent import Agent
+from dreamctl.runs.system import keep_freed_memory
+from dreamctl.training.replay import Replay
 
 
 def main() -> None:
@@ -37,8 +37,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows, step = [], env.reset()
     for _ in range(2_000):
-        rows.append({"image": step.obs, "reward": step.reward, "is_first": step.is_first, "is_last": step.is_last,
-                     "is_terminal": step.is_terminal})
+        rows.append(
+            {
+                "image": step.obs,
+                "reward": step.reward,
+                "is_first": step.is_first,
+                "is_last": step.is_last,
+                "is_terminal": step.is_terminal,
+            }
+        )
         action = rng.integers(0, spec.action_dim, 1)
         step = env.step(action)
         rows[-1]["action"] = action.astype(np.int32)
@@ -55,12 +62,21 @@ def main() -> None:
     per_step = replay.nbytes_per_step()
     replay_bytes = sum(v.nbytes for v in replay.data.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({
-        "benchmark": "memory", "preset": args.preset, "capacity": args.capacity, "updates": args.updates,
-        "bytes_per_step": per_step, "kib_per_step": round(per_step / 1024, 3),
-        "replay_gib": round(replay_bytes / 2**30, 3), "peak_rss_gib": round(peak / 2**30, 3),
-        "peak_minus_replay_gib": round((peak - replay_bytes) / 2**30, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "memory",
+                "preset": args.preset,
+                "capacity": args.capacity,
+                "updates": args.updates,
+                "bytes_per_step": per_step,
+                "kib_per_step": round(per_step / 1024, 3),
+                "replay_gib": round(replay_bytes / 2**30, 3),
+                "peak_rss_gib": round(peak / 2**30, 3),
+                "peak_minus_replay_gib": round((peak - replay_bytes) / 2**30, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Time the paper-config update on a 16x50 batch of real Pong frames and report its MFU.
 
-    python benchmarks/update.py --preset atari [--precision 32,bf16] [--layers fast,plain] [--device cpu|cuda]
+    python -m benchmarks.update --preset atari [--precision 32,bf16] [--layers fast,plain] [--device cpu|cuda]
                                 [--updates 10]
 
 Prints one JSON line with, per precision (and kind of layers): seconds per update (median, min, max), the time split
@@ -32,73 +32,62 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dreamctl.agent import Agent, resolve_device
+from benchmarks.common import PhaseClock, device_name, matmul_peaks, pong_batch, sync
 from dreamctl.config import load_config
-from dreamctl.linear import use_onednn
-from dreamctl.one_hot import use_gathers
-from dreamctl.nets import FAST_LAYERS, Encoder
-from dreamctl.runs import keep_freed_memory
-
-from common import PhaseClock, device_name, matmul_peaks, pong_batch, sync
-
-
-def plain_forward(layer: torch.nn.Module):
-    """The torch layer that `layer` reformulates (its base class), after an ELU where the fast layer applies one."""
-    base_forward = type(layer).__mro__[1].forward.__get__(layer)
-    if getattr(layer, "elu_input", False):
-        return lambda x: base_forward(torch.nn.functional.elu(x))
-    return base_forward
-
-
-@contextlib.contextmanager
-def plain_layers(module: torch.nn.Module):
-    """Run every fast layer in `module` as the torch layer it reformulates, and recompute nothing."""
-    fast = [m for m in module.modules() if isinstance(m, FAST_LAYERS)]
-    encoders = [m for m in module.modules() if isinstance(m, Encoder)]
-    for m in fast:
-        m.forward = plain_forward(m)
-    for m in encoders:
-        m.recompute_stem = False
-    try:
-        yield
-    finally:
-        for m in fast:
-            del m.forward
-        for m in encoders:
-            del m.recompute_stem
-
-
-@contextlib.contextmanager
-def torch_layers(agent: Agent):
-    """Every reformulated layer, linear and one-hot product as torch's plain layer: what dreamctl's own layers
-    gain on a device is the ratio of two updates timed with and without this."""
-    with plain_layers(agent), use_onednn(False), use_gathers(False):
-        yield
+from dreamctl.layers import plain_layers, reformulations, use_onednn
+from dreamctl.model.agent import Agent
+from dreamctl.runs.system import keep_freed_memory, resolve_device, resolve_precision
 
 
 def count_flops(agent: Agent, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     """FLOPs of one update by the layer shapes, and how many of them ran as gathers of weight rows."""
-    with torch_layers(agent), FlopCounterMode(display=False) as counter:
+    with plain_layers(), FlopCounterMode(display=False) as counter:
         agent.train_step(batch)
     flops = counter.get_total_flops()
-    with plain_layers(agent), use_onednn(False), FlopCounterMode(display=False) as counter:
+    with reformulations(False), use_onednn(False), FlopCounterMode(display=False) as counter:
         agent.train_step(batch)
     return flops, flops - counter.get_total_flops()
 
 
-def measure(preset: str, precision: str, layers: str, device: torch.device, batch: dict[str, torch.Tensor],
-            updates: int, warmup: int, overrides: list[str]) -> dict:
+def measure(
+    preset: str,
+    precision: str,
+    layers: str,
+    device: torch.device,
+    batch: dict[str, torch.Tensor],
+    updates: int,
+    warmup: int,
+    overrides: list[str],
+) -> dict:
     cfg = load_config(preset, ["env.name=pong", f"run.precision={precision}", *overrides])
     torch.manual_seed(0)
-    agent = Agent(cfg, tuple(batch["image"].shape[2:]), batch["action"].shape[-1], True, device)
+    agent = Agent(
+        cfg,
+        tuple(batch["image"].shape[2:]),
+        batch["action"].shape[-1],
+        True,
+        device,
+        resolve_precision(precision, device),
+    )
     flops, gathered = count_flops(agent, batch)
-    with torch_layers(agent) if layers == "plain" else contextlib.nullcontext():
-        return {"precision": precision, "layers": layers,
-                **time_updates(agent, batch, precision, device, updates, warmup, flops, gathered)}
+    with plain_layers() if layers == "plain" else contextlib.nullcontext():
+        return {
+            "precision": precision,
+            "layers": layers,
+            **time_updates(agent, batch, precision, device, updates, warmup, flops, gathered),
+        }
 
 
-def time_updates(agent: Agent, batch: dict[str, torch.Tensor], precision: str, device: torch.device, updates: int,
-                 warmup: int, flops: int, gathered: int) -> dict:
+def time_updates(
+    agent: Agent,
+    batch: dict[str, torch.Tensor],
+    precision: str,
+    device: torch.device,
+    updates: int,
+    warmup: int,
+    flops: int,
+    gathered: int,
+) -> dict:
     for _ in range(warmup):
         agent.train_step(batch)
     clock = PhaseClock(device)
@@ -120,8 +109,12 @@ def time_updates(agent: Agent, batch: dict[str, torch.Tensor], precision: str, d
     peak = max(peaks.values())
     median = statistics.median(times)
     return {
-        "seconds_per_update": {"median": round(median, 4), "min": round(min(times), 4), "max": round(max(times), 4),
-                               "n": len(times)},
+        "seconds_per_update": {
+            "median": round(median, 4),
+            "min": round(min(times), 4),
+            "max": round(max(times), 4),
+            "n": len(times),
+        },
         "updates_per_second": round(1 / median, 3),
         "split_seconds": {k: round(v / updates, 4) for k, v in clock.totals.items()},
         "parameters": sum(p.numel() for p in agent.parameters() if p.requires_grad),
@@ -137,8 +130,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="atari")
     parser.add_argument("--precision", default="32", help="one or more of 32, bf16, 16, comma-separated")
-    parser.add_argument("--layers", default="fast",
-                        help="fast (dreamctl's), plain (torch's), or fast,plain to measure what dreamctl's gain")
+    parser.add_argument(
+        "--layers",
+        default="fast",
+        help="fast (dreamctl's), plain (torch's), or fast,plain to measure what dreamctl's gain",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -151,17 +147,28 @@ def main() -> None:
     keep_freed_memory()  # as `dreamctl train` does
     cfg = load_config(args.preset, ["env.name=pong"])
     batch = pong_batch(cfg, device)
-    runs = [measure(args.preset, precision, layers, device, batch, args.updates, args.warmup, args.overrides)
-            for precision in args.precision.split(",") for layers in args.layers.split(",")]
-    result = {"benchmark": "update", "preset": args.preset, "device": str(device),
-              "device_name": device_name(device),
-              "threads": torch.get_num_threads(), "batch": [cfg.train.batch_size, cfg.train.batch_length],
-              "runs": runs}
+    runs = [
+        measure(args.preset, precision, layers, device, batch, args.updates, args.warmup, args.overrides)
+        for precision in args.precision.split(",")
+        for layers in args.layers.split(",")
+    ]
+    result = {
+        "benchmark": "update",
+        "preset": args.preset,
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "batch": [cfg.train.batch_size, cfg.train.batch_length],
+        "runs": runs,
+    }
     median = {(r["precision"], r["layers"]): r["seconds_per_update"]["median"] for r in runs}
     if ("32", "fast") in median and ("bf16", "fast") in median:
         result["bf16_speedup"] = round(median["32", "fast"] / median["bf16", "fast"], 2)
-    gains = {precision: round(median[precision, "plain"] / median[precision, "fast"], 2)
-             for precision, layers in median if layers == "fast" and (precision, "plain") in median}
+    gains = {
+        precision: round(median[precision, "plain"] / median[precision, "fast"], 2)
+        for precision, layers in median
+        if layers == "fast" and (precision, "plain") in median
+    }
     if gains:
         result["fast_layers_speedup"] = gains
     print(json.dumps(result))

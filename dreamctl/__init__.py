@@ -8,21 +8,25 @@ without loading torch (a second on a 2-core machine).
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dreamctl.config import Config, load_config
-    from dreamctl.evaluate import evaluate
-    from dreamctl.imagine import imagine
-    from dreamctl.runs import resume, train
+    from dreamctl.runs.lifecycle import resume, train
+    from dreamctl.tools.dream_video import imagine
+    from dreamctl.tools.evaluate import evaluate
 
 __version__ = "0.1.0"
 
-_HOMES = {"Config": "dreamctl.config", "load_config": "dreamctl.config", "evaluate": "dreamctl.evaluate",
-          "imagine": "dreamctl.imagine", "resume": "dreamctl.runs", "train": "dreamctl.runs"}
-__all__ = sorted(_HOMES)
+_HOMES = {
+    "Config": "dreamctl.config",
+    "load_config": "dreamctl.config",
+    "evaluate": "dreamctl.tools.evaluate",
+    "imagine": "dreamctl.tools.dream_video",
+    "resume": "dreamctl.runs.lifecycle",
+    "train": "dreamctl.runs.lifecycle",
+}
+__all__ = ["Config", "evaluate", "imagine", "load_config", "resume", "train"]  # the keys of _HOMES
 
 
 def __getattr__(name: str) -> Any:
@@ -31,16 +35,3 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_HOMES[name]), name)
     globals()[name] = value
     return value
-
-
-class _Package(types.ModuleType):
-    """Keeps `dreamctl.evaluate` and `dreamctl.imagine` naming the functions: importing the submodules of the same
-    names would otherwise rebind them to the modules, as the import system sets each submodule on its package."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _HOMES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -13,16 +13,19 @@ from typing import Any, List, Optional
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.exceptions import Abort, TyperException
 
 from dreamctl.errors import DreamctlError, UsageError
 
 app = typer.Typer(
-    name="dreamctl", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
+    name="dreamctl",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
     help="Train DreamerV2 agents from pixels and keep every run in a local registry.\n\n"
-         "Example: [bold]dreamctl train catch --preset debug[/bold], then [bold]dreamctl eval latest[/bold].",
+    "Example: [bold]dreamctl train catch --preset debug[/bold], then [bold]dreamctl eval latest[/bold].",
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -51,10 +54,16 @@ class ProgressView:
 
     def __init__(self, console: Console):
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
-            TextColumn("{task.fields[rates]}"), TextColumn("return {task.fields[ret]}"), TimeRemainingColumn(),
-            console=console, transient=False)
-        self.task = None
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} steps"),
+            TextColumn("{task.fields[rates]}"),
+            TextColumn("return {task.fields[ret]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: TaskID | None = None
         self.last = 0.0
         self.mark = (0.0, 0, 0)
 
@@ -77,8 +86,9 @@ class ProgressView:
         if now - t0 > 1.0:
             rates = f"{(p.env_steps - s0) / (now - t0):,.0f} steps/s, {(p.updates - u0) / (now - t0):.1f} upd/s"
         ret = "-" if p.last_return is None else f"{p.last_return:g}"
-        self.bar.update(self.task, completed=p.env_steps, description="prefill" if p.prefill else "train",
-                        rates=rates, ret=ret)
+        self.bar.update(
+            self.task, completed=p.env_steps, description="prefill" if p.prefill else "train", rates=rates, ret=ret
+        )
         self.last = now
 
 
@@ -86,32 +96,51 @@ def _finish(outcome, caught, verb: str) -> None:
     run = outcome.run
     if not outcome.finished:
         code = 130 if caught["signal"] == signal.SIGINT else 143
-        err.print(f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
-                  f"`dreamctl resume {run.ref}`.")
+        err.print(
+            f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
+            f"`dreamctl resume {run.ref}`."
+        )
         raise typer.Exit(code)
     ret = "-" if outcome.last_return is None else f"{outcome.last_return:g}"
     out.print(f"[green]{run.ref}[/green] {verb} {outcome.env_steps:,} agent steps; last episode return {ret}.")
     out.print(f"Files: {run.path}")
-    out.print(f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"
-              f" · [bold]dreamctl resume {run.ref} --steps N[/bold]")
+    out.print(
+        f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"
+        f" · [bold]dreamctl resume {run.ref} --steps N[/bold]"
+    )
 
 
 @app.command()
 def train(
     env: str = typer.Argument(..., help="catch, an Atari game (pong, ms_pacman, ALE/Pong-v5, atari:pong) or gym:<id>."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", show_default=False,
-                                         help="Preset name (atari, atari100k, debug) or a YAML file. "
-                                              "Default: atari for Atari games, debug otherwise."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
-                                        help="Agent steps to train (policy decisions summed over env copies); "
-                                             "one agent step is env.action_repeat frames (4 on Atari)."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, show_default=False, help="Seeds torch, numpy and the envs."),
+    preset: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        "-p",
+        show_default=False,
+        help="Preset name (atari, atari100k, debug) or a YAML file. Default: atari for Atari games, debug otherwise.",
+    ),
+    steps: Optional[int] = typer.Option(
+        None,
+        "--steps",
+        min=1,
+        show_default=False,
+        help="Agent steps to train (policy decisions summed over env copies); "
+        "one agent step is env.action_repeat frames (4 on Atari).",
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", min=0, show_default=False, help="Seeds torch, numpy and the envs."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="A unique name to refer to the run by."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key, e.g. --set model.deter=256."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Override a config key, e.g. --set model.deter=256."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, 32, bf16 or 16.", show_default=False),
     home: Optional[Path] = Home,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and memory estimate; create nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved config and memory estimate; create nothing."
+    ),
 ) -> None:
     """Train a new run.
 
@@ -124,7 +153,12 @@ def train(
     game = resolve(env)
     preset = preset or ("atari" if is_atari(game) else "debug")
     sets = [f"env.name={game}"] + list(overrides or [])
-    for key, value in (("train.steps", steps), ("train.seed", seed), ("run.device", device), ("run.precision", precision)):
+    for key, value in (
+        ("train.steps", steps),
+        ("train.seed", seed),
+        ("run.device", device),
+        ("run.precision", precision),
+    ):
         if value is not None:
             sets.append(f"{key}={value}")
     cfg = load_config(preset, sets)
@@ -132,13 +166,22 @@ def train(
     if dry_run:
         _dry_run(cfg)
         return
-    from dreamctl import runs  # after the checks above, so that a mistake is answered without loading torch
+    from dreamctl.runs import (
+        lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
+    )
 
     caught, should_stop = _run_signals()
     with ProgressView(out) as view:
-        outcome = runs.train(cfg, home=home, name=name, preset=preset_label, command=["dreamctl"] + sys.argv[1:],
-                             progress=view, should_stop=should_stop,
-                             on_created=lambda r: out.print(f"Training [green]{r.ref}[/green] in {r.path}"))
+        outcome = runs.train(
+            cfg,
+            home=home,
+            name=name,
+            preset=preset_label,
+            command=["dreamctl"] + sys.argv[1:],
+            progress=view,
+            should_stop=should_stop,
+            on_created=lambda r: out.print(f"Training [green]{r.ref}[/green] in {r.path}"),
+        )
     _finish(outcome, caught, "trained")
 
 
@@ -146,7 +189,7 @@ def _dry_run(cfg) -> None:
     import yaml
 
     from dreamctl.envs import make_env
-    from dreamctl.runs import configure_torch, estimate_memory, parameter_count, prepare
+    from dreamctl.runs.system import configure_torch, estimate_memory, parameter_count, prepare
 
     cfg = prepare(cfg)
     device = configure_torch(cfg)
@@ -156,19 +199,24 @@ def _dry_run(cfg) -> None:
     params = parameter_count(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
     mem = estimate_memory(cfg, spec.obs_shape, params)
-    out.print(f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
-              f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "
-              f"activations {mem['activations'] / 2**30:.2f}); nothing was created.", markup=False)
+    out.print(
+        f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
+        f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "
+        f"activations {mem['activations'] / 2**30:.2f}); nothing was created.",
+        markup=False,
+    )
 
 
 @app.command()
 def resume(
     run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
-                                        help="New total of agent steps (default: the run's target)."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=1, show_default=False, help="New total of agent steps (default: the run's target)."
+    ),
     checkpoint: str = typer.Option("latest", "--checkpoint", help="Checkpoint step to continue from, or latest."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="Safe overrides only: run.device, "
-                                                  "run.checkpoint_every, run.log_every, ..."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Safe overrides only: run.device, run.checkpoint_every, run.log_every, ..."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
     home: Optional[Path] = Home,
 ) -> None:
@@ -178,19 +226,20 @@ def resume(
     """
     which = _checkpoint_ref(checkpoint)
     _check_run(run, home)
-    from dreamctl import runs
+    from dreamctl.runs import lifecycle as runs
 
     sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
     caught, should_stop = _run_signals()
     with ProgressView(out) as view:
-        outcome = runs.resume(run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view,
-                              should_stop=should_stop)
+        outcome = runs.resume(
+            run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view, should_stop=should_stop
+        )
     _finish(outcome, caught, "reached")
 
 
 def _check_run(ref: str, home: Path | None) -> None:
     """Find the run before loading torch, so that a wrong reference is answered at once."""
-    from dreamctl.registry import Registry
+    from dreamctl.runs.registry import Registry
 
     Registry(home).resolve(ref)
 
@@ -220,15 +269,17 @@ def eval_(
     """
     which = _checkpoint_ref(checkpoint)
     _check_run(run, home)
-    from dreamctl.evaluate import evaluate
+    from dreamctl.tools.evaluate import evaluate
 
     result = evaluate(run, home=home, episodes=episodes, checkpoint=which, video=video, seed=seed, device=device)
     if as_json:
         keys = ("run", "checkpoint_step", "episodes", "returns", "mean", "std", "min", "max", "human_normalized")
         print(json.dumps({k: result[k] for k in keys}))
         return
-    out.print(f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: {result['episodes']} episodes, "
-              f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})")
+    out.print(
+        f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: {result['episodes']} episodes, "
+        f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})"
+    )
     if result["human_normalized"] is not None:
         out.print(f"gamer-normalised score: {result['human_normalized']:.3f}")
     if video:
@@ -238,8 +289,9 @@ def eval_(
 @app.command()
 def imagine(
     run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
-    out_file: Optional[Path] = typer.Option(None, "--out", "-o", show_default=False,
-                                            help="Output .mp4 or .gif (default: the run's videos/ folder)."),
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", "-o", show_default=False, help="Output .mp4 or .gif (default: the run's videos/ folder)."
+    ),
     context: int = typer.Option(5, "--context", min=1, help="Real frames the model observes first."),
     horizon: int = typer.Option(45, "--horizon", min=1, help="Steps the model then dreams open-loop."),
     samples: int = typer.Option(4, "--samples", min=1, max=16, help="Sequences side by side."),
@@ -254,27 +306,39 @@ def imagine(
     """
     which = _checkpoint_ref(checkpoint)
     _check_run(run, home)
-    from dreamctl.imagine import imagine as make_video
+    from dreamctl.tools.dream_video import imagine as make_video
 
-    result = make_video(run, out_file, home=home, context=context, horizon=horizon, samples=samples, seed=seed,
-                        checkpoint=which, device=device)
-    out.print(f"wrote {result['out']}: {result['frames']} frames ({result['context']} observed, {result['horizon']} "
-              f"dreamed, {result['samples']} samples); dream MSE {result['dream_mse']:.4f}")
+    result = make_video(
+        run,
+        out_file,
+        home=home,
+        context=context,
+        horizon=horizon,
+        samples=samples,
+        seed=seed,
+        checkpoint=which,
+        device=device,
+    )
+    out.print(
+        f"wrote {result['out']}: {result['frames']} frames ({result['context']} observed, {result['horizon']} "
+        f"dreamed, {result['samples']} samples); dream MSE {result['dream_mse']:.4f}"
+    )
 
 
 @app.command("list")
 def list_(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
-    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status: running, finished, "
-                                         "interrupted or failed."),
+    status: Optional[str] = typer.Option(
+        None, "--status", help="Only runs with this status: running, finished, interrupted or failed."
+    ),
     home: Optional[Path] = Home,
 ) -> None:
     """List the runs in the registry.
 
     Example: [bold]dreamctl list --status finished[/bold]
     """
-    from dreamctl.listing import run_rows
-    from dreamctl.registry import STATUSES, Registry
+    from dreamctl.runs.listing import run_rows
+    from dreamctl.runs.registry import STATUSES, Registry
 
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, got '{status}'.")
@@ -285,23 +349,45 @@ def list_(
         return
     out.print(f"Registry: {registry.root}")
     if not rows:
-        out.print("No runs" + (f" with status {status}" if status else "") + " yet; start one with "
-                  "[bold]dreamctl train catch --preset debug[/bold].")
+        out.print(
+            "No runs" + (f" with status {status}" if status else "") + " yet; start one with "
+            "[bold]dreamctl train catch --preset debug[/bold]."
+        )
         return
     table = Table(box=None if not out.is_terminal else box.SIMPLE_HEAD)
-    for column in ("id", "name", "env", "preset", "status", "agent steps", "updates", "eval", "normalised",
-                   "updated", "size"):
+    for column in (
+        "id",
+        "name",
+        "env",
+        "preset",
+        "status",
+        "agent steps",
+        "updates",
+        "eval",
+        "normalised",
+        "updated",
+        "size",
+    ):
         table.add_column(column, justify="right" if column in ("agent steps", "updates", "eval", "size") else "left")
     for r in rows:
-        table.add_row(r["id"], r["name"] or "", r["env"], r["preset"], r["status"], f"{r['env_steps']:,}",
-                      f"{r['updates']:,}", "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
-                      "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
-                      r["updated"][:16].replace("T", " "), _size(r["disk_bytes"]))
+        table.add_row(
+            r["id"],
+            r["name"] or "",
+            r["env"],
+            r["preset"],
+            r["status"],
+            f"{r['env_steps']:,}",
+            f"{r['updates']:,}",
+            "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
+            "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
+            r["updated"][:16].replace("T", " "),
+            _size(r["disk_bytes"]),
+        )
     # A pipe has no width; do not squeeze the table into rich's default of 80 columns.
     (out if out.is_terminal else Console(width=240)).print(table)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -343,7 +429,10 @@ def main() -> None:
     except Exception as exc:
         if debug:
             raise
-        err.print(f"error: unexpected {type(exc).__name__}: {exc}; rerun with DREAMCTL_DEBUG=1 to see the traceback.",
-                  markup=False, highlight=False)
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {exc}; rerun with DREAMCTL_DEBUG=1 to see the traceback.",
+            markup=False,
+            highlight=False,
+        )
         code = 1
     sys.exit(code if isinstance(code, int) else 0)

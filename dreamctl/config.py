@@ -23,85 +23,156 @@ from dreamctl.errors import UsageError
 
 @dataclass
 class EnvConfig:
-    name: str = "catch"
+    """The environment and its protocol. Defaults: DreamerV2's Atari protocol (Machado et al. 2018)."""
+
+    name: str = "pong"
+    """catch, an Atari game, or gym:<id>; replaced by the ENV argument of `dreamctl train`."""
     num_envs: int = 1
+    """Env copies stepped together, each in its own episode (the paper used one)."""
     image_size: int = 64
+    """Frames are resized to image_size x image_size; the conv encoder needs 64."""
     grayscale: bool = True
+    """One gray channel (Atari in the paper) or RGB."""
     action_repeat: int = 4
+    """Emulator frames per agent step; the reward is summed over them."""
     sticky_actions: float = 0.25
+    """Probability that the emulator repeats the previous action at each frame (Atari)."""
     noop_max: int = 30
+    """Up to this many no-op actions after each reset (Atari)."""
     max_frames: int = 108_000
+    """Frame cap per episode; it ends the episode with is_last but not is_terminal."""
     action_set: Literal["minimal", "full"] = "minimal"
+    """Atari's minimal action set (the released code) or all 18 actions (the paper's text)."""
     life_loss: bool = False
+    """End episodes on a lost life (not part of the protocol)."""
     resize: Literal["area", "bilinear"] = "area"
+    """area (cv2's INTER_AREA, DreamerV2) or antialiased bilinear (Pillow's, DreamerV3's Atari100k)."""
     max_pool: bool = True
+    """Max over the last two frames of each action repeat (Atari)."""
     reward_clip: bool = False
+    """Clip env rewards to their sign; scores are raw either way."""
 
 
 @dataclass
 class ModelConfig:
+    """The world model's sizes and loss scales (paper §2.1 and Table D.1; the released code's `atari` config)."""
+
     cnn_depth: int = 48
+    """Encoder channels cnn_depth x (1, 2, 4, 8); the decoder mirrors them."""
     deter: int = 600
+    """Width of the GRU state h."""
     hidden: int = 600
+    """Width of the RSSM's layers between inputs, GRU and logits."""
     stoch: int = 32
+    """Categorical latent variables in z."""
     classes: int = 32
+    """Classes of each latent variable."""
     mlp_layers: int = 4
+    """Hidden layers of the reward, discount, actor and critic MLPs."""
     mlp_units: int = 400
+    """Units of each hidden MLP layer."""
     reward_transform: Literal["tanh", "identity"] = "tanh"
+    """What the reward head learns: tanh(reward) (Atari) or the raw reward."""
     discount_head: bool = True
+    """Learn the discount (episode ends) with a head; without it the discount is gamma everywhere."""
     kl_balance: float = 0.8
+    """alpha of KL balancing: the prior's share of the KL gradient (`dreamctl.model.losses.kl_balance`)."""
     kl_scale: float = 0.1
+    """beta: the KL term's weight in the world-model loss."""
     free_nats: float = 0.0
+    """Floor under the batch-mean KL; KL balancing replaces free nats on Atari."""
     image_scale: float = 1.0
+    """Weight of the image NLL."""
     reward_scale: float = 1.0
+    """Weight of the reward NLL."""
     discount_scale: float = 5.0
+    """Weight of the discount NLL (a value of the released code; the paper is silent)."""
 
 
 @dataclass
 class BehaviorConfig:
+    """How the actor and critic learn in imagination (paper §2.2)."""
+
     horizon: int = 15
+    """Imagination steps H from every posterior state."""
     discount: float = 0.999
+    """gamma (the paper's text and code; its Table D.1 says 0.995)."""
     return_lambda: float = 0.95
+    """lambda of the lambda-returns."""
     actor_grad: Literal["auto", "reinforce", "dynamics", "both"] = "auto"
+    """rho: auto = reinforce (rho 1) for discrete actions, dynamics (rho 0) for continuous; both = actor_grad_mix."""
     actor_grad_mix: float = 0.1
+    """rho when actor_grad is `both`."""
     actor_entropy: float = 1e-3
+    """eta, the entropy bonus of the actor loss."""
     slow_critic_every: int = 100
+    """Updates between hard copies of the critic into the slow critic."""
 
 
 @dataclass
 class TrainConfig:
+    """The training loop and the optimisers. Steps count agent steps (policy decisions summed over env copies)."""
+
     steps: int = 50_000_000
+    """Agent steps to train (50M agent steps = 200M Atari frames)."""
     seed: int = 0
+    """Seeds torch, numpy, Python and the envs."""
     prefill: int = 50_000
+    """Random-policy agent steps before the first update."""
     pretrain: int = 1
+    """Updates right after prefill."""
     train_every: int = 16
+    """Agent steps per update (the released code's 16 with batch 16; the paper's text says 4 with batch 50)."""
     batch_size: int = 16
+    """Sequences per training batch."""
     batch_length: int = 50
+    """Steps per sequence."""
     replay_capacity: int = 2_000_000
+    """Agent steps kept in the replay (first in, first out)."""
     model_lr: float = 2e-4
+    """Adam learning rate of the world model."""
     actor_lr: float = 4e-5
+    """Adam learning rate of the actor."""
     critic_lr: float = 1e-4
+    """Adam learning rate of the critic."""
     adam_eps: float = 1e-5
+    """Adam's epsilon, for all three optimisers."""
     grad_clip: float = 100.0
+    """Global gradient norm clip, per optimiser."""
     weight_decay: float = 1e-6
+    """Parameters are multiplied by (1 - weight_decay) each step, not scaled by the learning rate."""
     score_window_frames: int = 0
+    """Atari100k's score: the mean return of training episodes ending in the last this-many frames (0: none)."""
 
 
 @dataclass
 class RunConfig:
+    """How the run is executed and recorded; none of it changes what is computed except precision and device."""
+
     device: str = "auto"
+    """auto (a CUDA GPU where there is one), cpu or cuda[:i]."""
     precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    """auto = bf16 autocast on GPUs that support it, float32 elsewhere; 16 needs CUDA (loss scaling)."""
     threads: int = 0
-    checkpoint_every: int = 100_000
+    """torch threads (0: torch's default)."""
+    checkpoint_every: int = 250_000
+    """Agent steps between checkpoints."""
     keep_checkpoints: int = 3
-    eval_every: int = 0
+    """Newest checkpoints kept, plus the best-evaluated one."""
+    eval_every: int = 250_000
+    """Agent steps between evaluations during training (0: none)."""
     eval_episodes: int = 1
-    log_every: int = 1_000
+    """Greedy episodes per evaluation during training."""
+    log_every: int = 10_000
+    """Agent steps between metric logs."""
     replay_chunk: int = 1_024
+    """Replay rows per chunk file on disk."""
 
 
 @dataclass
 class Config:
+    """A run's whole config; its defaults equal presets/atari.yaml (a test checks it)."""
+
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
@@ -114,21 +185,60 @@ class Config:
 
 # Keys that never change what a run computes, so `resume` may override them.
 SAFE_RESUME_KEYS = frozenset(
-    {"train.steps", "run.device", "run.checkpoint_every", "run.keep_checkpoints", "run.log_every",
-     "run.eval_every", "run.eval_episodes", "run.threads"}
+    {
+        "train.steps",
+        "run.device",
+        "run.checkpoint_every",
+        "run.keep_checkpoints",
+        "run.log_every",
+        "run.eval_every",
+        "run.eval_episodes",
+        "run.threads",
+    }
 )
 
 POSITIVE_KEYS = (
-    "env.num_envs", "env.image_size", "env.action_repeat", "env.max_frames", "model.cnn_depth", "model.deter",
-    "model.hidden", "model.stoch", "model.classes", "model.mlp_units", "behavior.horizon", "train.steps",
-    "train.train_every", "train.batch_size", "train.batch_length", "train.replay_capacity",
-    "run.checkpoint_every", "run.keep_checkpoints", "run.eval_episodes", "run.log_every", "run.replay_chunk",
+    "env.num_envs",
+    "env.image_size",
+    "env.action_repeat",
+    "env.max_frames",
+    "model.cnn_depth",
+    "model.deter",
+    "model.hidden",
+    "model.stoch",
+    "model.classes",
+    "model.mlp_units",
+    "behavior.horizon",
+    "train.steps",
+    "train.train_every",
+    "train.batch_size",
+    "train.batch_length",
+    "train.replay_capacity",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.eval_episodes",
+    "run.log_every",
+    "run.replay_chunk",
 )
-NON_NEGATIVE_KEYS = ("env.noop_max", "model.mlp_layers", "model.free_nats", "train.prefill", "train.pretrain",
-                     "train.seed", "train.weight_decay", "train.score_window_frames", "run.eval_every",
-                     "run.threads")
-UNIT_INTERVAL_KEYS = ("env.sticky_actions", "model.kl_balance", "behavior.discount", "behavior.return_lambda",
-                      "behavior.actor_grad_mix")
+NON_NEGATIVE_KEYS = (
+    "env.noop_max",
+    "model.mlp_layers",
+    "model.free_nats",
+    "train.prefill",
+    "train.pretrain",
+    "train.seed",
+    "train.weight_decay",
+    "train.score_window_frames",
+    "run.eval_every",
+    "run.threads",
+)
+UNIT_INTERVAL_KEYS = (
+    "env.sticky_actions",
+    "model.kl_balance",
+    "behavior.discount",
+    "behavior.return_lambda",
+    "behavior.actor_grad_mix",
+)
 
 
 def preset_dirs() -> list[Path]:
@@ -146,14 +256,17 @@ def find_preset(preset: str) -> Path:
     if preset.endswith((".yaml", ".yml")) or "/" in preset or "\\" in preset:
         path = Path(preset).expanduser()
         if not path.is_file():
-            raise UsageError(f"preset file '{preset}' does not exist; pass a YAML file or one of: "
-                             f"{', '.join(preset_names())}.")
+            raise UsageError(
+                f"preset file '{preset}' does not exist; pass a YAML file or one of: {', '.join(preset_names())}."
+            )
         return path
     for folder in preset_dirs():
         if (folder / f"{preset}.yaml").is_file():
             return folder / f"{preset}.yaml"
-    raise UsageError(f"unknown preset '{preset}'{_did_you_mean(preset, preset_names())}; "
-                     f"the presets are: {', '.join(preset_names())}.")
+    raise UsageError(
+        f"unknown preset '{preset}'{_did_you_mean(preset, preset_names())}; "
+        f"the presets are: {', '.join(preset_names())}."
+    )
 
 
 def load_config(preset: str = "debug", overrides: typing.Sequence[str] = ()) -> Config:
@@ -221,8 +334,10 @@ def validate(cfg: Config) -> Config:
         raise UsageError("train.batch_length must be at least 2.")
     per_env = cfg.train.replay_capacity // cfg.env.num_envs
     if per_env < cfg.train.batch_length:
-        raise UsageError(f"train.replay_capacity ({cfg.train.replay_capacity}) must hold at least "
-                         f"train.batch_length steps per env copy; raise it or lower env.num_envs.")
+        raise UsageError(
+            f"train.replay_capacity ({cfg.train.replay_capacity}) must hold at least "
+            f"train.batch_length steps per env copy; raise it or lower env.num_envs."
+        )
     if not (cfg.run.device in ("auto", "cpu") or cfg.run.device.startswith("cuda")):
         raise UsageError(f"run.device must be auto, cpu or cuda[:i], got '{cfg.run.device}'.")
     return cfg
@@ -263,12 +378,10 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+    elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
     raise UsageError(f"{key} in {source} must be {_type_name(kind)}, got {value!r}.")
 
 

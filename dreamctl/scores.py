@@ -12,6 +12,7 @@ import functools
 import io
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,28 @@ class GameScores:
     dreamerv3_100k: float | None
 
 
+def _number(row: dict[str, str], key: str) -> float | None:
+    return float(row[key]) if row[key] else None
+
+
 @functools.cache
 def table() -> dict[str, GameScores]:
     text = resources.files("dreamctl").joinpath("data/atari_scores.csv").read_text()
     out = {}
     for row in csv.DictReader(io.StringIO(text)):
-        number = lambda key: float(row[key]) if row[key] else None  # noqa: E731
+        number = functools.partial(_number, row)
         out[row["game"]] = GameScores(
-            row["game"], row["ale_id"], float(row["random"]), number("human_gamer"), number("human_record"),
-            number("dreamerv2_last_point"), row["in_atari100k"] == "yes", number("random_100k"),
-            number("human_100k"), number("dreamerv3_100k"))
+            row["game"],
+            row["ale_id"],
+            float(row["random"]),
+            number("human_gamer"),
+            number("human_record"),
+            number("dreamerv2_last_point"),
+            row["in_atari100k"] == "yes",
+            number("random_100k"),
+            number("human_100k"),
+            number("dreamerv3_100k"),
+        )
     return out
 
 
@@ -60,3 +73,21 @@ def record_normalized(game: str, score: float) -> float | None:
     if ref is None or ref.human_record is None or ref.human_record == ref.random:
         return None
     return (score - ref.random) / (ref.human_record - ref.random)
+
+
+def summarize(returns: list[float], game: str, atari100k: bool) -> dict[str, Any]:
+    """Episode returns -> count, mean, std, min, max and, for Atari games, the gamer-normalised mean."""
+    import numpy as np  # here, so that `dreamctl envs` and `list` start without it
+
+    values = np.asarray(returns, np.float64)
+    mean = float(values.mean())
+    normalized = human_normalized(game, mean, atari100k)
+    return {
+        "episodes": len(returns),
+        "returns": [float(r) for r in returns],
+        "mean": mean,
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "human_normalized": None if normalized is None else float(normalized),
+    }

@@ -16,19 +16,37 @@ from dreamctl.config import load_config
 torch.set_num_threads(2)
 
 # A fast variant of the debug preset for integration tests: short prefill, few updates, frequent checkpoints.
-FAST = ["train.prefill=200", "train.batch_size=4", "train.batch_length=8", "run.log_every=100",
-        "run.checkpoint_every=200", "run.replay_chunk=32"]
+FAST = [
+    "train.prefill=200",
+    "train.batch_size=4",
+    "train.batch_length=8",
+    "run.log_every=100",
+    "run.checkpoint_every=200",
+    "run.replay_chunk=32",
+]
 
 
 # What bash sets when TAB is pressed after `dreamctl train catch --pre`.
-BASH_COMPLETION_ENV = {"_DREAMCTL_COMPLETE": "complete_bash", "COMP_WORDS": "dreamctl train catch --pre",
-                       "COMP_CWORD": "3"}
+BASH_COMPLETION_ENV = {
+    "_DREAMCTL_COMPLETE": "complete_bash",
+    "COMP_WORDS": "dreamctl train catch --pre",
+    "COMP_CWORD": "3",
+}
 
 
 def tiny_config(*overrides: str):
     """Debug preset shrunk further, for unit tests of the maths."""
-    base = ["model.cnn_depth=4", "model.deter=32", "model.hidden=32", "model.stoch=4", "model.classes=4",
-            "model.mlp_units=32", "train.batch_size=3", "train.batch_length=5", "behavior.horizon=4"]
+    base = [
+        "model.cnn_depth=4",
+        "model.deter=32",
+        "model.hidden=32",
+        "model.stoch=4",
+        "model.classes=4",
+        "model.mlp_units=32",
+        "train.batch_size=3",
+        "train.batch_length=5",
+        "behavior.horizon=4",
+    ]
     return load_config("debug", base + list(overrides))
 
 
@@ -38,10 +56,14 @@ def random_batch(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
     b, t = cfg.train.batch_size, cfg.train.batch_length
     is_first = torch.zeros(b, t)
     is_first[:, 0] = 1
-    return {"image": torch.randint(0, 256, (b, t, 64, 64, 1), dtype=torch.uint8, generator=g),
-            "action": torch.nn.functional.one_hot(torch.randint(0, 3, (b, t), generator=g), 3).float(),
-            "reward": torch.randn(b, t, generator=g), "is_first": is_first, "is_last": torch.zeros(b, t),
-            "is_terminal": (torch.rand(b, t, generator=g) < 0.1).float()}
+    return {
+        "image": torch.randint(0, 256, (b, t, 64, 64, 1), dtype=torch.uint8, generator=g),
+        "action": torch.nn.functional.one_hot(torch.randint(0, 3, (b, t), generator=g), 3).float(),
+        "reward": torch.randn(b, t, generator=g),
+        "is_first": is_first,
+        "is_last": torch.zeros(b, t),
+        "is_terminal": (torch.rand(b, t, generator=g) < 0.1).float(),
+    }
 
 
 def dreamctl_command() -> list[str]:
@@ -50,12 +72,14 @@ def dreamctl_command() -> list[str]:
     return [exe]
 
 
-def run_cli(*args: str, home: Path, env: dict | None = None, timeout: float = 600, check: bool = False
-            ) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, home: Path, env: dict | None = None, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "DREAMCTL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("DREAMCTL_DEBUG", None)
-    proc = subprocess.run(dreamctl_command() + list(args), capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+    proc = subprocess.run(
+        dreamctl_command() + list(args), capture_output=True, text=True, env=full_env, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"dreamctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

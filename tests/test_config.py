@@ -21,18 +21,56 @@ def test_bundled_presets_set_every_key():
         validate(load_config(name))
 
 
+def test_dataclass_defaults_are_the_atari_preset():
+    """One source of truth: a config built from the dataclasses alone is the paper's Atari preset."""
+    assert Config().to_dict() == load_config("atari").to_dict()
+
+
+def test_every_config_field_is_documented_where_it_is_defined():
+    import ast
+    import inspect
+
+    import dreamctl.config as config
+
+    tree = ast.parse(inspect.getsource(config))
+    undocumented = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Config"):
+            body = node.body
+            for field, after in zip(body, [*body[1:], None]):
+                if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name):
+                    documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    if not documented and node.name != "Config":
+                        undocumented.append(f"{node.name}.{field.target.id}")
+    assert not undocumented, undocumented
+
+
 def test_atari_preset_carries_the_paper_values():
     c = load_config("atari")
-    assert (c.env.image_size, c.env.grayscale, c.model.cnn_depth, c.model.deter, c.model.stoch, c.model.classes) == \
-        (64, True, 48, 600, 32, 32)
+    assert (c.env.image_size, c.env.grayscale, c.model.cnn_depth, c.model.deter, c.model.stoch, c.model.classes) == (
+        64,
+        True,
+        48,
+        600,
+        32,
+        32,
+    )
     assert (c.model.mlp_layers, c.model.mlp_units, c.train.batch_size, c.train.batch_length) == (4, 400, 16, 50)
     assert (c.behavior.horizon, c.behavior.return_lambda, c.behavior.discount) == (15, 0.95, 0.999)
     assert (c.model.kl_balance, c.model.kl_scale, c.model.free_nats, c.model.discount_scale) == (0.8, 0.1, 0.0, 5.0)
     assert (c.train.model_lr, c.train.actor_lr, c.train.critic_lr) == (2e-4, 4e-5, 1e-4)
-    assert (c.train.adam_eps, c.train.grad_clip, c.train.weight_decay, c.behavior.actor_entropy) == \
-        (1e-5, 100.0, 1e-6, 1e-3)
-    assert (c.behavior.slow_critic_every, c.train.train_every, c.train.prefill, c.train.replay_capacity) == \
-        (100, 16, 50_000, 2_000_000)
+    assert (c.train.adam_eps, c.train.grad_clip, c.train.weight_decay, c.behavior.actor_entropy) == (
+        1e-5,
+        100.0,
+        1e-6,
+        1e-3,
+    )
+    assert (c.behavior.slow_critic_every, c.train.train_every, c.train.prefill, c.train.replay_capacity) == (
+        100,
+        16,
+        50_000,
+        2_000_000,
+    )
 
 
 def test_unknown_key_names_the_key_and_suggests_the_closest():
@@ -42,20 +80,24 @@ def test_unknown_key_names_the_key_and_suggests_the_closest():
         from_dict({"modle": {"deter": 3}})
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.deter=abc", "model.deter in --set must be an integer"),
-    ("model.kl_scale=yes", "model.kl_scale in --set must be a number"),
-    ("env.grayscale=3", "env.grayscale in --set must be true or false"),
-    ("run.precision=64", "run.precision in --set must be one of auto, 32, bf16, 16"),
-    ("novalue", "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.deter=abc", "model.deter in --set must be an integer"),
+        ("model.kl_scale=yes", "model.kl_scale in --set must be a number"),
+        ("env.grayscale=3", "env.grayscale in --set must be true or false"),
+        ("run.precision=64", "run.precision in --set must be one of auto, 32, bf16, 16"),
+        ("novalue", "must look like key=value"),
+    ],
+)
 def test_wrong_types_are_named(override, message):
     with pytest.raises(UsageError, match=message):
         load_config("debug", [override])
 
 
-@pytest.mark.parametrize("override", ["train.steps=0", "env.num_envs=-1", "behavior.discount=1.5",
-                                      "train.replay_capacity=3"])
+@pytest.mark.parametrize(
+    "override", ["train.steps=0", "env.num_envs=-1", "behavior.discount=1.5", "train.replay_capacity=3"]
+)
 def test_values_out_of_range_are_refused(override):
     with pytest.raises(UsageError):
         validate(load_config("debug", [override]))

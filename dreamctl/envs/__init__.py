@@ -20,7 +20,7 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None) -> BatchedE
     if name.startswith("gym:"):
         from dreamctl.envs.gym_env import GymEnv
 
-        return GymEnv(name[len("gym:"):], cfg, num_envs, seed)
+        return GymEnv(name[len("gym:") :], cfg, num_envs, seed)
     assert is_atari(name)
     from dreamctl.envs.atari import Atari
 

@@ -1,4 +1,5 @@
-"""Atari through ale-py's vectorised env (C++ threads), configured to the published protocols (SPEC.md §4).
+"""Atari through ale-py's vectorised env (C++ threads), configured to the published protocols
+(docs/architecture.md).
 
 Every protocol setting of the config's `env` section maps onto an AtariVectorEnv argument: action repeat
 with max-pooling over the last two frames, sticky actions, up to `noop_max` no-ops at reset, the frame cap,
@@ -35,14 +36,22 @@ class Atari(VectorEnvAdapter):
         self.resize_here = cfg.resize == "bilinear"
         height, width = NATIVE_SIZE if self.resize_here else (cfg.image_size, cfg.image_size)
         self.env = AtariVectorEnv(
-            rom_id(game), num_envs,
+            rom_id(game),
+            num_envs,
             num_threads=min(num_envs, os.cpu_count() or 1),
-            img_height=height, img_width=width, grayscale=cfg.grayscale, stack_num=1,
-            frameskip=cfg.action_repeat, maxpool=cfg.max_pool, noop_max=cfg.noop_max,
+            img_height=height,
+            img_width=width,
+            grayscale=cfg.grayscale,
+            stack_num=1,
+            frameskip=cfg.action_repeat,
+            maxpool=cfg.max_pool,
+            noop_max=cfg.noop_max,
             repeat_action_probability=cfg.sticky_actions,
             full_action_space=cfg.action_set == "full",
             max_num_frames_per_episode=cfg.max_frames,
-            episodic_life=cfg.life_loss, reward_clipping=cfg.reward_clip, use_fire_reset=False,
+            episodic_life=cfg.life_loss,
+            reward_clipping=cfg.reward_clip,
+            use_fire_reset=False,
             autoreset_mode="NextStep",
         )
         actions = int(self.env.single_action_space.n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class BatchedEnv(ABC):
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - envs without resources need not close anything
         pass
 
 
@@ -68,6 +68,8 @@ class VectorEnvAdapter(BatchedEnv):
     Subclasses set `self.env` and `self.spec` and convert frames and actions.
     """
 
+    env: Any  # the Gymnasium-API vector env
+
     def __init__(self, num_envs: int, seed: int):
         self.num_envs, self.seed = num_envs, seed
         self.last = np.zeros(num_envs, bool)
@@ -81,8 +83,13 @@ class VectorEnvAdapter(BatchedEnv):
         obs, reward, terminated, truncated, _ = self.env.step(self._env_action(action))
         first = self.last.copy()  # the copies that ended last step have just been reset
         self.last = np.asarray(terminated | truncated, bool)
-        return Step(self._frames(obs), np.asarray(reward, np.float32), first, self.last.copy(),
-                    np.asarray(terminated, bool).copy())
+        return Step(
+            self._frames(obs),
+            np.asarray(reward, np.float32),
+            first,
+            self.last.copy(),
+            np.asarray(terminated, bool).copy(),
+        )
 
     def close(self) -> None:
         self.env.close()

@@ -53,8 +53,14 @@ class Catch(BatchedEnv):
         return Step(self._render(), reward, restart, self.ended.copy(), self.ended.copy())
 
     def get_state(self) -> dict[str, np.ndarray]:
-        return {"ball_x": self.ball_x.copy(), "ball_y": self.ball_y.copy(), "paddle": self.paddle.copy(),
-                "drops": self.drops.copy(), "ended": self.ended.copy(), "rng": rng_state_bytes(self.rng)}
+        return {
+            "ball_x": self.ball_x.copy(),
+            "ball_y": self.ball_y.copy(),
+            "paddle": self.paddle.copy(),
+            "drops": self.drops.copy(),
+            "ended": self.ended.copy(),
+            "rng": rng_state_bytes(self.rng),
+        }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         for key in ("ball_x", "ball_y", "paddle", "drops", "ended"):

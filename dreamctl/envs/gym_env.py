@@ -37,8 +37,11 @@ class ActionRepeat(gym.Wrapper):
 
 
 def _is_image(space: gym.Space) -> bool:
-    return (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
-            and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3))))
+    return (
+        isinstance(space, gym.spaces.Box)
+        and space.dtype == np.uint8
+        and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3)))
+    )
 
 
 def _make(env_id: str, use_render: bool, repeat: int) -> gym.Env:
@@ -53,24 +56,30 @@ def inspect(env_id: str) -> tuple[bool, gym.Space]:
     try:
         probe = gym.make(env_id)
     except gym.error.Error as exc:
-        raise UsageError(f"gym:{env_id} could not be made ({exc}); check the id and that its package is "
-                         f"installed.") from None
+        raise UsageError(
+            f"gym:{env_id} could not be made ({exc}); check the id and that its package is installed."
+        ) from None
     try:
         obs_space, action_space = probe.observation_space, probe.action_space
         render_modes = probe.metadata.get("render_modes", [])
     finally:
         probe.close()
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
-        raise UsageError(f"gym:{env_id} has a {action_space.shape}-shaped Box action space; dreamctl supports "
-                         f"Discrete and 1-D Box actions.")
+        raise UsageError(
+            f"gym:{env_id} has a {action_space.shape}-shaped Box action space; dreamctl supports "
+            f"Discrete and 1-D Box actions."
+        )
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        raise UsageError(f"gym:{env_id} has {type(action_space).__name__} actions; dreamctl supports Discrete "
-                         f"and 1-D Box actions.")
+        raise UsageError(
+            f"gym:{env_id} has {type(action_space).__name__} actions; dreamctl supports Discrete and 1-D Box actions."
+        )
     if _is_image(obs_space):
         return False, action_space
     if "rgb_array" not in render_modes:
-        raise UsageError(f"gym:{env_id} neither observes images (uint8 HxWxC) nor renders rgb_array frames; "
-                         f"dreamctl learns from pixels.")
+        raise UsageError(
+            f"gym:{env_id} neither observes images (uint8 HxWxC) nor renders rgb_array frames; "
+            f"dreamctl learns from pixels."
+        )
     try:
         env = _make(env_id, True, 1)
         frame, _ = env.reset(seed=0)
@@ -78,8 +87,10 @@ def inspect(env_id: str) -> tuple[bool, gym.Space]:
     except Exception as exc:  # a renderer whose package is missing, a display it cannot open, ...
         raise UsageError(f"gym:{env_id} observes no images and rendering its frames failed ({exc}).") from None
     if not _is_image(gym.spaces.Box(0, 255, np.asarray(frame).shape, np.uint8)) or np.asarray(frame).dtype != np.uint8:
-        raise UsageError(f"gym:{env_id} renders {np.asarray(frame).dtype} arrays of shape "
-                         f"{np.asarray(frame).shape}, not uint8 HxWxC frames.")
+        raise UsageError(
+            f"gym:{env_id} renders {np.asarray(frame).dtype} arrays of shape "
+            f"{np.asarray(frame).shape}, not uint8 HxWxC frames."
+        )
     return True, action_space
 
 
@@ -92,14 +103,16 @@ class GymEnv(VectorEnvAdapter):
         vector = gym.vector.AsyncVectorEnv if num_envs > 1 else gym.vector.SyncVectorEnv
         self.env = vector([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        if self.discrete:
+        if isinstance(action_space, gym.spaces.Discrete):
             action_dim = int(action_space.n)
         else:
+            assert isinstance(action_space, gym.spaces.Box)  # `inspect` refuses every other kind of action space
             action_dim = int(action_space.shape[0])
             self.low, self.high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         channels = 1 if cfg.grayscale else 3
-        self.spec = EnvSpec(f"gym:{env_id}", (cfg.image_size, cfg.image_size, channels), action_dim,
-                            self.discrete, cfg.action_repeat)
+        self.spec = EnvSpec(
+            f"gym:{env_id}", (cfg.image_size, cfg.image_size, channels), action_dim, self.discrete, cfg.action_repeat
+        )
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         if self.discrete:

@@ -36,7 +36,7 @@ def resolve(name: str) -> str:
         return text.lower()
     bare = text.split(":", 1)[1] if text.lower().startswith("atari:") else text
     if bare.startswith("ALE/"):
-        bare = bare[len("ALE/"):].rsplit("-v", 1)[0]
+        bare = bare[len("ALE/") :].rsplit("-v", 1)[0]
     keys = {_key(game): game for game in table()}
     keys.update({_key(rom_id(game)): game for game in table()})
     if _key(bare) in keys and bare:

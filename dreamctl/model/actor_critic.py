@@ -1,0 +1,169 @@
+"""Actor-critic learned purely in imagination (paper §2.2; the losses are in `losses`).
+
+From every posterior state of the batch the actor rolls the prior forward H steps. Rewards and discounts
+come from the world model's heads; lambda-returns bootstrap from a slow copy of the critic. Indices follow
+DreamerV2: state s_t carries reward r_t (received on arriving in s_t) and discount d_t; the action stored at
+t+1 is the one chosen in s_t; weights w_t = prod_{k<t} d_k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dreamctl.config import BehaviorConfig, ModelConfig
+from dreamctl.layers.one_hot import Feature, OneHotColumns, OneHotFeature, gathers_active, stack_features
+from dreamctl.model.losses import actor_loss, critic_loss, lambda_return
+from dreamctl.model.networks import MLP, ActionHead
+from dreamctl.model.rssm import State
+from dreamctl.model.world_model import WorldModel
+
+
+@dataclass
+class Imagination:
+    feat: Feature  # (H+1, N, F): concat(z, h) of s_0..s_H
+    action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
+    policy: Tensor  # (H, N, ...): the actor's raw output in states 0..H-1, with the actor's graph
+
+
+@dataclass
+class Returns:
+    target: Tensor  # (H, N): V_0 .. V_{H-1}
+    weight: Tensor  # (H+1, N): w_t = prod_{k<t} d_k, no gradient
+    slow_value: Tensor  # (H+1, N): v'(s_t), the REINFORCE baseline
+    reward: Tensor  # (H, N): r_0 .. r_{H-1}
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Let gradients flow *through* a module without computing gradients *for* its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+class ActorCritic(nn.Module):
+    """The actor, the critic and its slow copy, and how they learn from imagined trajectories.
+
+    Args:
+        cfg: horizon, discount, lambda, actor gradient and entropy, slow-critic period.
+        model_cfg: the MLP sizes (shared with the world model's heads).
+        feat_dim: width of the feature concat(z, h) that both heads read.
+        action_dim: width of the action vector.
+        discrete: one-hot categorical actions (True) or a truncated normal over [-1, 1] (False).
+    """
+
+    def __init__(self, cfg: BehaviorConfig, model_cfg: ModelConfig, feat_dim: int, action_dim: int, discrete: bool):
+        super().__init__()
+        self.cfg, self.action_dim = cfg, action_dim
+        self.actor = ActionHead(feat_dim, action_dim, discrete, model_cfg.mlp_layers, model_cfg.mlp_units)
+        self.critic = MLP(feat_dim, 1, model_cfg.mlp_layers, model_cfg.mlp_units)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+        self._updates_seen: int | None = 0  # the buffer's value on the host; read from it once after loading
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_updates_seen", None))
+        self.rho = self.reinforce_mix(cfg, discrete)
+
+    @staticmethod
+    def reinforce_mix(cfg: BehaviorConfig, discrete: bool) -> float:
+        """rho: 1 = pure REINFORCE (Atari), 0 = backprop through the dynamics (continuous control)."""
+        if cfg.actor_grad == "auto":
+            return 1.0 if discrete else 0.0
+        return {"reinforce": 1.0, "dynamics": 0.0, "both": cfg.actor_grad_mix}[cfg.actor_grad]
+
+    def imagine(self, world_model: WorldModel, start: State) -> Imagination:
+        """Roll the prior forward `horizon` steps from detached start states, the actor choosing actions.
+
+        With rho = 1 no gradient is needed through the rollout (the actor loss uses only log-probabilities
+        of the imagined actions), so the dynamics run without autograd, and the features can travel as
+        `OneHotFeature`s (see `one_hot`); otherwise gradients flow from the returns through the frozen dynamics
+        into the actor's reparameterised actions. Either way the actor's own forward pass keeps its graph, so
+        the actor loss reuses it instead of running the actor again.
+        """
+        through_dynamics = self.rho < 1.0 and torch.is_grad_enabled()
+        rssm = world_model.rssm
+        state = start.map(lambda x: x.detach().flatten(0, 1))
+        gathers = not through_dynamics and gathers_active(state.deter)
+
+        def feature(state: State) -> Feature:
+            if not gathers:
+                return state.feat()
+            return OneHotFeature(OneHotColumns.of(state.stoch, rssm.classes), state.deter)
+
+        feats: list[Feature] = [feature(state)]
+        actions = [torch.zeros(state.deter.shape[0], self.action_dim, device=state.deter.device)]
+        outs = []
+        for _ in range(self.cfg.horizon):
+            out = self.actor.net(feats[-1].detach()).float()
+            with torch.set_grad_enabled(through_dynamics):
+                action = self.actor.dist(out if through_dynamics else out.detach()).sample()
+                last = feats[-1]
+                ones = last.ones if isinstance(last, OneHotFeature) else None
+                if ones is not None and self.actor.discrete:
+                    ones = ones.then(OneHotColumns.of(action, self.action_dim))
+                state = rssm.img_step(state, action, ones)
+            feats.append(feature(state))
+            actions.append(action)
+            outs.append(out)
+        return Imagination(stack_features(feats, 0), torch.stack(actions), torch.stack(outs))
+
+    def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
+        """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step."""
+        with torch.set_grad_enabled(self.rho < 1.0 and torch.is_grad_enabled()):
+            # Only the states whose outputs are read: rewards of s_0..s_{H-1}, predicted discounts of
+            # s_1..s_{H-1} (s_0's discount comes from the data, s_H's is never used).
+            reward = world_model.reward(traj.feat[:-1])
+            discount = world_model.continuation(traj.feat[1:-1])
+            first = world_model.discount * (1.0 - start_terminal.float().flatten())
+            discount = torch.cat([first[None], discount], 0)
+            slow_value = self.slow_critic(traj.feat).squeeze(-1).float()
+            target = lambda_return(reward, slow_value[:-1], discount, slow_value[-1], self.cfg.return_lambda)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount], 0), 0).detach()
+        return Returns(target, weight, slow_value, reward)
+
+    def actor_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
+        """`losses.actor_loss` over the states s_0..s_{H-2}, whose actions have a return target."""
+        policy = self.actor.dist(traj.policy[:-1])
+        entropy = policy.entropy()
+        loss = actor_loss(
+            policy.log_prob(traj.action[1:-1].detach()),
+            entropy,
+            ret.target[1:],
+            ret.slow_value[:-2],
+            ret.weight[:-2],
+            self.rho,
+            self.cfg.actor_entropy,
+        )
+        return loss, {"loss/actor": loss.detach(), "train/actor_entropy": entropy.detach().mean()}
+
+    def critic_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
+        """`losses.critic_loss` over the states s_0..s_{H-1}, read from detached features."""
+        value = self.critic(traj.feat[:-1].detach()).squeeze(-1).float()
+        loss = critic_loss(value, ret.target, ret.weight[:-1])
+        return loss, {
+            "loss/critic": loss.detach(),
+            "train/value": value.detach().mean(),
+            "train/lambda_return": ret.target.detach().mean(),
+            "train/imagined_reward": ret.reward.detach().mean(),
+        }
+
+    def update_slow_critic(self) -> None:
+        """Hard copy critic -> slow critic after updates 0, N, 2N, ... (DreamerV2's update_slow_target).
+
+        The count is kept on the host too: reading the device's buffer at every update would make the CPU wait
+        for the GPU to finish the update before it could queue the next one."""
+        updates = self.get_buffer("updates")
+        if self._updates_seen is None:
+            self._updates_seen = int(updates)
+        if self._updates_seen % self.cfg.slow_critic_every == 0:
+            self.slow_critic.load_state_dict(self.critic.state_dict())
+        self._updates_seen += 1
+        updates += 1

@@ -1,0 +1,67 @@
+"""DreamerV2's optimiser: Adam with global-norm clipping and decoupled weight decay (`dreamerv2/common/tfutils.py`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Optimizer:
+    """Adam plus DreamerV2's extras: global-norm clipping after unscaling, and weight decay that multiplies
+    every parameter by (1 - wd) before the step, not scaled by the learning rate (unlike torch's AdamW).
+
+    Args:
+        module: the parameters it trains (those that require gradients).
+        lr, eps: Adam's learning rate and epsilon.
+        clip: the global gradient norm is clipped to this.
+        weight_decay: the factor (1 - weight_decay) applied to every parameter before each step.
+        scaler: float16 loss scaling (GPUs without bfloat16), or None.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        lr: float,
+        eps: float,
+        clip: float,
+        weight_decay: float,
+        scaler: torch.amp.GradScaler | None = None,
+    ):
+        self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.params: list[Tensor] = [p for _, p in self.named]
+        self.clip, self.weight_decay, self.scaler = clip, weight_decay, scaler
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, fused=True)
+
+    def step(self, loss: Tensor) -> Tensor:
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+        if self.weight_decay:
+            with torch.no_grad():
+                torch._foreach_mul_(self.params, 1.0 - self.weight_decay)
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)  # freed now, gradients do not sit in the heap between phases
+        return norm.detach()
+
+    def state_tensors(self, prefix: str) -> dict[str, Tensor]:
+        """Adam's moments and step counts as named tensors, storable in safetensors."""
+        out = {}
+        for name, param in self.named:
+            for key, value in self.opt.state.get(param, {}).items():
+                out[f"{prefix}{name}/{key}"] = value.detach().reshape(value.shape)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, Tensor], prefix: str) -> None:
+        state = {}
+        for index, (name, _) in enumerate(self.named):
+            entry = {k[len(f"{prefix}{name}/") :]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}/")}
+            if entry:
+                state[index] = entry
+        self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})

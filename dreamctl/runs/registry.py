@@ -1,0 +1,362 @@
+"""The run store: ids, run.yaml, checkpoints, replay chunks and locks.
+
+Layout under the root: runs/run-<N>/{run.yaml, checkpoints/step-<S>.safetensors, replay/chunk-<K>.bin,
+metrics.jsonl, episodes.jsonl, tb/, videos/}. Every file is written atomically; checkpoints are listed in
+run.yaml with their sha256, and only listed, verified checkpoints are ever read. Safetensors only: loading a
+file never executes code stored in it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import filelock
+import yaml
+from safetensors import SafetensorError
+
+from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
+from dreamctl.runs.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
+
+if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
+    import numpy as np
+    import torch
+
+SCHEMA_VERSION = 1
+"""The layout of run.yaml this dreamctl writes; it reads every version up to this one."""
+CHECKPOINT_FORMAT = 1
+"""The checkpoint contents this dreamctl writes (the safetensors header's `format_version`); it reads up to this."""
+STATUSES = ("running", "finished", "interrupted", "failed")
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+
+
+def default_home() -> Path:
+    if os.environ.get("DREAMCTL_HOME"):
+        return Path(os.environ["DREAMCTL_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg).expanduser() / "dreamctl"
+
+
+def check_version(what: str, kind: str, version: Any, supported: int) -> None:
+    """Refuse, in one sentence, a file whose version this dreamctl does not know."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DreamctlError(f"{what} has an invalid {kind} version {version!r}; restore the file or delete the run.")
+    if version > supported:
+        raise DreamctlError(
+            f"{what} was written by a newer dreamctl ({kind} version {version}; this dreamctl reads "
+            f"up to {supported}); read it with that dreamctl or a newer one."
+        )
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def validate_name(name: str) -> str:
+    if not NAME_PATTERN.match(name) or name == "latest" or re.fullmatch(r"run-\d+", name):
+        raise UsageError(
+            f"run name '{name}' is not allowed; use a letter followed by letters, digits, '.', "
+            f"'_' or '-' (not 'latest' or 'run-<N>')."
+        )
+    return name
+
+
+class Run:
+    """One run folder. Reads are cheap; writes to run.yaml go through `update`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.id = int(path.name.split("-", 1)[1])
+        self._lock = filelock.FileLock(str(path / "lock"), is_singleton=False)
+
+    @property
+    def ref(self) -> str:
+        return f"run-{self.id}"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def replay_dir(self) -> Path:
+        return self.path / "replay"
+
+    # ------------------------------------------------------------------ metadata
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load((self.path / "run.yaml").read_text())
+        except FileNotFoundError:
+            raise DreamctlError(f"{self.ref} has no run.yaml; the folder {self.path} is not a complete run.") from None
+        except yaml.YAMLError:
+            raise DreamctlError(f"{self.ref}'s run.yaml is not valid YAML; restore it or delete the run.") from None
+        if not isinstance(data, dict):
+            raise DreamctlError(f"{self.ref}'s run.yaml is not a mapping; restore it or delete the run.")
+        check_version(f"{self.ref}'s run.yaml", "schema", data.get("schema_version", 1), SCHEMA_VERSION)
+        return data
+
+    def write_meta(self, data: dict[str, Any]) -> None:
+        data["updated"] = now()
+        atomic_write_text(self.path / "run.yaml", yaml.safe_dump(data, sort_keys=False, width=120))
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write run.yaml under a short lock, so eval and training never lose each other's edits."""
+        with filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False):
+            data = self.meta()
+            change(data)
+            self.write_meta(data)
+            return data
+
+    def status(self, meta: dict[str, Any] | None = None) -> str:
+        """`running` only while a process holds the lock; a killed trainer's run shows as `interrupted`."""
+        status = (meta or self.meta()).get("status", "failed")
+        if status == "running" and not self.is_locked():
+            return "interrupted"
+        return status
+
+    # ------------------------------------------------------------------ locking
+
+    def is_locked(self) -> bool:
+        probe = filelock.FileLock(str(self.path / "lock"), is_singleton=False)
+        try:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
+            return True
+        probe.release()
+        return False
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's OS lock (it dies with the process, so a killed trainer never blocks the run)."""
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise RunBusyError(
+                f"{self.ref} is being trained by another process; wait for it to finish or stop it (Ctrl-C) first."
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(
+        self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], step: int, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml."""
+        from safetensors.torch import save as st_save
+
+        self.checkpoints_dir.mkdir(exist_ok=True)
+        data = st_save(tensors, metadata={**metadata, "format_version": json.dumps(CHECKPOINT_FORMAT)})
+        name = f"step-{step}.safetensors"
+        atomic_write_bytes(self.checkpoints_dir / name, data)
+        entry = {"step": step, "file": f"checkpoints/{name}", "sha256": sha256_bytes(data), "bytes": len(data), **extra}
+
+        def add(meta: dict[str, Any]) -> None:
+            meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] != step] + [entry]
+
+        self.update(add)
+        return entry
+
+    def find_checkpoint(self, which: str | int = "latest", meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        meta = meta or self.meta()
+        listed = sorted(meta.get("checkpoints", []), key=lambda c: c["step"])
+        if not listed:
+            raise CheckpointError(f"{self.ref} has no checkpoint yet; train it longer or resume it.")
+        if which == "latest":
+            return listed[-1]
+        if which == "best":
+            evals = [e for e in meta.get("evals", []) if any(c["step"] == e["step"] for c in listed)]
+            if not evals:
+                raise CheckpointError(
+                    f"{self.ref} has no evaluated checkpoint; run `dreamctl eval {self.ref}` first "
+                    f"or pick --checkpoint latest."
+                )
+            step = max(evals, key=lambda e: e["mean"])["step"]
+        else:
+            step = int(which)
+        for entry in listed:
+            if entry["step"] == step:
+                return entry
+        steps = ", ".join(str(c["step"]) for c in listed)
+        raise CheckpointError(f"{self.ref} has no checkpoint at step {step}; it has: {steps}.")
+
+    def load_checkpoint(self, entry: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Read a listed checkpoint after checking its size and sha256 (plain tensors: no code runs on load)."""
+        from safetensors.torch import load as st_load
+
+        path = self.path / entry["file"]
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing; pick another with --checkpoint STEP.")
+        data = path.read_bytes()
+        if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {path} does not match the sha256 recorded in run.yaml (it is "
+                f"truncated or corrupt); pick an older one with --checkpoint STEP."
+            )
+        try:
+            tensors = st_load(data)
+            header_size = int.from_bytes(data[:8], "little")
+            metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__", {})
+        except (SafetensorError, ValueError):
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read as safetensors; pick another with --checkpoint STEP."
+            ) from None
+        try:
+            version = json.loads(metadata.pop("format_version", "1"))
+        except ValueError:
+            version = None
+        check_version(f"checkpoint {path}", "format", version, CHECKPOINT_FORMAT)
+        return tensors, metadata
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs.
+
+        run.yaml stops listing a file before the file is deleted, so a kill in between leaves an orphan file
+        (harmless) and never a listed checkpoint that is missing.
+        """
+        doomed: list[Path] = []
+
+        def prune(meta: dict[str, Any]) -> None:
+            listed = sorted(meta.get("checkpoints", []), key=lambda c: c["step"])
+            keep_steps = {c["step"] for c in listed[-keep:]}
+            try:
+                keep_steps.add(self.find_checkpoint("best", meta)["step"])
+            except CheckpointError:
+                pass
+            meta["checkpoints"] = [c for c in listed if c["step"] in keep_steps]
+            doomed.extend(self.path / c["file"] for c in listed if c["step"] not in keep_steps)
+            first = min((c.get("first_chunk", 0) for c in meta["checkpoints"]), default=0)
+            doomed.extend(
+                chunk for chunk in self.replay_dir.glob("chunk-*.bin") if int(chunk.stem.split("-")[1]) < first
+            )
+
+        self.update(prune)
+        for path in doomed:
+            path.unlink(missing_ok=True)
+
+    def drop_checkpoints_after(self, step: int) -> None:
+        """Resuming from an older checkpoint abandons the later ones: they belong to a history being redone."""
+        doomed: list[Path] = []
+
+        def drop(meta: dict[str, Any]) -> None:
+            doomed.extend(self.path / c["file"] for c in meta.get("checkpoints", []) if c["step"] > step)
+            meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] <= step]
+
+        self.update(drop)
+        for path in doomed:
+            path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ replay chunks
+
+    def write_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
+        from dreamctl.training.replay import encode_chunk
+
+        self.replay_dir.mkdir(exist_ok=True)
+        atomic_write_bytes(self.replay_dir / f"chunk-{index}.bin", encode_chunk(rows))
+
+    def read_chunk(self, index: int) -> dict[str, np.ndarray]:
+        from dreamctl.training.replay import decode_chunk
+
+        path = self.replay_dir / f"chunk-{index}.bin"
+        try:
+            return decode_chunk(path.read_bytes())
+        except FileNotFoundError:
+            raise CheckpointError(f"replay chunk {path} is missing, so the replay cannot be restored.") from None
+        except Exception:
+            raise CheckpointError(f"replay chunk {path} is corrupt, so the replay cannot be restored.") from None
+
+    def remove_temp_files(self) -> None:
+        """Leftovers of writes interrupted by a kill; never read, safe to delete once the lock is held."""
+        for tmp in self.path.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class Registry:
+    def __init__(self, home: Path | str | None = None):
+        self.root = Path(home).expanduser() if home else default_home()
+        self.runs_dir = self.root / "runs"
+
+    def create(self, meta: dict[str, Any], name: str | None) -> Run:
+        """Allocate the next run id atomically (mkdir either succeeds or sees the other process's folder)."""
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DreamctlError(
+                f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
+            ) from None
+        with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
+            if name is not None:
+                validate_name(name)
+                if any(r.meta().get("name") == name for r in self._readable_runs()):
+                    raise UsageError(f"a run named '{name}' already exists; pick another --name.")
+            number = max((r.id for r in self._all_runs()), default=0) + 1
+            while True:
+                path = self.runs_dir / f"run-{number}"
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    number += 1
+            run = Run(path)
+            meta = {
+                "schema_version": SCHEMA_VERSION,
+                "id": run.ref,
+                "name": name,
+                "status": "running",
+                "created": now(),
+                "updated": now(),
+                **meta,
+            }
+            run.write_meta(meta)
+        return run
+
+    def resolve(self, ref: str) -> Run:
+        """A run is `run-42`, `42`, its name, or `latest` (the highest id)."""
+        ref = ref.strip()
+        if "/" in ref or "\\" in ref or ref in ("", ".", ".."):
+            raise UsageError(f"'{ref}' is not a run reference; name a run as run-<N>, <N>, its name or latest.")
+        runs = self._all_runs()
+        if ref == "latest":
+            if not runs:
+                raise UsageError(f"there are no runs under {self.root}; start one with `dreamctl train`.")
+            return max(runs, key=lambda r: r.id)
+        match = re.fullmatch(r"(?:run-)?(\d+)", ref)
+        if match:
+            for run in runs:
+                if run.id == int(match.group(1)):
+                    return run
+        else:
+            for run in self._readable_runs():
+                if run.meta().get("name") == ref:
+                    return run
+        raise UsageError(f"no run '{ref}' under {self.root}; `dreamctl list` shows the runs there.")
+
+    def runs(self) -> list[Run]:
+        return sorted(self._readable_runs(), key=lambda r: r.id)
+
+    def _all_runs(self) -> list[Run]:
+        if not self.runs_dir.is_dir():
+            return []
+        return [Run(p) for p in self.runs_dir.iterdir() if p.is_dir() and re.fullmatch(r"run-\d+", p.name)]
+
+    def _readable_runs(self) -> list[Run]:
+        """Runs whose run.yaml parses; a damaged folder must not make every other run unreachable."""
+        out = []
+        for run in self._all_runs():
+            try:
+                run.meta()
+            except DreamctlError:
+                continue
+            out.append(run)
+        return out

@@ -1,0 +1,153 @@
+"""System setup for a run: device, precision, threads, the memory allocator, and the memory preflight.
+
+Everything here answers "can this machine run this config, and how": it reads the hardware and the config and
+never trains.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamctl.config import Config, validate
+from dreamctl.envs import resolve
+from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.model.actor_critic import ActorCritic
+from dreamctl.model.world_model import WorldModel
+
+MODEL_BYTES_PER_PARAM = 16  # weights, gradients and Adam's two moments, in float32
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA where there is a GPU, else the CPU), `cpu` or `cuda[:i]`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' was asked for but this machine has no CUDA GPU; use --device cpu.")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full float32."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if precision == "16" and device.type != "cuda":
+        raise UsageError("precision 16 needs a CUDA device; use --precision bf16 or 32 on the CPU.")
+    return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has the instructions oneDNN computes bf16 with (AVX-512 or AMX). Without them torch
+    emulates bf16, many times slower than float32 (docs/performance.md)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("dreamctl", "torch", "numpy", "gymnasium", "ale-py", "safetensors"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def estimate_memory(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
+    """Bytes the run will need: the full replay, the model with its optimiser state, one batch's activations."""
+    step_bytes = int(np.prod(obs_shape)) + 4 * 2 + 3
+    replay = cfg.train.replay_capacity * step_bytes
+    model = params * MODEL_BYTES_PER_PARAM
+    t, m = cfg.train, cfg.model
+    images = t.batch_size * t.batch_length
+    activations = images * (4 * int(np.prod(obs_shape)) * 12 + 4 * m.cnn_depth * 31 * 31 * 4)
+    activations += images * cfg.behavior.horizon * 4 * (m.deter + m.stoch * m.classes) * 8
+    return {"replay": replay, "model": model, "activations": activations, "total": replay + model + activations}
+
+
+def available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def parameter_count(cfg: Config, obs_shape: tuple[int, int, int], action_dim: int, discrete: bool) -> int:
+    """Trainable parameters plus the slow critic, counted on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        world_model = WorldModel(cfg.model, obs_shape, action_dim, cfg.behavior.discount)
+        behavior = ActorCritic(cfg.behavior, cfg.model, world_model.rssm.feat_dim, action_dim, discrete)
+    return sum(p.numel() for p in [*world_model.parameters(), *behavior.parameters()])
+
+
+def preflight(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
+    need = estimate_memory(cfg, obs_shape, params)
+    have = available_memory()
+    if have is not None and need["total"] > have:
+        fitting = int(cfg.train.replay_capacity * have / need["total"] * 0.8)
+        suggestion = max(cfg.train.batch_length * cfg.env.num_envs, fitting)
+        raise DreamctlError(
+            f"this run needs about {need['total'] / 2**30:.1f} GiB (replay {need['replay'] / 2**30:.1f} GiB) but "
+            f"only {have / 2**30:.1f} GiB is available; lower train.replay_capacity (e.g. --set "
+            f"train.replay_capacity={suggestion})."
+        )
+    return need
+
+
+def prepare(cfg: Config) -> Config:
+    cfg = validate(cfg)
+    cfg.env.name = resolve(cfg.env.name)
+    return cfg
+
+
+def precision_label(cfg: Config, device: torch.device) -> str:
+    """The precision a run computes in, with `auto` resolved: 32, bf16 or 16."""
+    dtype = resolve_precision(cfg.run.precision, device)
+    return {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}[dtype]
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    An update allocates and frees activations of 100+ MB. glibc serves blocks over 32 MB with mmap and unmaps
+    them on free, so every update page-faults its activations in again; at the paper's batch that cost a third
+    of the update time on CPU. Serving everything from the heap and never trimming it removes the faults.
+    Returns False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def configure_torch(cfg: Config) -> torch.device:
+    keep_freed_memory()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    if (
+        resolve_precision(cfg.run.precision, device) == torch.bfloat16
+        and device.type == "cpu"
+        and not cpu_computes_bf16()
+    ):
+        raise UsageError(
+            "precision bf16 needs a CUDA GPU or a CPU with AVX-512 or AMX, and this CPU has neither "
+            "(bf16 would train about 6x slower than float32 here); use --precision 32."
+        )
+    return device

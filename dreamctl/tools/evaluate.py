@@ -1,0 +1,71 @@
+"""`dreamctl eval`: greedy episodes of a run's checkpoint under the run's own env protocol, recorded in run.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamctl.config import from_dict
+from dreamctl.model.agent import Agent
+from dreamctl.runs.registry import Registry, Run
+from dreamctl.runs.system import resolve_device, resolve_precision
+from dreamctl.scores import summarize
+from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
+from dreamctl.training.rollout import greedy_episodes
+
+
+def load_agent(run: Run, checkpoint: str | int, device: str = "auto") -> tuple[Agent, dict[str, Any], int]:
+    """The run's agent with a checkpoint's weights (verified); returns (agent, run.yaml, checkpoint step)."""
+    meta = run.meta()
+    entry = run.find_checkpoint(checkpoint, meta)
+    tensors, _ = run.load_checkpoint(entry)
+    cfg = from_dict(meta["config"])
+    spec = meta["env_spec"]
+    dev = resolve_device(device)
+    agent = Agent(
+        cfg,
+        tuple(spec["obs_shape"]),
+        spec["action_dim"],
+        spec["discrete"],
+        dev,
+        resolve_precision(cfg.run.precision, dev),
+    )
+    agent.load_state_dict({k[len("agent/") :]: v.to(dev) for k, v in tensors.items() if k.startswith("agent/")})
+    agent.eval()
+    return agent, meta, entry["step"]
+
+
+def evaluate(
+    ref: str,
+    home: str | Path | None = None,
+    episodes: int = 10,
+    checkpoint: str | int = "latest",
+    video: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Play `episodes` greedy episodes with a run's checkpoint; the result is appended to run.yaml's evals.
+
+    Args:
+        ref: the run (`run-42`, `42`, its name or `latest`).
+        home: the registry root (default: `dreamctl.runs.registry.default_home()`).
+        episodes: how many episodes, spread over up to 8 env copies.
+        checkpoint: a checkpoint step, `latest` or `best`.
+        video: where to write the first episode (.mp4 or .gif), or None.
+        seed: seeds the evaluation envs and the policy's sampling of latents.
+        device: `auto`, `cpu` or `cuda[:i]`.
+    """
+    run = Registry(home).resolve(ref)
+    video_path = check_output(Path(video)) if video else None
+    agent, meta, step = load_agent(run, checkpoint, device)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        playback = greedy_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record=video_path is not None)
+    if video_path is not None and playback.frames is not None:
+        write_video(video_path, upscale(to_rgb(playback.frames), 4), fps=15)
+    result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
+    record = {"step": step, **{k: v for k, v in result.items() if k != "returns"}}
+    run.update(lambda m: m.setdefault("evals", []).append(record))
+    return {"run": run.ref, "checkpoint_step": step, **result}

@@ -1,0 +1,1 @@
+"""Training infrastructure: the loop and its hooks, acting and episode bookkeeping, replay, checkpoint state."""

@@ -1,0 +1,97 @@
+"""Acting in batched envs: the one acting step and the episode bookkeeping that training, evaluation and the dream
+video share, and greedy evaluation episodes.
+
+Each env copy of an evaluation plays a fixed quota of episodes (copy i plays episodes i, i + n, ...), so short
+episodes are not over-represented the way "the first N episodes to finish" would over-represent them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dreamctl.config import EnvConfig
+from dreamctl.envs import BatchedEnv, Step, make_env
+from dreamctl.model.agent import ActState, Agent
+
+MAX_EVAL_ENVS = 8
+
+
+def act(agent: Agent, step: Step, state: ActState, greedy: bool = False) -> tuple[np.ndarray, torch.Tensor, ActState]:
+    """One policy decision for every env copy of `step`.
+
+    Returns the env's action (indices (N,) for discrete actions, vectors (N, A) in [-1, 1] otherwise), the action
+    vector the agent chose (one-hot for discrete actions), and the acting state to pass to the next call.
+    """
+    obs = torch.from_numpy(step.obs).to(agent.device)
+    first = torch.from_numpy(step.is_first).to(agent.device)
+    action, state = agent.policy(obs, first, state, greedy=greedy)
+    env_action = (action.argmax(-1) if agent.discrete else action).cpu().numpy()
+    return env_action, action, state
+
+
+@dataclass
+class Finished:
+    env_index: int
+    ret: float
+    length: int  # agent steps
+
+
+class EpisodeTracker:
+    """Each env copy's running return and length, restarted where `is_first` is set."""
+
+    def __init__(self, num_envs: int):
+        self.ret = np.zeros(num_envs, np.float64)
+        self.length = np.zeros(num_envs, np.int64)
+
+    def update(self, step: Step) -> list[Finished]:
+        """Count one env step; returns the episodes that it ended."""
+        self.ret[step.is_first] = 0.0
+        self.length[step.is_first] = 0
+        self.ret += step.reward
+        self.length += ~step.is_first
+        return [Finished(int(i), float(self.ret[i]), int(self.length[i])) for i in np.flatnonzero(step.is_last)]
+
+
+@dataclass
+class Playback:
+    returns: list[float]
+    lengths: list[int]
+    frames: np.ndarray | None  # the first episode of copy 0, uint8 (T, H, W, C), when recorded
+
+
+def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, record: bool = False) -> Playback:
+    """Play `episodes` episodes over the env's copies, each copy its quota."""
+    n = env.num_envs
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    done = np.zeros(n, int)
+    returns, lengths = [], []
+    tracker = EpisodeTracker(n)
+    state = agent.initial_act_state(n)
+    step = env.reset()
+    frames = [step.obs[0]]
+    recording = record
+    while (done < quota).any():
+        env_action, _, state = act(agent, step, state, greedy)
+        step = env.step(env_action)
+        finished = tracker.update(step)
+        if recording:
+            frames.append(step.obs[0])
+            recording = not step.is_last[0]
+        for episode in finished:
+            if done[episode.env_index] < quota[episode.env_index]:
+                returns.append(episode.ret)
+                lengths.append(episode.length)
+                done[episode.env_index] += 1
+    return Playback(returns, lengths, np.stack(frames) if record else None)
+
+
+def greedy_episodes(agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: bool = False) -> Playback:
+    """`episodes` greedy episodes in up to MAX_EVAL_ENVS fresh env copies seeded with `seed`."""
+    env = make_env(env_cfg, seed, num_envs=min(episodes, MAX_EVAL_ENVS))
+    try:
+        return play(agent, env, episodes, greedy=True, record=record)
+    finally:
+        env.close()

@@ -1,0 +1,241 @@
+"""The training loop: random prefill -> collect with the policy -> replay -> an update every N agent steps.
+
+Nothing here knows about files, Typer or rich: the caller passes `Hooks` that receive progress, metrics,
+finished episodes, filled replay chunks and checkpoint requests. Every stateful part of the loop (agent,
+optimisers, RNGs, envs, acting state, the replay tail) round-trips through `training.state`, so a resumed run
+continues bit for bit where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dreamctl.config import Config
+from dreamctl.envs.base import BatchedEnv, Step
+from dreamctl.model.agent import Agent
+from dreamctl.training.replay import Replay
+from dreamctl.training.rollout import EpisodeTracker, act
+
+
+@dataclass
+class Episode:
+    env_index: int
+    ret: float
+    length: int  # agent steps
+    frames: int
+    capped: bool  # ended by the frame cap rather than by the game
+    end_step: int  # the run's agent-step counter when it ended
+    end_frame: int
+
+
+@dataclass
+class Progress:
+    env_steps: int
+    total_steps: int
+    updates: int
+    episodes: int
+    last_return: float | None
+    wall_time: float
+    prefill: bool
+
+
+class Hooks:
+    """Callbacks from the loop; the defaults do nothing."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+    def on_metrics(self, step: int, scalars: dict[str, float]) -> None: ...
+    def on_episode(self, episode: Episode) -> None: ...
+    def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None: ...
+    def on_checkpoint(self, trainer: Trainer) -> None: ...
+    def on_eval(self, trainer: Trainer) -> None: ...
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+class Trainer:
+    """Args:
+    cfg: the run's config.
+    env: the batched env to collect from; its copies are stepped together.
+    device: where the agent trains.
+    amp_dtype: the autocast dtype of training (bfloat16, float16) or None for float32.
+    hooks: receivers of progress, metrics, episodes, replay chunks and checkpoint requests.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        env: BatchedEnv,
+        device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+        hooks: Hooks | None = None,
+    ):
+        self.cfg, self.env, self.device = cfg, env, device
+        self.hooks = hooks or Hooks()
+        self.rng = seed_everything(cfg.train.seed)
+        spec = env.spec
+        self.agent = Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete, device, amp_dtype)
+        self.replay = Replay(cfg.train.replay_capacity, env.num_envs, spec.obs_shape, spec.action_dim, spec.discrete)
+        n = env.num_envs
+        self.env_steps = self.updates = self.episodes = 0
+        self.wall_time = 0.0
+        self.last_return: float | None = None
+        self.act_state = self.agent.initial_act_state(n)
+        self.episodes_running = EpisodeTracker(n)
+        self.obs: Step | None = None
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._metric_count = 0
+        self._clock = time.perf_counter()
+        self._log_mark = (0, 0, time.perf_counter())
+
+    # ---------------------------------------------------------------- the loop
+
+    def start(self) -> None:
+        """Begin the first episodes; the reset frames are stored like every other step."""
+        self._store(self.env.reset(), None)
+
+    def run(self, total_steps: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Train until `total_steps` agent steps; returns False if `should_stop` ended it early."""
+        if self.obs is None:
+            self.start()
+        self._clock = time.perf_counter()
+        while self.env_steps < total_steps:
+            if should_stop():
+                return False
+            before = self.env_steps
+            self.collect_step()
+            while self.updates < self._updates_due():
+                self._update()
+            self._after_tick(before, total_steps)
+        return True
+
+    def collect_step(self) -> None:
+        """One batched env step: random actions during prefill, else one policy pass for all copies."""
+        spec, n = self.env.spec, self.env.num_envs
+        if self.env_steps < self.cfg.train.prefill:
+            if spec.discrete:
+                action = self.rng.integers(0, spec.action_dim, size=n)
+            else:
+                action = self.rng.uniform(-1.0, 1.0, size=(n, spec.action_dim)).astype(np.float32)
+        else:
+            assert self.obs is not None
+            action, _, self.act_state = act(self.agent, self.obs, self.act_state)
+        self._store(self.env.step(action), action)
+
+    def _store(self, step: Step, action: np.ndarray | None) -> None:
+        """Append one row (the action that led to each frame; none where an episode starts) and count it."""
+        n, spec = self.env.num_envs, self.env.spec
+        if spec.discrete:
+            stored = np.full(n, -1, np.int32) if action is None else np.where(step.is_first, -1, action)
+        else:
+            stored = np.zeros((n, spec.action_dim), np.float32)
+            if action is not None:
+                stored = np.where(step.is_first[:, None], 0.0, action).astype(np.float32)
+        self.replay.add(
+            {
+                "image": step.obs,
+                "action": stored,
+                "reward": step.reward,
+                "is_first": step.is_first,
+                "is_last": step.is_last,
+                "is_terminal": step.is_terminal,
+            }
+        )
+        self.obs = step
+        self.env_steps += n
+        self._track_episodes(step)
+        chunk = self.cfg.run.replay_chunk
+        if self.replay.cursor % chunk == 0:
+            index = self.replay.cursor // chunk - 1
+            self.hooks.on_chunk(index, self.replay.rows(index * chunk, self.replay.cursor))
+
+    def _track_episodes(self, step: Step) -> None:
+        repeat = self.env.spec.action_repeat
+        for done in self.episodes_running.update(step):
+            self.episodes += 1
+            self.last_return = done.ret
+            self.hooks.on_episode(
+                Episode(
+                    done.env_index,
+                    done.ret,
+                    done.length,
+                    done.length * repeat,
+                    bool(not step.is_terminal[done.env_index]),
+                    self.env_steps,
+                    self.env_steps * repeat,
+                )
+            )
+
+    def _updates_due(self) -> int:
+        t = self.cfg.train
+        if self.env_steps < t.prefill or not self.replay.can_sample(t.batch_length):
+            return 0
+        return t.pretrain + (self.env_steps - t.prefill) // t.train_every
+
+    def _update(self) -> None:
+        t = self.cfg.train
+        batch = self.replay.to_torch(self.replay.sample(t.batch_size, t.batch_length, self.rng), self.device)
+        metrics = self.agent.train_step(batch)
+        self.updates += 1
+        for key, value in metrics.items():
+            value = value.detach().float()
+            self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
+        self._metric_count += 1
+
+    def _after_tick(self, before: int, total_steps: int) -> None:
+        run = self.cfg.run
+        now = time.perf_counter()
+        self.wall_time += now - self._clock
+        self._clock = now
+        self.hooks.on_progress(
+            Progress(
+                self.env_steps,
+                total_steps,
+                self.updates,
+                self.episodes,
+                self.last_return,
+                self.wall_time,
+                self.env_steps < self.cfg.train.prefill,
+            )
+        )
+        if _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps:
+            self.hooks.on_metrics(self.env_steps, self.flush_metrics())
+        if self.env_steps >= total_steps:
+            return  # the caller writes the final checkpoint
+        if _crossed(before, self.env_steps, run.eval_every):
+            # Evaluation samples latents too; a forked RNG keeps the training stream, and so resume, exact.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self.hooks.on_eval(self)  # also writes a checkpoint, so the evaluated weights can be kept as best
+        elif _crossed(before, self.env_steps, run.checkpoint_every):
+            self.hooks.on_checkpoint(self)
+
+    def flush_metrics(self) -> dict[str, float]:
+        """Means of the update metrics since the last flush, plus speeds; one host sync per flush."""
+        steps0, updates0, time0 = self._log_mark
+        now = time.perf_counter()
+        scalars = {k: float(v) / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
+        scalars["train/updates"] = float(self.updates)
+        scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)
+        scalars["train/updates_per_s"] = (self.updates - updates0) / max(now - time0, 1e-9)
+        self._metric_sums, self._metric_count = {}, 0
+        self._log_mark = (self.env_steps, self.updates, now)
+        return scalars
+
+    def chunks_needed(self, replay_cursor: int) -> range:
+        """Indices of the chunk files that hold rows still in memory at `replay_cursor`."""
+        chunk = self.cfg.run.replay_chunk
+        first_row = max(0, replay_cursor - self.replay.rows_per_env)
+        return range(first_row // chunk, replay_cursor // chunk)
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every

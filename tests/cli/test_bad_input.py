@@ -1,0 +1,117 @@
+"""Every bad input ends with one sentence on stderr, exit 2 (usage) or 1 (failure), no traceback,
+and leaves the runs already in the registry usable."""
+
+import json
+
+import pytest
+import yaml
+from conftest import fast_args, run_cli
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bad") / "home"
+    run_cli(
+        "train", "catch", "--preset", "debug", "--steps", "300", "--name", "keep", *fast_args(), home=home, check=True
+    )
+    not_yaml = tmp_path_factory.mktemp("files") / "preset.yaml"
+    not_yaml.write_text("model: {deter: [1, 2\n")
+    return home, not_yaml
+
+
+CASES = [
+    ("unknown env", ["train", "pongg"], 2, "did you mean 'pong'"),
+    ("unknown preset", ["train", "catch", "--preset", "nope"], 2, "unknown preset 'nope'"),
+    ("unknown key", ["train", "catch", "--set", "model.detr=3"], 2, "did you mean 'model.deter'"),
+    ("wrong type", ["train", "catch", "--set", "train.batch_size=big"], 2, "must be an integer"),
+    ("zero steps", ["train", "catch", "--steps", "0"], 2, "--steps"),
+    ("negative seed", ["train", "catch", "--seed", "-1"], 2, "--seed"),
+    ("zero episodes", ["eval", "keep", "--episodes", "0"], 2, "--episodes"),
+    ("missing run", ["eval", "run-99"], 2, "no run 'run-99'"),
+    ("path as run", ["eval", "../runs/run-1"], 2, "not a run reference"),
+    ("missing checkpoint", ["eval", "keep", "--checkpoint", "123"], 1, "no checkpoint at step 123"),
+    ("bad checkpoint word", ["eval", "keep", "--checkpoint", "newest"], 2, "--checkpoint"),
+    ("unwritable out", ["imagine", "keep", "--out", "/proc/forbidden/dream.mp4"], 2, "cannot write"),
+    ("video format", ["imagine", "keep", "--out", "dream.avi"], 2, "must end in .mp4 or .gif"),
+    (
+        "unsafe resume override",
+        ["resume", "keep", "--steps", "400", "--set", "model.deter=8"],
+        2,
+        "cannot change on resume",
+    ),
+    ("resume below progress", ["resume", "keep", "--steps", "100"], 2, "already at 300"),
+    ("duplicate name", ["train", "catch", "--name", "keep"], 2, "already exists"),
+    ("bad status filter", ["list", "--status", "sleeping"], 2, "--status must be one of"),
+    ("bad device", ["train", "catch", "--device", "tpu"], 2, "run.device"),
+    ("cuda without gpu", ["train", "catch", "--device", "cuda"], 2, "no CUDA GPU"),
+    ("fp16 on cpu", ["train", "catch", "--precision", "16", "--device", "cpu"], 2, "precision 16 needs"),
+    ("gym id missing", ["train", "gym:NoSuchEnv-v0"], 2, "could not be made"),
+    ("gym renderer missing", ["train", "gym:CartPole-v1"], 2, "rendering its frames failed"),
+    ("unknown option", ["list", "--colour"], 2, "No such option"),
+    (
+        "replay beyond memory",
+        ["train", "catch", "--set", "train.replay_capacity=100000000000"],
+        1,
+        "lower train.replay_capacity",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, args, code, text", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_sentence(registry, name, args, code, text):
+    home, _ = registry
+    before = (home / "runs" / "run-1" / "run.yaml").read_text()
+    proc = run_cli(*args, home=home)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert text in lines[0]
+    assert (home / "runs" / "run-1" / "run.yaml").read_text() == before
+    assert sorted(p.name for p in (home / "runs").iterdir()) == ["run-1"]
+
+
+def test_preset_that_is_not_yaml(registry):
+    home, not_yaml = registry
+    proc = run_cli("train", "catch", "--preset", str(not_yaml), home=home)
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_corrupt_checkpoint_is_refused_and_nothing_else_changes(registry, tmp_path):
+    home, _ = registry
+    import shutil
+
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    run = copy / "runs" / "run-1"
+    meta = yaml.safe_load((run / "run.yaml").read_text())
+    ckpt = run / meta["checkpoints"][-1]["file"]
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    ckpt.write_bytes(bytes(data))
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    for args in (["eval", "keep", "--json"], ["resume", "keep", "--steps", "400"]):
+        proc = run_cli(*args, home=copy)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "does not match the sha256" in proc.stderr and ckpt.name in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    assert after == files
+    listing = json.loads(run_cli("list", "--json", home=copy, check=True).stdout)
+    assert listing[0]["status"] == "finished"
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(monkeypatch, has_bf16):
+    from dreamctl.config import load_config
+    from dreamctl.errors import UsageError
+    from dreamctl.runs import system as runs
+
+    monkeypatch.setattr(runs, "cpu_computes_bf16", lambda: has_bf16)
+    cfg = load_config("debug", ["run.precision=bf16", "run.device=cpu"])
+    if has_bf16:
+        assert runs.configure_torch(cfg).type == "cpu"
+    else:
+        with pytest.raises(UsageError, match="use --precision 32"):
+            runs.configure_torch(cfg)
+    assert runs.configure_torch(load_config("debug", ["run.precision=32", "run.device=cpu"])).type == "cpu"

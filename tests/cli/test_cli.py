@@ -1,0 +1,216 @@
+"""The installed `dreamctl` command end to end, and its answers to bad input."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import av
+import pytest
+import yaml
+from conftest import BASH_COMPLETION_ENV, fast_args, run_cli
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short catch run shared by the tests that only read it."""
+    home = tmp_path_factory.mktemp("cli") / "home"
+    proc = run_cli(
+        "train",
+        "catch",
+        "--preset",
+        "debug",
+        "--steps",
+        "400",
+        "--seed",
+        "3",
+        "--name",
+        "first",
+        *fast_args(),
+        home=home,
+        check=True,
+    )
+    return home, proc
+
+
+def test_train_creates_a_complete_run(trained):
+    home, proc = trained
+    assert "run-1" in proc.stdout and "dreamctl eval run-1" in proc.stdout
+    run = home / "runs" / "run-1"
+    meta = yaml.safe_load((run / "run.yaml").read_text())
+    assert meta["status"] == "finished" and meta["name"] == "first" and meta["env"] == "catch"
+    assert meta["preset"] == "debug" and meta["seed"] == 3 and meta["schema_version"] == 1
+    assert meta["progress"]["env_steps"] == 400 and meta["progress"]["updates"] > 0
+    assert meta["config"]["train"]["steps"] == 400 and meta["config"]["env"]["name"] == "catch"
+    assert {"torch", "numpy", "python"} <= set(meta["versions"]) and meta["device"] == "cpu"
+    assert meta["command"].startswith("dreamctl train catch")
+    assert meta["checkpoints"] and meta["checkpoints"][-1]["step"] == 400
+    for entry in meta["checkpoints"]:
+        assert sha256(run / entry["file"]) == entry["sha256"]
+        assert (run / entry["file"]).stat().st_size == entry["bytes"]
+    assert (run / "metrics.jsonl").read_text().strip() and list((run / "tb").iterdir())
+    assert list((run / "replay").glob("chunk-*.bin"))
+
+
+def test_tensorboard_events_have_grouped_scalars(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    home, _ = trained
+    acc = EventAccumulator(str(home / "runs" / "run-1" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "loss/image" in tags and "train/updates_per_s" in tags and "episode/return" in tags
+
+
+def test_list_eval_imagine_then_resume(trained, tmp_path):
+    home, _ = trained
+    listing = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
+    assert [row["id"] for row in listing] == ["run-1"] and listing[0]["status"] == "finished"
+    table = run_cli("list", home=home, check=True).stdout
+    assert str(home) in table and "run-1" in table
+
+    result = json.loads(run_cli("eval", "first", "--episodes", "3", "--json", home=home, check=True).stdout)
+    assert set(result) == {
+        "run",
+        "checkpoint_step",
+        "episodes",
+        "returns",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "human_normalized",
+    }
+    assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["human_normalized"] is None
+    assert all(-10 <= r <= 10 for r in result["returns"])
+
+    video = tmp_path / "dream.mp4"
+    out = run_cli(
+        "imagine",
+        "run-1",
+        "--out",
+        str(video),
+        "--context",
+        "5",
+        "--horizon",
+        "45",
+        "--samples",
+        "2",
+        home=home,
+        check=True,
+    )
+    assert "50 frames" in out.stdout
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 50 and frames[0].shape[0] > 3 * 64
+
+    gif = tmp_path / "play.gif"
+    run_cli("eval", "1", "--episodes", "1", "--video", str(gif), home=home, check=True)
+    with av.open(str(gif)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 71  # the first frame and 70 steps
+
+    run_cli("resume", "latest", "--steps", "600", *[], home=home, check=True)
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["progress"]["env_steps"] == 600 and meta["status"] == "finished"
+    assert [h["event"] for h in meta["history"]] == ["created", "resumed"]
+    assert meta["history"][1]["from_step"] == 400 and meta["history"][1]["env_restored"] is True
+    assert len(meta["evals"]) == 2
+    for entry in meta["checkpoints"]:
+        assert sha256(home / "runs" / "run-1" / entry["file"]) == entry["sha256"]
+
+
+def test_two_trains_started_together_get_distinct_run_ids(home):
+    import os
+    import subprocess
+
+    from conftest import dreamctl_command
+
+    env = {**os.environ, "DREAMCTL_HOME": str(home)}
+    args = dreamctl_command() + ["train", "catch", "--preset", "debug", "--steps", "8", *fast_args()]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    ids = sorted(json.loads(run_cli("list", "--json", home=home, check=True).stdout), key=lambda r: r["id"])
+    assert [r["id"] for r in ids] == ["run-1", "run-2"] and all(r["status"] == "finished" for r in ids)
+    assert sorted(out.split("Training ")[1].split()[0] for out, _ in outputs) == ["run-1", "run-2"]
+
+
+def test_empty_registry_says_so_and_shows_its_root(home):
+    proc = run_cli("list", home=home, check=True)
+    assert f"Registry: {home}" in proc.stdout and "No runs" in proc.stdout
+    assert json.loads(run_cli("list", "--json", home=home, check=True).stdout) == []
+
+
+def test_dry_run_prints_config_and_memory_and_creates_nothing(home):
+    proc = run_cli("train", "catch", "--preset", "debug", "--dry-run", home=home, check=True)
+    assert "model:" in proc.stdout and "memory" in proc.stdout and "nothing was created" in proc.stdout
+    assert not home.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "resume", "eval", "imagine", "list", "envs"])
+def test_every_command_explains_itself(command, home):
+    proc = run_cli(command, "--help", home=home, check=True)
+    assert "Example" in proc.stdout and "--home" in proc.stdout
+
+
+def test_steps_help_says_how_many_frames(home):
+    assert "frames" in run_cli("train", "--help", home=home, check=True).stdout
+
+
+LIGHT = {
+    "--help": (["--help"], {}, 0),
+    "list": (["list"], {}, 0),
+    "list --json": (["list", "--json"], {}, 0),
+    "envs": (["envs"], {}, 0),
+    "train --help": (["train", "--help"], {}, 0),
+    "completion": ([], BASH_COMPLETION_ENV, 0),
+    "train typo": (["train", "pongg"], {}, 2),
+    "eval unknown run": (["eval", "run-99"], {}, 2),
+    "resume bad checkpoint": (["resume", "run-1", "--checkpoint", "x"], {}, 2),
+}
+
+
+@pytest.mark.parametrize("case", LIGHT)
+def test_commands_that_need_no_model_start_without_torch(case, home):
+    """--help, list, envs, shell completion and mistakes are answered in a fraction of a second: importing torch
+    alone takes about a second on a 2-core machine, and completion runs the program at every press of TAB."""
+    args, extra_env, code = LIGHT[case]
+    probe = (
+        "import sys\n"
+        "from dreamctl.cli import main\n"
+        f"sys.argv = ['dreamctl', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code or 0\n"
+        "heavy = sorted(m for m in ('torch', 'gymnasium', 'ale_py') if m in sys.modules)\n"
+        "print('EXIT', code, 'HEAVY', heavy, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "DREAMCTL_HOME": str(home), **extra_env}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert f"EXIT {code} HEAVY []" in proc.stderr, proc.stderr
+    assert (proc.stdout if code == 0 else proc.stderr).strip(), "the command printed nothing"
+
+
+def test_the_library_entry_points_are_there_on_first_use():
+    """They load lazily, and importing the modules that hold them leaves the names naming the functions."""
+    import dreamctl
+    import dreamctl.runs.lifecycle
+    import dreamctl.tools.dream_video
+    import dreamctl.tools.evaluate
+    from dreamctl import Config, evaluate, imagine, load_config, resume, train
+    from dreamctl.runs.lifecycle import train as runs_train
+
+    assert train is runs_train and all(callable(f) for f in (evaluate, imagine, load_config, resume))
+    assert isinstance(load_config("debug"), Config)
+    assert set(dreamctl.__all__) == {"Config", "evaluate", "imagine", "load_config", "resume", "train"}
+    with pytest.raises(AttributeError):
+        _ = dreamctl.no_such_thing

@@ -1,0 +1,206 @@
+"""The run store: ids, references, checkpoints with sha256, locks, pruning, atomic writes."""
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+
+from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
+from dreamctl.runs.fileio import atomic_write_bytes
+from dreamctl.runs.registry import Registry, default_home
+
+
+def make_run(home, name=None):
+    return Registry(home).create({"env": "catch", "preset": "debug", "checkpoints": [], "evals": []}, name)
+
+
+def test_home_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("DREAMCTL_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_home() == tmp_path / "xdg" / "dreamctl"
+    monkeypatch.setenv("DREAMCTL_HOME", str(tmp_path / "own"))
+    assert default_home() == tmp_path / "own"
+    assert Registry(tmp_path / "flag").root == tmp_path / "flag"
+    monkeypatch.delenv("DREAMCTL_HOME")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert default_home() == tmp_path / "user" / ".local" / "share" / "dreamctl"
+
+
+def test_references(home):
+    first = make_run(home, name="alpha")
+    second = make_run(home)
+    reg = Registry(home)
+    assert [reg.resolve(r).id for r in ("run-1", "1", "alpha", "latest", "2")] == [1, 1, 1, 2, 2]
+    assert first.ref == "run-1" and second.ref == "run-2"
+    for bad in ("runs/run-1", "../x", "a\\b"):
+        with pytest.raises(UsageError, match="not a run reference"):
+            reg.resolve(bad)
+    with pytest.raises(UsageError, match="no run 'beta'"):
+        reg.resolve("beta")
+    with pytest.raises(UsageError, match="already exists"):
+        make_run(home, name="alpha")
+    for bad_name in ("latest", "run-3", "9lives", "has space", "a/b"):
+        with pytest.raises(UsageError, match="not allowed"):
+            make_run(home, name=bad_name)
+
+
+def _create_many(home, count, queue):
+    queue.put([make_run(home).id for _ in range(count)])
+
+
+def test_concurrent_creates_never_share_an_id(home):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_create_many, args=(home, 8, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    ids = [run_id for _ in procs for run_id in queue.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert sorted(ids) == list(range(1, 25))
+
+
+def test_checkpoint_round_trip_and_tamper_detection(home):
+    run = make_run(home)
+    tensors = {"a": torch.arange(10.0), "b": torch.zeros(3, dtype=torch.uint8)}
+    entry = run.save_checkpoint(tensors, {"env_steps": "100"}, step=100, extra={})
+    loaded, meta = run.load_checkpoint(run.find_checkpoint("latest"))
+    assert meta == {"env_steps": "100"} and torch.equal(loaded["a"], tensors["a"])
+    path = run.path / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        run.load_checkpoint(run.find_checkpoint(100))
+    path.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        run.load_checkpoint(run.find_checkpoint(100))
+    with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
+        run.find_checkpoint(5)
+
+
+def test_files_written_by_a_newer_dreamctl_are_refused_in_one_sentence_naming_both_versions(home):
+    from safetensors.torch import save
+
+    from dreamctl.runs.fileio import sha256_bytes
+
+    run = make_run(home)
+    entry = run.save_checkpoint({"a": torch.zeros(2)}, {}, step=100, extra={})
+    assert run.load_checkpoint(entry)[1] == {}  # the format version is the registry's, not the caller's
+    newer = save({"a": torch.zeros(2)}, metadata={"format_version": "2"})
+    (run.path / entry["file"]).write_bytes(newer)
+    run.update(lambda m: m["checkpoints"][0].update(sha256=sha256_bytes(newer), bytes=len(newer)))
+    with pytest.raises(
+        DreamctlError, match=r"written by a newer dreamctl \(format version 2; this dreamctl reads up to 1\)"
+    ):
+        run.load_checkpoint(run.find_checkpoint(100))
+    run.update(lambda m: m.update(schema_version=2))
+    with pytest.raises(
+        DreamctlError, match=r"run.yaml was written by a newer dreamctl \(schema version 2; this dreamctl"
+    ):
+        run.meta()
+    proc = run_cli("eval", "run-1", home=home)
+    assert proc.returncode == 1 and "schema version 2" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_pruning_keeps_the_newest_and_the_best(home):
+    run = make_run(home)
+    for step in (10, 20, 30, 40, 50):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": step // 10})
+    run.update(lambda m: m["evals"].append({"step": 20, "mean": 5.0}))
+    (run.replay_dir).mkdir()
+    for index in range(6):
+        (run.replay_dir / f"chunk-{index}.bin").write_bytes(b"x")
+    run.prune_checkpoints(keep=2)
+    assert [c["step"] for c in run.meta()["checkpoints"]] == [20, 40, 50]
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == [
+        "step-20.safetensors",
+        "step-40.safetensors",
+        "step-50.safetensors",
+    ]
+    assert sorted(p.name for p in run.replay_dir.iterdir()) == [f"chunk-{i}.bin" for i in range(2, 6)]
+    assert run.find_checkpoint("best")["step"] == 20
+
+
+def _hold_lock(home, ready):
+    run = Registry(home).resolve("1")
+    with run.locked():
+        ready.set()
+        time.sleep(60)
+
+
+@pytest.mark.parametrize(
+    "prune", [lambda run: run.prune_checkpoints(keep=1), lambda run: run.drop_checkpoints_after(10)]
+)
+def test_a_kill_while_deleting_checkpoints_never_leaves_a_listed_file_missing(home, monkeypatch, prune):
+    run = make_run(home)
+    for step in (10, 20, 30):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": 0})
+
+    def killed(path, missing_ok=False):
+        raise SystemExit("killed while deleting")
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(SystemExit):
+        prune(run)
+    monkeypatch.undo()
+    listed = run.meta()["checkpoints"]
+    assert len(listed) == 1
+    assert all((run.path / c["file"]).is_file() for c in listed)
+
+
+def test_lock_refuses_a_second_holder_and_dies_with_its_process(home):
+    run = make_run(home)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(home, ready))
+    holder.start()
+    assert ready.wait(60)
+    assert run.is_locked() and run.status() == "running"
+    with pytest.raises(RunBusyError, match="being trained by another process"), run.locked():
+        pass
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    assert not run.is_locked()
+    assert run.status() == "interrupted"
+    with run.locked():
+        pass
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def broken_fsync(fd):
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_damaged_run_yaml_does_not_hide_other_runs(home):
+    make_run(home, name="good")
+    bad = make_run(home)
+    (bad.path / "run.yaml").write_text(": [")
+    reg = Registry(home)
+    assert [r.id for r in reg.runs()] == [1]
+    with pytest.raises(DreamctlError, match="not valid YAML"):
+        reg.resolve("2").meta()
+
+
+def test_package_never_unpickles():
+    root = Path(__file__).resolve().parents[2] / "dreamctl"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for banned in ("torch.load", "pickle", "allow_pickle=True"):
+            assert banned not in text, f"{path} contains {banned}"
