@@ -38,7 +38,7 @@ def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, to
     t = cfg.train
     env = make_env(cfg.env, seed, num_envs=t.batch_size)
     replay = Replay(
-        t.batch_size * (t.batch_length + 1), t.batch_size, env.spec.obs_shape, env.spec.action_dim, env.spec.discrete
+        t.batch_size * (t.batch_length + 1), t.batch_size, env.spec.obs_space, env.spec.action_dim, env.spec.discrete
     )
     rng = np.random.default_rng(seed)
     step = env.reset()
@@ -46,7 +46,7 @@ def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, to
     for _ in range(t.batch_length + 1):
         replay.add(
             {
-                "image": step.obs,
+                **step.obs,
                 "action": np.where(step.is_first, -1, action),
                 "reward": step.reward,
                 "is_first": step.is_first,

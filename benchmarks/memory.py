@@ -39,7 +39,7 @@ def main() -> None:
     for _ in range(2_000):
         rows.append(
             {
-                "image": step.obs,
+                **step.obs,
                 "reward": step.reward,
                 "is_first": step.is_first,
                 "is_last": step.is_last,
@@ -51,15 +51,16 @@ def main() -> None:
         rows[-1]["action"] = action.astype(np.int32)
     env.close()
 
-    replay = Replay(args.capacity, 1, spec.obs_shape, spec.action_dim, spec.discrete)
+    replay = Replay(args.capacity, 1, spec.obs_space, spec.action_dim, spec.discrete)
     for i in range(args.capacity):
         replay.add(rows[i % len(rows)])
-    agent = Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
+    agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete)
     t = cfg.train
     for _ in range(args.updates):
         agent.train_step(replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), torch.device("cpu")))
 
-    per_step = replay.nbytes_per_step()
+    per_key = replay.nbytes_per_step()
+    per_step = sum(per_key.values())
     replay_bytes = sum(v.nbytes for v in replay.data.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
@@ -70,6 +71,7 @@ def main() -> None:
                 "capacity": args.capacity,
                 "updates": args.updates,
                 "bytes_per_step": per_step,
+                "bytes_per_step_by_key": per_key,
                 "kib_per_step": round(per_step / 1024, 3),
                 "replay_gib": round(replay_bytes / 2**30, 3),
                 "peak_rss_gib": round(peak / 2**30, 3),

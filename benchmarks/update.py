@@ -63,7 +63,7 @@ def measure(
     torch.manual_seed(0)
     agent = Agent(
         cfg,
-        tuple(batch["image"].shape[2:]),
+        {"image": tuple(batch["image"].shape[2:])},
         batch["action"].shape[-1],
         True,
         device,

@@ -188,17 +188,25 @@ def train(
 def _dry_run(cfg) -> None:
     import yaml
 
-    from dreamctl.envs import make_env
+    from dreamctl.envs import encoder_of, make_env, no_key_selected
     from dreamctl.runs.system import configure_torch, estimate_memory, parameter_count, prepare
 
     cfg = prepare(cfg)
     device = configure_torch(cfg)
-    env = make_env(cfg.env, cfg.train.seed)
+    env = make_env(cfg.env, cfg.train.seed, every_key=True)
     spec = env.spec
     env.close()
-    params = parameter_count(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
+    readers = {key: encoder_of(key, shape, cfg.env.cnn_keys, cfg.env.mlp_keys) for key, shape in spec.obs_space.items()}
+    seen = {key: shape for key, shape in spec.obs_space.items() if readers[key]}
+    if not seen:
+        raise no_key_selected(spec, cfg.env)
+    params = parameter_count(cfg, seen, spec.action_dim, spec.discrete)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
-    mem = estimate_memory(cfg, spec.obs_shape, params)
+    for key, shape in spec.obs_space.items():
+        kind = "uint8 image" if len(shape) == 3 else "float32 vector"
+        reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
+        out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
+    mem = estimate_memory(cfg, seen, params)
     out.print(
         f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
         f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "
@@ -273,7 +281,18 @@ def eval_(
 
     result = evaluate(run, home=home, episodes=episodes, checkpoint=which, video=video, seed=seed, device=device)
     if as_json:
-        keys = ("run", "checkpoint_step", "episodes", "returns", "mean", "std", "min", "max", "human_normalized")
+        keys = (
+            "run",
+            "checkpoint_step",
+            "episodes",
+            "returns",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "human_normalized",
+            "reward_threshold",
+        )
         print(json.dumps({k: result[k] for k in keys}))
         return
     out.print(
@@ -282,6 +301,8 @@ def eval_(
     )
     if result["human_normalized"] is not None:
         out.print(f"gamer-normalised score: {result['human_normalized']:.3f}")
+    if result["reward_threshold"] is not None:
+        out.print(f"Gymnasium counts this env as solved at a return of {result['reward_threshold']:g}")
     if video:
         out.print(f"video: {video}")
 
@@ -290,7 +311,12 @@ def eval_(
 def imagine(
     run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
     out_file: Optional[Path] = typer.Option(
-        None, "--out", "-o", show_default=False, help="Output .mp4 or .gif (default: the run's videos/ folder)."
+        None,
+        "--out",
+        "-o",
+        show_default=False,
+        help="Output .mp4 or .gif; for a run without images also .png, .svg or .pdf "
+        "(default: the run's videos/ folder).",
     ),
     context: int = typer.Option(5, "--context", min=1, help="Real frames the model observes first."),
     horizon: int = typer.Option(45, "--horizon", min=1, help="Steps the model then dreams open-loop."),
@@ -300,7 +326,8 @@ def imagine(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
     home: Optional[Path] = Home,
 ) -> None:
-    """Write the world model's open-loop dream beside reality (rows: truth / model / error).
+    """Write the world model's open-loop dream beside reality (rows: truth / model / error), and a figure of
+    truth vs dream per dimension for vector observations.
 
     Example: [bold]dreamctl imagine run-3 --out dream.mp4 --context 5 --horizon 45[/bold]
     """
@@ -320,9 +347,12 @@ def imagine(
         device=device,
     )
     out.print(
-        f"wrote {result['out']}: {result['frames']} frames ({result['context']} observed, {result['horizon']} "
+        f"wrote {result['out']}: {result['frames']} {'steps' if result['figure'] == result['out'] else 'frames'} "
+        f"({result['context']} observed, {result['horizon']} "
         f"dreamed, {result['samples']} samples); dream MSE {result['dream_mse']:.4f}"
     )
+    if result["figure"] and result["figure"] != result["out"]:
+        out.print(f"wrote {result['figure']}: {result['panels']} panels, one per vector dimension")
 
 
 @app.command("list")
@@ -403,7 +433,10 @@ def envs(home: Optional[Path] = Home) -> None:
     """
     from dreamctl.scores import table as scores
 
-    out.print("catch (built in), gym:<id> (any installed Gymnasium env with pixels), and the Atari games:")
+    out.print(
+        "catch (built in), gym:<id> (any installed Gymnasium env with image, vector or Dict observations), "
+        "and the Atari games:"
+    )
     out.print(", ".join(sorted(scores())), highlight=False)
 
 

@@ -51,6 +51,12 @@ class EnvConfig:
     """Max over the last two frames of each action repeat (Atari)."""
     reward_clip: bool = False
     """Clip env rewards to their sign; scores are raw either way."""
+    cnn_keys: str = ".*"
+    """Regular expression (matched at the key's start) of the image observations the conv encoder reads."""
+    mlp_keys: str = ".*"
+    """Regular expression of the vector observations the MLP encoder reads."""
+    render_pixels: bool = False
+    """gym:<id> envs: add the rendered rgb_array frame to the observations, as the key `image`."""
 
 
 @dataclass
@@ -82,7 +88,9 @@ class ModelConfig:
     free_nats: float = 0.0
     """Floor under the batch-mean KL; KL balancing replaces free nats on Atari."""
     image_scale: float = 1.0
-    """Weight of the image NLL."""
+    """Weight of each image observation's NLL."""
+    vector_scale: float = 1.0
+    """Weight of each vector observation's NLL."""
     reward_scale: float = 1.0
     """Weight of the reward NLL."""
     discount_scale: float = 5.0

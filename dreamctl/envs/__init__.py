@@ -3,15 +3,47 @@
 from __future__ import annotations
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step
+from dreamctl.envs.base import BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
 from dreamctl.envs.names import is_atari, resolve
+from dreamctl.errors import UsageError
 
-__all__ = ["BatchedEnv", "EnvSpec", "Step", "make_env", "resolve"]
+__all__ = [
+    "BatchedEnv",
+    "EnvSpec",
+    "ObsSpace",
+    "Step",
+    "encoder_of",
+    "is_image",
+    "make_env",
+    "no_key_selected",
+    "resolve",
+]
 
 
-def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None) -> BatchedEnv:
-    """Build `num_envs` (default cfg.num_envs) copies of the env that cfg.name names."""
-    num_envs = num_envs or cfg.num_envs
+def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: bool = False) -> BatchedEnv:
+    """Build `num_envs` (default cfg.num_envs) copies of the env that cfg.name names, observing the keys that
+    env.cnn_keys and env.mlp_keys select (all of the env's keys with `every_key`)."""
+    env = _build(cfg, seed, num_envs or cfg.num_envs)
+    if every_key:
+        return env
+    space = env.spec.obs_space
+    keys = [key for key, shape in space.items() if encoder_of(key, shape, cfg.cnn_keys, cfg.mlp_keys)]
+    if not keys:
+        env.close()
+        raise no_key_selected(env.spec, cfg)
+    return env if len(keys) == len(space) else SelectedKeys(env, keys)
+
+
+def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
+    """The error for an env none of whose observations env.cnn_keys and env.mlp_keys select."""
+    found = ", ".join(f"{key} {list(shape)}" for key, shape in spec.obs_space.items())
+    return UsageError(
+        f"no observation of {spec.name} ({found}) matches env.cnn_keys '{cfg.cnn_keys}' (images) or "
+        f"env.mlp_keys '{cfg.mlp_keys}' (vectors); widen them, e.g. --set env.mlp_keys='.*'."
+    )
+
+
+def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
     name = resolve(cfg.name)
     if name == "catch":
         from dreamctl.envs.catch import Catch

@@ -56,11 +56,13 @@ class Atari(VectorEnvAdapter):
         )
         actions = int(self.env.single_action_space.n)
         channels = 1 if cfg.grayscale else 3
-        self.spec = EnvSpec(game, (cfg.image_size, cfg.image_size, channels), actions, True, cfg.action_repeat)
+        self.spec = EnvSpec(
+            game, {"image": (cfg.image_size, cfg.image_size, channels)}, actions, True, cfg.action_repeat
+        )
 
-    def _frames(self, obs: np.ndarray) -> np.ndarray:
-        """(N, 1, H, W[, 3]) uint8 -> (N, size, size, C) uint8."""
+    def _observations(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 1, H, W[, 3]) uint8 -> image (N, size, size, C) uint8."""
         frames = obs[:, 0]
         if not self.resize_here:
-            return np.ascontiguousarray(frames if frames.ndim == 4 else frames[..., None])
-        return convert_frames(frames, self.cfg.image_size, self.cfg.grayscale, "bilinear")
+            return {"image": np.ascontiguousarray(frames if frames.ndim == 4 else frames[..., None])}
+        return {"image": convert_frames(frames, self.cfg.image_size, self.cfg.grayscale, "bilinear")}

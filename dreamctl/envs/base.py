@@ -1,32 +1,44 @@
-"""What every environment looks like to the trainer: N copies stepped together, uint8 images out.
+"""What every environment looks like to the trainer: N copies stepped together, a dict of observations out.
 
-Autoreset follows Gymnasium's "next step" rule: after a copy reports `is_last`, its next `step` ignores the
-action, restarts the episode and returns the first frame with `is_first` set and reward 0. Every call thus
-yields exactly one stored step per copy, so the replay can be written in lockstep.
+Observations are named arrays: images are uint8 (H, W, C), vectors float32 (size,); the rank tells them apart
+(`is_image`). Autoreset follows Gymnasium's "next step" rule: after a copy reports `is_last`, its next `step`
+ignores the action, restarts the episode and returns the first observation with `is_first` set and reward 0. Every
+call thus yields exactly one stored step per copy, so the replay can be written in lockstep.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+ObsSpace = dict[str, tuple[int, ...]]
+"""Observation key -> shape of one copy's array: (H, W, C) for a uint8 image, (size,) for a float32 vector."""
+
+RESERVED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
+"""Names a replay row already uses; no observation key may take them."""
+
+
+def is_image(shape: tuple[int, ...]) -> bool:
+    """Images are (H, W, C) and read by the conv encoder; vectors are (size,) and read by the MLP encoder."""
+    return len(shape) == 3
+
 
 @dataclass(frozen=True)
 class EnvSpec:
     name: str  # canonical name: "catch", "atari:pong", "gym:<id>"
-    obs_shape: tuple[int, int, int]  # (H, W, C)
+    obs_space: ObsSpace
     action_dim: int  # number of discrete actions, or continuous dimensions
     discrete: bool
     action_repeat: int  # emulator frames per agent step
-    action_names: tuple[str, ...] = ()
 
 
 class Step(NamedTuple):
-    obs: np.ndarray  # uint8 (N, H, W, C)
+    obs: dict[str, np.ndarray]  # key -> (N, *shape): uint8 images, float32 vectors
     reward: np.ndarray  # float32 (N,)
     is_first: np.ndarray  # bool (N,)
     is_last: np.ndarray  # bool (N,)
@@ -57,15 +69,55 @@ class BatchedEnv(ABC):
         pass
 
 
-def first_step(obs: np.ndarray) -> Step:
-    n = obs.shape[0]
+def first_step(obs: dict[str, np.ndarray]) -> Step:
+    n = next(iter(obs.values())).shape[0]
     return Step(obs, np.zeros(n, np.float32), np.ones(n, bool), np.zeros(n, bool), np.zeros(n, bool))
+
+
+def encoder_of(key: str, shape: tuple[int, ...], cnn_keys: str, mlp_keys: str) -> str | None:
+    """Which encoder reads an observation: `cnn` (an image whose key matches cnn_keys), `mlp` (a vector whose key
+    matches mlp_keys) or None. Patterns match at the key's start, as in DreamerV2's released code."""
+    if is_image(shape):
+        return "cnn" if re.match(cnn_keys, key) else None
+    return "mlp" if re.match(mlp_keys, key) else None
+
+
+class SelectedKeys(BatchedEnv):
+    """An env seen through the observation keys the model reads; everything else passes through."""
+
+    def __init__(self, env: BatchedEnv, keys: list[str]):
+        self.env, self.keys, self.num_envs, self.saveable = env, keys, env.num_envs, env.saveable
+        self.spec = EnvSpec(
+            env.spec.name,
+            {k: env.spec.obs_space[k] for k in keys},
+            env.spec.action_dim,
+            env.spec.discrete,
+            env.spec.action_repeat,
+        )
+
+    def reset(self) -> Step:
+        return self._select(self.env.reset())
+
+    def step(self, action: np.ndarray) -> Step:
+        return self._select(self.env.step(action))
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return self.env.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.env.set_state(state)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _select(self, step: Step) -> Step:
+        return step._replace(obs={k: step.obs[k] for k in self.keys})
 
 
 class VectorEnvAdapter(BatchedEnv):
     """A Gymnasium-API vector env with next-step autoreset (ale-py's or gymnasium's), seen through `Step`.
 
-    Subclasses set `self.env` and `self.spec` and convert frames and actions.
+    Subclasses set `self.env` and `self.spec` and convert observations and actions.
     """
 
     env: Any  # the Gymnasium-API vector env
@@ -77,14 +129,14 @@ class VectorEnvAdapter(BatchedEnv):
     def reset(self) -> Step:
         obs, _ = self.env.reset(seed=self.seed)
         self.last[:] = False
-        return first_step(self._frames(obs))
+        return first_step(self._observations(obs))
 
     def step(self, action: np.ndarray) -> Step:
         obs, reward, terminated, truncated, _ = self.env.step(self._env_action(action))
         first = self.last.copy()  # the copies that ended last step have just been reset
         self.last = np.asarray(terminated | truncated, bool)
         return Step(
-            self._frames(obs),
+            self._observations(obs),
             np.asarray(reward, np.float32),
             first,
             self.last.copy(),
@@ -95,8 +147,8 @@ class VectorEnvAdapter(BatchedEnv):
         self.env.close()
 
     @abstractmethod
-    def _frames(self, obs: np.ndarray) -> np.ndarray:
-        """The env's observations -> uint8 (N, size, size, C)."""
+    def _observations(self, obs: Any) -> dict[str, np.ndarray]:
+        """The vector env's observations -> key -> (N, *shape) arrays of the spec's obs_space."""
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         return np.asarray(action, np.int64)

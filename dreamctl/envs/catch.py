@@ -26,7 +26,7 @@ class Catch(BatchedEnv):
         if image_size != 64:
             raise ValueError(f"catch draws 64x64 frames, got image size {image_size}")
         self.num_envs = num_envs
-        self.spec = EnvSpec("catch", (image_size, image_size, 1), len(ACTIONS), True, 1, ACTIONS)
+        self.spec = EnvSpec("catch", {"image": (image_size, image_size, 1)}, len(ACTIONS), True, 1)
         self.rng = np.random.default_rng(seed)
         self.ball_x = np.zeros(num_envs, np.int64)
         self.ball_y = np.zeros(num_envs, np.int64)
@@ -78,7 +78,7 @@ class Catch(BatchedEnv):
         self.ball_x = np.where(mask, columns, self.ball_x)
         self.ball_y = np.where(mask, 0, self.ball_y)
 
-    def _render(self) -> np.ndarray:
+    def _render(self) -> dict[str, np.ndarray]:
         """Ball: an 8x8 white square; paddle: a 12x4 grey bar on the bottom row; 2-pixel side margins."""
         y = np.arange(64)[None, :, None]
         x = np.arange(64)[None, None, :]
@@ -86,4 +86,4 @@ class Catch(BatchedEnv):
         ball = (y // 8 == by) & (x >= 4 + 12 * bx) & (x < 12 + 12 * bx)
         paddle = (y >= 60) & (x >= 2 + 12 * px) & (x < 14 + 12 * px)
         frames = np.where(ball, 255, np.where(paddle, 160, 0)).astype(np.uint8)
-        return frames[..., None]
+        return {"image": frames[..., None]}

@@ -1,22 +1,40 @@
-"""Any installed Gymnasium environment that shows pixels: `gym:<id>`.
+"""Any installed Gymnasium environment: `gym:<id>`.
 
-The observation must be an image (uint8 H x W x C) or the env must render `rgb_array` frames, which then
-become the observation. Actions must be Discrete or a 1-D Box (the agent's [-1, 1] is rescaled to the
-box's bounds). Frames are converted to the configured gray/RGB and resized to the configured size. Copies
-run in one process when there is one, in worker processes otherwise (gymnasium's AsyncVectorEnv), with
-Gymnasium's next-step autoreset, which is the convention of envs/base.py.
+Observations become named arrays (envs/base.py): an image (uint8 H x W[ x C], or a rendered `rgb_array` frame with
+`env.render_pixels`) is converted to the configured gray/RGB and size under the key `image`; a Box of numbers, a
+Discrete (one-hot) or a MultiBinary becomes a float32 vector under the key `state`; a Dict of such spaces keeps its
+keys. Spaces that have no such encoding (text, tuples, graphs, nested dicts) are refused, naming the space.
+Actions must be Discrete or a 1-D Box (the agent's [-1, 1] is rescaled to the box's bounds). Copies run in one
+process when there is one, in worker processes otherwise (gymnasium's AsyncVectorEnv), with Gymnasium's next-step
+autoreset, which is the convention of envs/base.py. Rendering is headless: SDL (pygame) is given its dummy drivers
+unless the user chose others, so it neither opens windows nor prints errors about a missing display; and
+Gymnasium's own warnings (its environment checker's) are silenced, so stderr carries dreamctl's messages only.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import EnvSpec, VectorEnvAdapter, convert_frames
+from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.errors import UsageError
+
+
+def _quiet() -> None:
+    """Headless SDL and no Gymnasium warnings, in this process (and in each worker process, which may not fork)."""
+    for variable in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):
+        if not os.environ.get(variable):
+            os.environ[variable] = "dummy"
+    gym.logger.min_level = gym.logger.ERROR
+
+
+_quiet()
 
 
 class ActionRepeat(gym.Wrapper):
@@ -36,6 +54,24 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
+@dataclass(frozen=True)
+class Converter:
+    """How one observation key is made from the env's observation."""
+
+    source: str | None  # the key in the env's Dict observation, or None for the whole observation
+    kind: Literal["image", "vector", "one_hot"]
+    shape: tuple[int, ...]  # of one copy's converted array
+
+    def convert(self, obs: Any, cfg: EnvConfig) -> np.ndarray:
+        """The batched observation (N, ...) of every copy -> (N, *shape)."""
+        x = np.asarray(obs if self.source is None else obs[self.source])
+        if self.kind == "image":
+            return convert_frames(x, cfg.image_size, cfg.grayscale, cfg.resize)
+        if self.kind == "one_hot":
+            return np.eye(self.shape[0], dtype=np.float32)[x.astype(np.int64).reshape(-1)]
+        return x.reshape(x.shape[0], -1).astype(np.float32)
+
+
 def _is_image(space: gym.Space) -> bool:
     return (
         isinstance(space, gym.spaces.Box)
@@ -44,15 +80,58 @@ def _is_image(space: gym.Space) -> bool:
     )
 
 
-def _make(env_id: str, use_render: bool, repeat: int) -> gym.Env:
-    env = gym.make(env_id, render_mode="rgb_array") if use_render else gym.make(env_id)
-    if use_render:
-        env = gym.wrappers.AddRenderObservation(env, render_only=True)
+def _converter(space: gym.Space, source: str | None, cfg: EnvConfig, what: str) -> Converter:
+    """The converter of one (non-Dict) space, or a UsageError that names the space."""
+    if _is_image(space):
+        return Converter(source, "image", (cfg.image_size, cfg.image_size, 1 if cfg.grayscale else 3))
+    if isinstance(space, gym.spaces.Box):
+        return Converter(source, "vector", (int(np.prod(space.shape, dtype=np.int64)) or 1,))
+    if isinstance(space, gym.spaces.Discrete):
+        return Converter(source, "one_hot", (int(space.n),))
+    if isinstance(space, (gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)) and space.shape is not None:
+        return Converter(source, "vector", (int(np.prod(space.shape, dtype=np.int64)),))
+    raise UsageError(
+        f"{what} is a {type(space).__name__} space ({space}), which dreamctl cannot encode; it reads images "
+        f"(uint8 Box), numbers (Box, Discrete, MultiBinary, MultiDiscrete) and one level of Dict of those."
+    )
+
+
+def layout(space: gym.Space, env_id: str, cfg: EnvConfig) -> dict[str, Converter]:
+    """Observation key -> converter, for the env's observation space (after any rendered frame is added)."""
+    what = f"the observation of gym:{env_id}"
+    if not isinstance(space, gym.spaces.Dict):
+        converter = _converter(space, None, cfg, what)
+        return {"image" if converter.kind == "image" else "state": converter}
+    out = {}
+    for key, sub in space.spaces.items():
+        name = f"obs_{key}" if key in RESERVED_KEYS else str(key)
+        out[name] = _converter(sub, key, cfg, f"key '{key}' of {what}")
+    return out
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The return at which Gymnasium's registry counts the env as solved (its spec's `reward_threshold`), if any."""
+    try:
+        threshold = gym.spec(env_id).reward_threshold
+    except gym.error.Error:
+        return None
+    return None if threshold is None else float(threshold)
+
+
+def _make(env_id: str, render_key: str | None, repeat: int) -> gym.Env:
+    """One copy; `render_key` adds the rendered rgb_array frame to the observation under that key."""
+    _quiet()
+    if render_key is None:
+        env = gym.make(env_id)
+    else:
+        env = gym.make(env_id, render_mode="rgb_array")
+        env = gym.wrappers.AddRenderObservation(env, render_only=False, render_key=render_key, obs_key="state")
     return ActionRepeat(env, repeat) if repeat > 1 else env
 
 
-def inspect(env_id: str) -> tuple[bool, gym.Space]:
-    """Decide how to get pixels from the env, trying it once; refuse, with the reason, what cannot work."""
+def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Space]:
+    """Make the env once: the key for its rendered frame (None without `render_pixels`), and its observation and
+    action spaces as the copies will have them; refuse, with the reason, what cannot work."""
     try:
         probe = gym.make(env_id)
     except gym.error.Error as exc:
@@ -73,33 +152,29 @@ def inspect(env_id: str) -> tuple[bool, gym.Space]:
         raise UsageError(
             f"gym:{env_id} has {type(action_space).__name__} actions; dreamctl supports Discrete and 1-D Box actions."
         )
-    if _is_image(obs_space):
-        return False, action_space
+    if not cfg.render_pixels:
+        return None, obs_space, action_space
     if "rgb_array" not in render_modes:
-        raise UsageError(
-            f"gym:{env_id} neither observes images (uint8 HxWxC) nor renders rgb_array frames; "
-            f"dreamctl learns from pixels."
-        )
+        raise UsageError(f"gym:{env_id} does not render rgb_array frames, so env.render_pixels cannot be true.")
+    keys = obs_space.spaces if isinstance(obs_space, gym.spaces.Dict) else {}
+    render_key = "pixels" if "image" in keys else "image"
     try:
-        env = _make(env_id, True, 1)
-        frame, _ = env.reset(seed=0)
+        env = _make(env_id, render_key, 1)
+        env.reset(seed=0)
+        space = env.observation_space
         env.close()
     except Exception as exc:  # a renderer whose package is missing, a display it cannot open, ...
-        raise UsageError(f"gym:{env_id} observes no images and rendering its frames failed ({exc}).") from None
-    if not _is_image(gym.spaces.Box(0, 255, np.asarray(frame).shape, np.uint8)) or np.asarray(frame).dtype != np.uint8:
-        raise UsageError(
-            f"gym:{env_id} renders {np.asarray(frame).dtype} arrays of shape "
-            f"{np.asarray(frame).shape}, not uint8 HxWxC frames."
-        )
-    return True, action_space
+        raise UsageError(f"gym:{env_id} could not render its frames ({exc}).") from None
+    return render_key, space, action_space
 
 
 class GymEnv(VectorEnvAdapter):
     def __init__(self, env_id: str, cfg: EnvConfig, num_envs: int, seed: int):
         super().__init__(num_envs, seed)
         self.cfg = cfg
-        use_render, action_space = inspect(env_id)
-        make = functools.partial(_make, env_id, use_render, cfg.action_repeat)
+        render_key, obs_space, action_space = inspect(env_id, cfg)
+        self.layout = layout(obs_space, env_id, cfg)
+        make = functools.partial(_make, env_id, render_key, cfg.action_repeat)
         vector = gym.vector.AsyncVectorEnv if num_envs > 1 else gym.vector.SyncVectorEnv
         self.env = vector([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
@@ -109,15 +184,13 @@ class GymEnv(VectorEnvAdapter):
             assert isinstance(action_space, gym.spaces.Box)  # `inspect` refuses every other kind of action space
             action_dim = int(action_space.shape[0])
             self.low, self.high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
-        channels = 1 if cfg.grayscale else 3
-        self.spec = EnvSpec(
-            f"gym:{env_id}", (cfg.image_size, cfg.image_size, channels), action_dim, self.discrete, cfg.action_repeat
-        )
+        obs = {key: converter.shape for key, converter in self.layout.items()}
+        self.spec = EnvSpec(f"gym:{env_id}", obs, action_dim, self.discrete, cfg.action_repeat)
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         if self.discrete:
             return np.asarray(action, np.int64)
         return self.low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low)
 
-    def _frames(self, obs: np.ndarray) -> np.ndarray:
-        return convert_frames(obs, self.cfg.image_size, self.cfg.grayscale, self.cfg.resize)
+    def _observations(self, obs: Any) -> dict[str, np.ndarray]:
+        return {key: converter.convert(obs, self.cfg) for key, converter in self.layout.items()}

@@ -7,7 +7,7 @@ trajectories imagined from that batch's posterior states. Each optimiser touches
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager as ContextManager
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ from dreamctl.config import Config
 from dreamctl.model.actor_critic import ActorCritic, frozen
 from dreamctl.model.optim import Optimizer
 from dreamctl.model.rssm import State
-from dreamctl.model.world_model import WorldModel, preprocess_image
+from dreamctl.model.world_model import WorldModel
 
 
 def _no_clock(_phase: str) -> ContextManager:
@@ -37,7 +37,7 @@ class Agent(nn.Module):
 
     Args:
         cfg: the run's config (model, behavior and train sections are read).
-        obs_shape: (H, W, C) of the uint8 images.
+        obs_space: observation key -> shape: (H, W, C) for a uint8 image, (size,) for a float32 vector.
         action_dim: number of discrete actions, or continuous action dimensions.
         discrete: whether actions are discrete (one-hot) or continuous in [-1, 1].
         device: where the networks live.
@@ -47,7 +47,7 @@ class Agent(nn.Module):
     def __init__(
         self,
         cfg: Config,
-        obs_shape: tuple[int, int, int],
+        obs_space: Mapping[str, tuple[int, ...]],
         action_dim: int,
         discrete: bool,
         device: torch.device | str = "cpu",
@@ -57,7 +57,7 @@ class Agent(nn.Module):
         self.cfg, self.action_dim, self.discrete = cfg, action_dim, discrete
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
-        self.world_model = WorldModel(cfg.model, obs_shape, action_dim, cfg.behavior.discount)
+        self.world_model = WorldModel(cfg.model, obs_space, action_dim, cfg.behavior.discount)
         self.behavior = ActorCritic(cfg.behavior, cfg.model, self.world_model.rssm.feat_dim, action_dim, discrete)
         self.to(self.device)
         t = cfg.train
@@ -88,15 +88,17 @@ class Agent(nn.Module):
         return ActState(latent, torch.zeros(num_envs, self.action_dim, device=self.device))
 
     @torch.inference_mode()
-    def policy(self, obs: Tensor, is_first: Tensor, state: ActState, greedy: bool = False) -> tuple[Tensor, ActState]:
+    def policy(
+        self, obs: Mapping[str, Tensor], is_first: Tensor, state: ActState, greedy: bool = False
+    ) -> tuple[Tensor, ActState]:
         """One batched decision for all env copies: training samples the actor, evaluation takes its mode.
-        The latent is sampled in both, as in DreamerV2.
+        The latent is sampled in both, as in DreamerV2. obs: key -> (N, ...), is_first: (N,).
 
         On the CPU the policy runs in float32 whatever the training precision: autocast would cast every weight
         again at each step, which costs more than bfloat16 saves at acting's batch sizes (docs/performance.md).
         """
         with self.autocast() if self.device.type != "cpu" else contextlib.nullcontext():
-            embed = self.world_model.encoder(preprocess_image(obs))
+            embed = self.world_model.embed(self.world_model.preprocess(obs))
             latent = self.world_model.rssm.obs_step(state.latent, state.action, embed, is_first)
             dist = self.behavior.actor(latent.feat())
             action = (dist.mode() if greedy else dist.sample()).float()

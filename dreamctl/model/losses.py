@@ -1,8 +1,8 @@
 """DreamerV2's losses, each a pure function of tensors whose shapes it states (docs/architecture.md lists them
 beside the paper's equations).
 
-World model (paper Eq. 2, Algorithm 2):
-    L = image_scale * image_nll + reward_scale * reward_nll + discount_scale * discount_nll + kl_scale * KL_balanced
+World model (paper Eq. 2, Algorithm 2), with a term per observation key (image_nll or vector_nll):
+    L = sum_keys scale_key * nll_key + reward_scale * reward_nll + discount_scale * discount_nll + kl_scale * KL_bal
 Behaviour (paper Eqs. 4-6), over trajectories imagined from every posterior state:
     V_t = r_t + d_t ((1 - lambda) v'(s_{t+1}) + lambda V_{t+1}),   V_H = v'(s_H)           lambda_return
     L_actor = -mean_t w_t [rho log pi(a_t|s_t) sg(V_{t+1} - v'(s_t)) + (1 - rho) V_{t+1} + eta H[pi(.|s_t)]]
@@ -24,6 +24,12 @@ def image_nll(mean: Tensor, image: Tensor) -> Tensor:
     mean, image: (B, T, C, H, W) -> scalar. The sum over pixels (not a mean) sets the image's weight against the KL.
     """
     return 0.5 * (mean.float() - image).square().sum((-3, -2, -1)).mean()
+
+
+def vector_nll(mean: Tensor, target: Tensor) -> Tensor:
+    """-log N(target; mean, 1) up to its constant for a vector observation: 0.5 (x - mean)^2 summed over the
+    vector, averaged over the rest. mean, target: (B, T, size) -> scalar."""
+    return 0.5 * (mean.float() - target).square().sum(-1).mean()
 
 
 def reward_nll(pred: Tensor, target: Tensor) -> Tensor:

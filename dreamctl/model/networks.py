@@ -8,6 +8,7 @@ valid-padded convs with ELU, Keras' Glorot-uniform weights and zero biases, Laye
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,40 @@ class MLP(nn.Module):
 
     def forward(self, x: Feature) -> Tensor:
         return self.out(self.body(x))
+
+
+class VectorEncoder(nn.Module):
+    """DreamerV2's MLP encoder: the vector observations, concatenated, through `layers` Linear+ELU of `units`; the
+    last hidden layer is the embedding (no output layer)."""
+
+    def __init__(self, in_dim: int, layers: int, units: int):
+        super().__init__()
+        dims = [in_dim] + [units] * layers
+        self.body = nn.Sequential(*[m for a, b in itertools.pairwise(dims) for m in (Linear(a, b), nn.ELU())])
+        self.out_dim = dims[-1]
+        init_keras_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., in_dim) -> (..., out_dim)."""
+        return self.body(x)
+
+
+class VectorDecoder(nn.Module):
+    """DreamerV2's MLP decoder: `layers` Linear+ELU of `units` from the feature, then one linear output per vector
+    key, the mean of a unit-variance Normal over that key."""
+
+    def __init__(self, feat_dim: int, sizes: Mapping[str, int], layers: int, units: int):
+        super().__init__()
+        dims = [feat_dim] + [units] * layers
+        self.body = nn.Sequential(*[m for a, b in itertools.pairwise(dims) for m in (Linear(a, b), nn.ELU())])
+        self.keys = list(sizes)
+        self.heads = nn.ModuleList(Linear(dims[-1], sizes[key]) for key in self.keys)
+        init_keras_(self)
+
+    def forward(self, feat: Tensor) -> dict[str, Tensor]:
+        """feat: (..., feat_dim) -> key -> mean (..., size), in float32."""
+        hidden = self.body(feat)
+        return {key: head(hidden).float() for key, head in zip(self.keys, self.heads, strict=True)}
 
 
 class LayerNormGRUCell(nn.Module):

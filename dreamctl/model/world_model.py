@@ -1,10 +1,16 @@
-"""The world model: encoder + RSSM + image decoder, reward and discount heads, and its loss (paper Eq. 2).
+"""The world model: encoders + RSSM + decoders, reward and discount heads, and its loss (paper Eq. 2).
 
-L = sum_pixels 0.5 (x - x_hat)^2 + 0.5 (tanh(r) - r_hat)^2 + s_disc * BCE(gamma (1 - term), d_hat) + beta * KL_bal
+L = sum_keys NLL(x_key) + 0.5 (tanh(r) - r_hat)^2 + s_disc * BCE(gamma (1 - term), d_hat) + beta * KL_bal
+
+Observations are a dict, as in DreamerV2's released code: the images (uint8 (H, W, C), 64x64) are stacked along
+their channels and read by the conv encoder, the vectors (float32 (size,)) are concatenated and read by the MLP
+encoder, and the two embeddings are concatenated. The conv decoder draws every image key, the MLP decoder every
+vector key; each key's NLL is a unit-variance Normal's, summed over the key's elements.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -12,8 +18,8 @@ from torch import Tensor, nn
 
 from dreamctl.config import ModelConfig
 from dreamctl.layers.one_hot import Feature
-from dreamctl.model.losses import discount_nll, image_nll, kl_balance, reward_nll
-from dreamctl.model.networks import MLP, Decoder, Encoder
+from dreamctl.model.losses import discount_nll, image_nll, kl_balance, reward_nll, vector_nll
+from dreamctl.model.networks import MLP, Decoder, Encoder, VectorDecoder, VectorEncoder
 from dreamctl.model.rssm import RSSM, State
 
 
@@ -33,23 +39,60 @@ class WorldModelOutput:
 class WorldModel(nn.Module):
     """Args:
     cfg: the network sizes and loss scales.
-    obs_shape: (H, W, C) of the uint8 images; the conv encoder needs 64x64.
+    obs_space: observation key -> shape: (H, W, C) for a uint8 image (64x64 for the conv encoder), (size,) for a
+        float32 vector.
     action_dim: width of the action vector.
     discount: gamma, the discount the discount head learns (times the probability of continuing).
     """
 
-    def __init__(self, cfg: ModelConfig, obs_shape: tuple[int, int, int], action_dim: int, discount: float):
+    def __init__(self, cfg: ModelConfig, obs_space: Mapping[str, tuple[int, ...]], action_dim: int, discount: float):
         super().__init__()
-        height, width, channels = obs_shape
-        if (height, width) != (64, 64):
-            raise ValueError(f"the DreamerV2 conv encoder expects 64x64 images, got {height}x{width}")
+        self.image_keys = [key for key, shape in obs_space.items() if len(shape) == 3]
+        self.vector_keys = [key for key, shape in obs_space.items() if len(shape) == 1]
+        if not self.image_keys and not self.vector_keys:
+            raise ValueError(f"the world model needs an image (H, W, C) or a vector (size,) to observe: {obs_space}")
+        for key in self.image_keys:
+            if tuple(obs_space[key][:2]) != (64, 64):
+                raise ValueError(f"the DreamerV2 conv encoder expects 64x64 images, got {key} {obs_space[key]}")
+        self.channels = [obs_space[key][2] for key in self.image_keys]
         self.cfg, self.discount = cfg, discount
-        self.encoder = Encoder(channels, cfg.cnn_depth)
-        self.rssm = RSSM(self.encoder.out_dim, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes)
+        self.encoder = Encoder(sum(self.channels), cfg.cnn_depth) if self.image_keys else None
+        sizes = {key: obs_space[key][0] for key in self.vector_keys}
+        self.vector_encoder = (
+            VectorEncoder(sum(sizes.values()), cfg.mlp_layers, cfg.mlp_units) if self.vector_keys else None
+        )
+        embed = sum(e.out_dim for e in (self.encoder, self.vector_encoder) if e is not None)
+        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes)
         feat = self.rssm.feat_dim
-        self.decoder = Decoder(feat, cfg.cnn_depth, channels)
+        self.decoder = Decoder(feat, cfg.cnn_depth, sum(self.channels)) if self.image_keys else None
+        self.vector_decoder = VectorDecoder(feat, sizes, cfg.mlp_layers, cfg.mlp_units) if self.vector_keys else None
         self.reward_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units)
         self.discount_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units) if cfg.discount_head else None
+
+    def preprocess(self, obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The observations the model reads as floats: images (..., C, H, W) in [-0.5, 0.5], vectors (..., size)."""
+        out = {key: preprocess_image(obs[key]) for key in self.image_keys}
+        out.update({key: obs[key].float() for key in self.vector_keys})
+        return out
+
+    def embed(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Preprocessed observations (..., ...) -> the embedding e (..., embed) that the posterior reads."""
+        parts = []
+        if self.encoder is not None:
+            parts.append(self.encoder(_concat([inputs[key] for key in self.image_keys], -3)))
+        if self.vector_encoder is not None:
+            parts.append(self.vector_encoder(_concat([inputs[key] for key in self.vector_keys], -1)))
+        return _concat(parts, -1)
+
+    def decode(self, feat: Tensor) -> dict[str, Tensor]:
+        """Feature (..., F) -> the mean of every observation key: images (..., C, H, W), vectors (..., size)."""
+        out: dict[str, Tensor] = {}
+        if self.decoder is not None:
+            images = self.decoder(feat).float()
+            out.update(zip(self.image_keys, images.split(self.channels, -3), strict=True))
+        if self.vector_decoder is not None:
+            out.update(self.vector_decoder(feat))
+        return out
 
     def reward_target(self, reward: Tensor) -> Tensor:
         return torch.tanh(reward) if self.cfg.reward_transform == "tanh" else reward
@@ -64,19 +107,23 @@ class WorldModel(nn.Module):
         return torch.sigmoid(self.discount_head(feat).squeeze(-1).float())
 
     def loss(self, batch: dict[str, Tensor]) -> WorldModelOutput:
-        """batch: image uint8 (B, T, H, W, C), action (B, T, A), reward, is_first, is_terminal (B, T)."""
+        """batch: every observation key (B, T, ...), action (B, T, A), reward, is_first, is_terminal (B, T)."""
         cfg = self.cfg
-        image = preprocess_image(batch["image"])
-        embed = self.encoder(image)
-        post = self.rssm.observe(embed, batch["action"], batch["is_first"])
+        inputs = self.preprocess(batch)
+        post = self.rssm.observe(self.embed(inputs), batch["action"], batch["is_first"])
         prior_logits = self.rssm.prior(post.deter)
         feat = post.feat()
 
-        image = image_nll(self.decoder(feat), image)
+        means = self.decode(feat)
+        nll = {key: image_nll(means[key], inputs[key]) for key in self.image_keys}
+        nll.update({key: vector_nll(means[key], inputs[key]) for key in self.vector_keys})
         reward = reward_nll(self.reward(feat), self.reward_target(batch["reward"].float()))
         kl_loss, kl = kl_balance(post.logits, prior_logits, cfg.kl_balance, cfg.free_nats)
-        loss = cfg.image_scale * image + cfg.reward_scale * reward + cfg.kl_scale * kl_loss
-        metrics = {"loss/image": image, "loss/reward": reward, "loss/kl": kl}
+        observations = sum(
+            (cfg.image_scale if key in self.image_keys else cfg.vector_scale) * value for key, value in nll.items()
+        )
+        loss = observations + cfg.reward_scale * reward + cfg.kl_scale * kl_loss
+        metrics = {**{f"loss/{key}": value for key, value in nll.items()}, "loss/reward": reward, "loss/kl": kl}
         if self.discount_head is not None:
             target = self.discount * (1.0 - batch["is_terminal"].float())
             discount = discount_nll(self.discount_head(feat).squeeze(-1).float(), target)
@@ -91,3 +138,7 @@ class WorldModel(nn.Module):
 def _entropy(logits: Tensor) -> Tensor:
     log_p = logits.detach().log_softmax(-1)
     return -(log_p.exp() * log_p).sum((-2, -1)).mean()
+
+
+def _concat(parts: list[Tensor], dim: int) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)

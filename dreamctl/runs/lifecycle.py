@@ -131,8 +131,8 @@ def train(
     env = make_env(cfg.env, cfg.train.seed)
     try:
         spec = env.spec
-        params = parameter_count(cfg, spec.obs_shape, spec.action_dim, spec.discrete)
-        preflight(cfg, spec.obs_shape, params)
+        params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete)
+        preflight(cfg, spec.obs_space, params)
         trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device))
         run = Registry(home).create(
             {
@@ -146,7 +146,7 @@ def train(
                 "target_steps": cfg.train.steps,
                 "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
                 "env_spec": {
-                    "obs_shape": list(spec.obs_shape),
+                    "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
                     "action_dim": spec.action_dim,
                     "discrete": spec.discrete,
                     "action_repeat": spec.action_repeat,

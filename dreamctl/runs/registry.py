@@ -28,9 +28,9 @@ if TYPE_CHECKING:  # tensors are read and written only by the commands that trai
     import numpy as np
     import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout of run.yaml this dreamctl writes; it reads every version up to this one."""
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 """The checkpoint contents this dreamctl writes (the safetensors header's `format_version`); it reads up to this."""
 STATUSES = ("running", "finished", "interrupted", "failed")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
@@ -65,6 +65,14 @@ def validate_name(name: str) -> str:
             f"'_' or '-' (not 'latest' or 'run-<N>')."
         )
     return name
+
+
+def obs_space_of(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """A run's observation keys and shapes from its run.yaml (schema 1 runs observed one image)."""
+    spec = meta["env_spec"]
+    if "obs" in spec:
+        return {key: tuple(shape) for key, shape in spec["obs"].items()}
+    return {"image": tuple(spec["obs_shape"])}
 
 
 class Run:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dreamctl.config import Config, validate
-from dreamctl.envs import resolve
+from dreamctl.envs import ObsSpace, is_image, resolve
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.actor_critic import ActorCritic
 from dreamctl.model.world_model import WorldModel
@@ -60,15 +60,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def estimate_memory(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
+def estimate_memory(cfg: Config, obs_space: ObsSpace, params: int) -> dict[str, int]:
     """Bytes the run will need: the full replay, the model with its optimiser state, one batch's activations."""
-    step_bytes = int(np.prod(obs_shape)) + 4 * 2 + 3
+    pixels = sum(int(np.prod(shape)) for shape in obs_space.values() if is_image(shape))
+    vectors = sum(int(np.prod(shape)) for shape in obs_space.values() if not is_image(shape))
+    step_bytes = pixels + 4 * vectors + 4 * 2 + 3
     replay = cfg.train.replay_capacity * step_bytes
     model = params * MODEL_BYTES_PER_PARAM
     t, m = cfg.train, cfg.model
-    images = t.batch_size * t.batch_length
-    activations = images * (4 * int(np.prod(obs_shape)) * 12 + 4 * m.cnn_depth * 31 * 31 * 4)
-    activations += images * cfg.behavior.horizon * 4 * (m.deter + m.stoch * m.classes) * 8
+    steps = t.batch_size * t.batch_length
+    activations = steps * (4 * pixels * 12 + (4 * m.cnn_depth * 31 * 31 * 4 if pixels else 0))
+    activations += steps * 4 * (vectors + m.mlp_units * m.mlp_layers) * 4
+    activations += steps * cfg.behavior.horizon * 4 * (m.deter + m.stoch * m.classes) * 8
     return {"replay": replay, "model": model, "activations": activations, "total": replay + model + activations}
 
 
@@ -82,16 +85,16 @@ def available_memory() -> int | None:
     return None
 
 
-def parameter_count(cfg: Config, obs_shape: tuple[int, int, int], action_dim: int, discrete: bool) -> int:
+def parameter_count(cfg: Config, obs_space: ObsSpace, action_dim: int, discrete: bool) -> int:
     """Trainable parameters plus the slow critic, counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
-        world_model = WorldModel(cfg.model, obs_shape, action_dim, cfg.behavior.discount)
+        world_model = WorldModel(cfg.model, obs_space, action_dim, cfg.behavior.discount)
         behavior = ActorCritic(cfg.behavior, cfg.model, world_model.rssm.feat_dim, action_dim, discrete)
     return sum(p.numel() for p in [*world_model.parameters(), *behavior.parameters()])
 
 
-def preflight(cfg: Config, obs_shape: tuple[int, int, int], params: int) -> dict[str, int]:
-    need = estimate_memory(cfg, obs_shape, params)
+def preflight(cfg: Config, obs_space: ObsSpace, params: int) -> dict[str, int]:
+    need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:
         fitting = int(cfg.train.replay_capacity * have / need["total"] * 0.8)

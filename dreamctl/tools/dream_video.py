@@ -1,4 +1,5 @@
-"""`dreamctl imagine`: an open-loop video of the world model, real frames beside the model's dream.
+"""`dreamctl imagine`: an open-loop video of the world model, real frames beside the model's dream (and, for vector
+observations, the figure of `dream_figure`).
 
 K env copies play the run's policy for C + H steps. The model observes the first C real frames (its
 posterior reconstructions are shown), then dreams H steps from its prior under the real actions. The video's
@@ -19,10 +20,10 @@ from dreamctl.envs import BatchedEnv, make_env
 from dreamctl.errors import UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.model.rssm import State
-from dreamctl.model.world_model import preprocess_image
-from dreamctl.runs.registry import Registry
+from dreamctl.runs.registry import Registry, obs_space_of
+from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_vector_figure
 from dreamctl.tools.evaluate import load_agent
-from dreamctl.tools.video import check_output, draw_number, to_rgb, upscale, write_video
+from dreamctl.tools.video import FORMATS, check_output, draw_number, to_rgb, upscale, write_video
 from dreamctl.training.rollout import act
 
 SCALE = 3
@@ -31,39 +32,45 @@ BORDER = 2
 
 @torch.inference_mode()
 def collect(agent: Agent, env: BatchedEnv, steps: int) -> dict[str, torch.Tensor]:
-    """Play the (sampled) policy; returns image (K, T, H, W, C) uint8, action (K, T, A) one-hot, is_first."""
+    """Play the (sampled) policy; returns every observation key (K, T, ...), action (K, T, A) one-hot, is_first."""
     state = agent.initial_act_state(env.num_envs)
     step = env.reset()
-    images, actions, firsts = [step.obs], [np.zeros((env.num_envs, env.spec.action_dim), np.float32)], [step.is_first]
+    obs, actions = [step.obs], [np.zeros((env.num_envs, env.spec.action_dim), np.float32)]
+    firsts = [step.is_first]
     for _ in range(steps - 1):
         action, action_t, state = act(agent, step, state)
         step = env.step(action)
-        images.append(step.obs)
+        obs.append(step.obs)
         actions.append(np.where(step.is_first[:, None], 0.0, action_t.cpu().numpy()))
         firsts.append(step.is_first)
 
     def stacked(xs: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(xs, 1)).to(agent.device)
 
-    return {"image": stacked(images), "action": stacked(actions).float(), "is_first": stacked(firsts).float()}
+    data = {key: stacked([o[key] for o in obs]) for key in obs[0]}
+    return {**data, "action": stacked(actions).float(), "is_first": stacked(firsts).float()}
 
 
 @torch.inference_mode()
-def open_loop(agent: Agent, data: dict[str, torch.Tensor], context: int) -> np.ndarray:
-    """Model frames (K, T, H, W, C) uint8: posterior reconstructions for t < C, prior dream afterwards."""
+def open_loop(agent: Agent, data: dict[str, torch.Tensor], context: int) -> dict[str, torch.Tensor]:
+    """The model's mean of every observation key (K, T, ...): posterior reconstructions for t < C, the prior's
+    dream afterwards. Images come back as uint8 (K, T, H, W, C), vectors as float32 (K, T, size)."""
     wm = agent.world_model
+    length = data["action"].shape[1]
     with agent.autocast():
-        embed = wm.encoder(preprocess_image(data["image"][:, :context]))
+        seen = {key: value[:, :context] for key, value in data.items()}
+        embed = wm.embed(wm.preprocess(seen))
         post = wm.rssm.observe(embed, data["action"][:, :context], data["is_first"][:, :context])
         state = State(*(x[:, -1] for x in post))
         prior = []
-        for t in range(context, data["image"].shape[1]):
+        for t in range(context, length):
             state = wm.rssm.img_step(state, data["action"][:, t])
             prior.append(state.feat())
-        feat = torch.cat([post.feat(), torch.stack(prior, 1)], 1)
-        mean = wm.decoder(feat).float()
-    image = ((mean + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return image.permute(0, 1, 3, 4, 2).cpu().numpy()
+        means = wm.decode(torch.cat([post.feat(), torch.stack(prior, 1)], 1))
+    out = {key: means[key].float() for key in wm.vector_keys}
+    for key in wm.image_keys:
+        out[key] = ((means[key] + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+    return out
 
 
 def compose(truth: np.ndarray, model: np.ndarray, context: int) -> np.ndarray:
@@ -97,16 +104,21 @@ def imagine(
     checkpoint: str | int = "latest",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Write the open-loop video (default: <run>/videos/imagine-step-<S>.mp4); returns what was written."""
+    """Write the open-loop video of a run's images (default: <run>/videos/imagine-step-<S>.mp4) and, for its vector
+    observations, a figure beside it (.png; the only output of a run without images, where `out` may also be .svg,
+    .pdf, or .mp4/.gif to draw it step by step); returns what was written."""
     for name, value, low in (("context", context, 1), ("horizon", horizon, 1), ("samples", samples, 1)):
         if value < low:
             raise UsageError(f"--{name} must be at least {low}, got {value}.")
     run = Registry(home).resolve(ref)
-    out_path = check_output(Path(out)) if out is not None else None
+    has_images = any(len(shape) == 3 for shape in obs_space_of(run.meta()).values())
+    formats = FORMATS if has_images else FIGURE_FORMATS + FORMATS
+    out_path = check_output(Path(out), formats) if out is not None else None
     agent, meta, step = load_agent(run, checkpoint, device)
+    wm = agent.world_model
     if out_path is None:  # default: the run's own videos/ folder
         (run.path / "videos").mkdir(exist_ok=True)
-        out_path = run.path / "videos" / f"imagine-step-{step}.mp4"
+        out_path = run.path / "videos" / f"imagine-step-{step}{'.mp4' if has_images else '.png'}"
     cfg = from_dict(meta["config"])
     env = make_env(cfg.env, seed, num_envs=samples)
     try:
@@ -116,17 +128,28 @@ def imagine(
             model = open_loop(agent, data, context)
     finally:
         env.close()
-    truth = data["image"].cpu().numpy()
-    video = compose(truth, model, context)
-    write_video(out_path, video, fps=10)
-    dream_mse = float(((model[:, context:] / 255.0 - truth[:, context:] / 255.0) ** 2).mean())
-    return {
+    result: dict[str, Any] = {
         "run": run.ref,
         "checkpoint_step": step,
         "out": str(out_path),
-        "frames": int(video.shape[0]),
+        "figure": None,
+        "panels": 0,
+        "frames": context + horizon,
         "context": context,
         "horizon": horizon,
         "samples": samples,
-        "dream_mse": dream_mse,
     }
+    if wm.image_keys:
+        key = wm.image_keys[0]
+        truth, dream = data[key].cpu().numpy(), model[key].cpu().numpy()
+        write_video(out_path, compose(truth, dream, context), fps=10)
+        result["dream_mse"] = float(((dream[:, context:] / 255.0 - truth[:, context:] / 255.0) ** 2).mean())
+    if wm.vector_keys:
+        figure = out_path if not wm.image_keys else out_path.with_suffix(".png")
+        truth_v = {key: data[key].cpu().numpy() for key in wm.vector_keys}
+        dream_v = {key: model[key].cpu().numpy() for key in wm.vector_keys}
+        result["figure"], result["panels"] = str(figure), write_vector_figure(figure, truth_v, dream_v, context)
+        if not wm.image_keys:
+            errors = [((dream_v[k] - truth_v[k])[:, context:] ** 2).mean() for k in wm.vector_keys]
+            result["dream_mse"] = float(np.mean(errors))
+    return result

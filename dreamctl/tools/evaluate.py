@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from dreamctl.config import from_dict
+from dreamctl.errors import UsageError
 from dreamctl.model.agent import Agent
-from dreamctl.runs.registry import Registry, Run
+from dreamctl.runs.registry import Registry, Run, obs_space_of
 from dreamctl.runs.system import resolve_device, resolve_precision
 from dreamctl.scores import summarize
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
@@ -26,7 +27,7 @@ def load_agent(run: Run, checkpoint: str | int, device: str = "auto") -> tuple[A
     dev = resolve_device(device)
     agent = Agent(
         cfg,
-        tuple(spec["obs_shape"]),
+        obs_space_of(meta),
         spec["action_dim"],
         spec["discrete"],
         dev,
@@ -60,12 +61,26 @@ def evaluate(
     run = Registry(home).resolve(ref)
     video_path = check_output(Path(video)) if video else None
     agent, meta, step = load_agent(run, checkpoint, device)
+    record = None
+    if video_path is not None:
+        images = [key for key, shape in obs_space_of(meta).items() if len(shape) == 3]
+        if not images:
+            raise UsageError(
+                f"{run.ref} observes no images, so --video has nothing to show; train with --set "
+                f"env.render_pixels=true to observe the rendered frames too."
+            )
+        record = images[0]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        playback = greedy_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record=video_path is not None)
+        playback = greedy_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record=record)
     if video_path is not None and playback.frames is not None:
         write_video(video_path, upscale(to_rgb(playback.frames), 4), fps=15)
     result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
-    record = {"step": step, **{k: v for k, v in result.items() if k != "returns"}}
-    run.update(lambda m: m.setdefault("evals", []).append(record))
+    result["reward_threshold"] = None
+    if meta["env"].startswith("gym:"):
+        from dreamctl.envs.gym_env import reward_threshold
+
+        result["reward_threshold"] = reward_threshold(meta["env"][len("gym:") :])
+    entry = {"step": step, **{k: v for k, v in result.items() if k != "returns"}}
+    run.update(lambda m: m.setdefault("evals", []).append(entry))
     return {"run": run.ref, "checkpoint_step": step, **result}

@@ -25,11 +25,11 @@ _DIGITS = [
 ]
 
 
-def check_output(path: Path) -> Path:
-    """Refuse, before any work is done, an output path that cannot be written."""
+def check_output(path: Path, formats: tuple[str, ...] = FORMATS) -> Path:
+    """Refuse, before any work is done, an output path that cannot be written or has none of `formats`."""
     path = Path(path).expanduser()
-    if path.suffix.lower() not in FORMATS:
-        raise UsageError(f"output '{path}' must end in .mp4 or .gif.")
+    if path.suffix.lower() not in formats:
+        raise UsageError(f"output '{path}' must end in {', '.join(formats[:-1])} or {formats[-1]}.")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write '{path}': the folder {path.parent} does not exist.")
     try:

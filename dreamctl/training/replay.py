@@ -1,13 +1,14 @@
-"""Sequence replay: one preallocated uint8 ring per env copy, written in lockstep, sampled uniformly.
+"""Sequence replay: preallocated rings per env copy, written in lockstep, sampled uniformly.
 
-Row t holds one step of every env copy: the frame, the action that led to it, the reward received on arriving,
-and is_first / is_last / is_terminal. Because every env step yields exactly one row (see envs/base.py), the
-rings of all copies share one write cursor and a row's position is `t % rows_per_env`.
+Row t holds one step of every env copy: each observation key in its own dtype (uint8 images, float32 vectors), the
+action that led to it, the reward received on arriving, and is_first / is_last / is_terminal. Because every env
+step yields exactly one row (see envs/base.py), the rings of all copies share one write cursor and a row's position
+is `t % rows_per_env`.
 
 Sampling draws an env copy and a window of `length` consecutive rows uniformly among the windows in memory.
 A window may span an episode boundary: `is_first` marks it and the RSSM restarts from zeros there, and
-`is_first` is forced at every window's start, as in DreamerV2's replay. Frames stay uint8 until the sampled batch is
-moved to the device.
+`is_first` is forced at every window's start, as in DreamerV2's replay. Frames stay uint8 until the sampled batch
+is moved to the device.
 
 Rows can be exported and imported by logical index; `encode_chunk` / `decode_chunk` turn them into compressed
 safetensors bytes, which is how a run's experience survives a resume.
@@ -22,17 +23,28 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-FIELDS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+from dreamctl.envs.base import ObsSpace, is_image
 
 
 class Replay:
-    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, int, int], action_dim: int, discrete: bool):
+    """Args:
+    capacity: rows kept in all, summed over env copies (first in, first out).
+    num_envs: env copies written in lockstep.
+    obs_space: the observation keys and their shapes (images uint8, vectors float32).
+    action_dim: number of discrete actions (stored as an int32 index, -1 for none) or continuous dimensions.
+    discrete: whether actions are discrete.
+    """
+
+    def __init__(self, capacity: int, num_envs: int, obs_space: ObsSpace, action_dim: int, discrete: bool):
         self.rows_per_env = capacity // num_envs
         self.num_envs, self.action_dim, self.discrete = num_envs, action_dim, discrete
         shape = (self.rows_per_env, num_envs)
         # np.zeros is lazily committed, so memory grows with the rows actually written.
         self.data = {
-            "image": np.zeros(shape + tuple(obs_shape), np.uint8),
+            **{
+                key: np.zeros(shape + tuple(obs), np.uint8 if is_image(obs) else np.float32)
+                for key, obs in obs_space.items()
+            },
             "action": np.zeros(shape, np.int32) if discrete else np.zeros(shape + (action_dim,), np.float32),
             "reward": np.zeros(shape, np.float32),
             "is_first": np.zeros(shape, bool),
@@ -53,7 +65,7 @@ class Replay:
     def add(self, row: dict[str, np.ndarray]) -> None:
         """One step of every env copy: each field has leading axis num_envs."""
         pos = self.cursor % self.rows_per_env
-        for key in FIELDS:
+        for key in self.data:
             self.data[key][pos] = row[key]
         self.cursor += 1
 
@@ -62,13 +74,13 @@ class Replay:
         if not self.first_row <= start <= stop <= self.cursor:
             raise IndexError(f"rows [{start}, {stop}) are not in memory ({self.first_row}..{self.cursor})")
         index = np.arange(start, stop) % self.rows_per_env
-        return {key: self.data[key][index] for key in FIELDS}
+        return {key: self.data[key][index] for key in self.data}
 
     def write_rows(self, start: int, rows: dict[str, np.ndarray]) -> None:
         """Put rows back at their logical positions (restoring from chunks); advances the cursor."""
         count = len(rows["reward"])
         index = np.arange(start, start + count) % self.rows_per_env
-        for key in FIELDS:
+        for key in self.data:
             self.data[key][index] = rows[key]
         self.cursor = max(self.cursor, start + count)
 
@@ -80,7 +92,7 @@ class Replay:
         envs = rng.integers(0, self.num_envs, size=batch)
         starts = rng.integers(self.first_row, self.cursor - length + 1, size=batch)
         times = (starts[:, None] + np.arange(length)[None]) % self.rows_per_env
-        out = {key: self.data[key][times, envs[:, None]] for key in FIELDS}
+        out = {key: self.data[key][times, envs[:, None]] for key in self.data}
         out["is_first"][:, 0] = True
         return out
 
@@ -104,13 +116,14 @@ class Replay:
             out[key] = out[key].float()
         return out
 
-    def nbytes_per_step(self) -> int:
-        return sum(v[0, 0].nbytes if v[0, 0].shape else v.itemsize for v in self.data.values())
+    def nbytes_per_step(self) -> dict[str, int]:
+        """Bytes one env copy's step takes in each field."""
+        return {key: v[0, 0].nbytes if v[0, 0].shape else v.itemsize for key, v in self.data.items()}
 
 
 def encode_chunk(rows: dict[str, np.ndarray], level: int = 1) -> bytes:
     """Rows -> zlib-compressed safetensors bytes (frames compress well; level 1 keeps writes cheap)."""
-    return zlib.compress(st_save({key: np.ascontiguousarray(rows[key]) for key in FIELDS}), level)
+    return zlib.compress(st_save({key: np.ascontiguousarray(value) for key, value in rows.items()}), level)
 
 
 def decode_chunk(data: bytes) -> dict[str, np.ndarray]:

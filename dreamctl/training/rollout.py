@@ -25,7 +25,7 @@ def act(agent: Agent, step: Step, state: ActState, greedy: bool = False) -> tupl
     Returns the env's action (indices (N,) for discrete actions, vectors (N, A) in [-1, 1] otherwise), the action
     vector the agent chose (one-hot for discrete actions), and the acting state to pass to the next call.
     """
-    obs = torch.from_numpy(step.obs).to(agent.device)
+    obs = {key: torch.from_numpy(value).to(agent.device) for key, value in step.obs.items()}
     first = torch.from_numpy(step.is_first).to(agent.device)
     action, state = agent.policy(obs, first, state, greedy=greedy)
     env_action = (action.argmax(-1) if agent.discrete else action).cpu().numpy()
@@ -59,11 +59,12 @@ class EpisodeTracker:
 class Playback:
     returns: list[float]
     lengths: list[int]
-    frames: np.ndarray | None  # the first episode of copy 0, uint8 (T, H, W, C), when recorded
+    frames: np.ndarray | None  # the first episode of copy 0's image key, uint8 (T, H, W, C), when recorded
 
 
-def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, record: bool = False) -> Playback:
-    """Play `episodes` episodes over the env's copies, each copy its quota."""
+def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, record: str | None = None) -> Playback:
+    """Play `episodes` episodes over the env's copies, each copy its quota; `record` names an image key whose
+    frames of copy 0's first episode are kept."""
     n = env.num_envs
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     done = np.zeros(n, int)
@@ -71,14 +72,14 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
     tracker = EpisodeTracker(n)
     state = agent.initial_act_state(n)
     step = env.reset()
-    frames = [step.obs[0]]
-    recording = record
+    frames = [step.obs[record][0]] if record else []
+    recording = record is not None
     while (done < quota).any():
         env_action, _, state = act(agent, step, state, greedy)
         step = env.step(env_action)
         finished = tracker.update(step)
-        if recording:
-            frames.append(step.obs[0])
+        if record is not None and recording:
+            frames.append(step.obs[record][0])
             recording = not step.is_last[0]
         for episode in finished:
             if done[episode.env_index] < quota[episode.env_index]:
@@ -88,7 +89,7 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
     return Playback(returns, lengths, np.stack(frames) if record else None)
 
 
-def greedy_episodes(agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: bool = False) -> Playback:
+def greedy_episodes(agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: str | None = None) -> Playback:
     """`episodes` greedy episodes in up to MAX_EVAL_ENVS fresh env copies seeded with `seed`."""
     env = make_env(env_cfg, seed, num_envs=min(episodes, MAX_EVAL_ENVS))
     try:

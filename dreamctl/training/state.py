@@ -19,7 +19,6 @@ import torch
 from dreamctl.envs.base import Step, restore_rng, rng_state_bytes
 from dreamctl.model.agent import ActState
 from dreamctl.model.rssm import State
-from dreamctl.training.replay import FIELDS
 
 if TYPE_CHECKING:
     from dreamctl.training.trainer import Trainer
@@ -39,8 +38,10 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         tensors[f"act/{key}"] = value
     tensors["act/action"] = trainer.act_state.action
     if trainer.obs is not None:
-        for key, array in trainer.obs._asdict().items():
-            tensors[f"obs/{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+        for key, array in trainer.obs.obs.items():
+            tensors[f"obs/obs/{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+        for field in Step._fields[1:]:
+            tensors[f"obs/{field}"] = torch.from_numpy(np.ascontiguousarray(getattr(trainer.obs, field)))
     tensors["episode/return"] = torch.from_numpy(trainer.episodes_running.ret)
     tensors["episode/length"] = torch.from_numpy(trainer.episodes_running.length)
     chunk = trainer.cfg.run.replay_chunk
@@ -77,7 +78,9 @@ def restore_trainer(
     cursor = int(info["replay_cursor"])
     for index in trainer.chunks_needed(cursor):
         trainer.replay.write_rows(index * chunk, load_chunk(index))
-    trainer.replay.write_rows(cursor // chunk * chunk, {key: tensors[f"replay/{key}"].numpy() for key in FIELDS})
+    trainer.replay.write_rows(
+        cursor // chunk * chunk, {key: tensors[f"replay/{key}"].numpy() for key in trainer.replay.data}
+    )
     trainer.env_steps, trainer.updates = int(info["env_steps"]), int(info["updates"])
     trainer.episodes, trainer.wall_time = int(info["episodes"]), float(info["wall_time"])
     trainer.last_return = info["last_return"]
@@ -89,7 +92,7 @@ def restore_trainer(
     env_state = {k[len("env/") :]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
     if trainer.env.saveable and env_state and info["env_saved"]:
         trainer.env.set_state(env_state)
-        trainer.obs = Step(*(tensors[f"obs/{key}"].numpy() for key in Step._fields))
+        trainer.obs = Step(_observation(tensors), *(tensors[f"obs/{field}"].numpy() for field in Step._fields[1:]))
         latent = State(*(tensors[f"act/{key}"].to(device) for key in ("deter", "stoch", "logits")))
         trainer.act_state = ActState(latent, tensors["act/action"].to(device))
         trainer.episodes_running.ret = tensors["episode/return"].numpy().copy()
@@ -97,6 +100,13 @@ def restore_trainer(
         return True
     trainer.obs = None  # run() starts new episodes, storing their first frames like any other step
     return False
+
+
+def _observation(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The last observation's arrays; checkpoints written before observations were dicts hold the image alone."""
+    if "obs/obs" in tensors:
+        return {"image": tensors["obs/obs"].numpy()}
+    return {k[len("obs/obs/") :]: v.numpy() for k, v in tensors.items() if k.startswith("obs/obs/")}
 
 
 def _bytes_tensor(text: str) -> torch.Tensor:

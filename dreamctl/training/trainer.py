@@ -83,8 +83,8 @@ class Trainer:
         self.hooks = hooks or Hooks()
         self.rng = seed_everything(cfg.train.seed)
         spec = env.spec
-        self.agent = Agent(cfg, spec.obs_shape, spec.action_dim, spec.discrete, device, amp_dtype)
-        self.replay = Replay(cfg.train.replay_capacity, env.num_envs, spec.obs_shape, spec.action_dim, spec.discrete)
+        self.agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, device, amp_dtype)
+        self.replay = Replay(cfg.train.replay_capacity, env.num_envs, spec.obs_space, spec.action_dim, spec.discrete)
         n = env.num_envs
         self.env_steps = self.updates = self.episodes = 0
         self.wall_time = 0.0
@@ -142,7 +142,7 @@ class Trainer:
                 stored = np.where(step.is_first[:, None], 0.0, action).astype(np.float32)
         self.replay.add(
             {
-                "image": step.obs,
+                **step.obs,
                 "action": stored,
                 "reward": step.reward,
                 "is_first": step.is_first,

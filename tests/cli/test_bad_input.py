@@ -46,7 +46,7 @@ CASES = [
     ("cuda without gpu", ["train", "catch", "--device", "cuda"], 2, "no CUDA GPU"),
     ("fp16 on cpu", ["train", "catch", "--precision", "16", "--device", "cpu"], 2, "precision 16 needs"),
     ("gym id missing", ["train", "gym:NoSuchEnv-v0"], 2, "could not be made"),
-    ("gym renderer missing", ["train", "gym:CartPole-v1"], 2, "rendering its frames failed"),
+    ("no key selected", ["train", "gym:CartPole-v1", "--set", "env.mlp_keys=^$"], 2, "no observation of gym:Cart"),
     ("unknown option", ["list", "--colour"], 2, "No such option"),
     (
         "replay beyond memory",

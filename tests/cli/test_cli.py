@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import BASH_COMPLETION_ENV, fast_args, run_cli
 
+from dreamctl.runs.registry import SCHEMA_VERSION
+
 
 def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -44,7 +46,7 @@ def test_train_creates_a_complete_run(trained):
     run = home / "runs" / "run-1"
     meta = yaml.safe_load((run / "run.yaml").read_text())
     assert meta["status"] == "finished" and meta["name"] == "first" and meta["env"] == "catch"
-    assert meta["preset"] == "debug" and meta["seed"] == 3 and meta["schema_version"] == 1
+    assert meta["preset"] == "debug" and meta["seed"] == 3 and meta["schema_version"] == SCHEMA_VERSION
     assert meta["progress"]["env_steps"] == 400 and meta["progress"]["updates"] > 0
     assert meta["config"]["train"]["steps"] == 400 and meta["config"]["env"]["name"] == "catch"
     assert {"torch", "numpy", "python"} <= set(meta["versions"]) and meta["device"] == "cpu"
@@ -85,8 +87,10 @@ def test_list_eval_imagine_then_resume(trained, tmp_path):
         "min",
         "max",
         "human_normalized",
+        "reward_threshold",
     }
     assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["human_normalized"] is None
+    assert result["reward_threshold"] is None
     assert all(-10 <= r <= 10 for r in result["returns"])
 
     video = tmp_path / "dream.mp4"

@@ -15,7 +15,7 @@ def test_one_paper_config_update_on_real_pong_frames_is_finite():
     assert batch["image"].shape == (16, 50, 64, 64, 1) and batch["image"].dtype == torch.uint8
     assert batch["image"].float().std() > 0
     torch.manual_seed(0)
-    agent = Agent(cfg, (64, 64, 1), 6, True)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 6, True)
     before = [p.detach().clone() for p in agent.world_model.parameters()]
     metrics = agent.train_step(batch)
     for key in ("loss/image", "loss/reward", "loss/discount", "loss/kl", "loss/model", "loss/actor", "loss/critic"):
@@ -58,6 +58,6 @@ def test_run_yaml_of_a_pong_run_holds_every_protocol_setting(home):
         "reward_clip": False,
     }
     assert {k: env[k] for k in PROTOCOL_KEYS} == expected
-    assert meta["env_spec"] == {"obs_shape": [64, 64, 1], "action_dim": 6, "discrete": True, "action_repeat": 4}
+    assert meta["env_spec"] == {"obs": {"image": [64, 64, 1]}, "action_dim": 6, "discrete": True, "action_repeat": 4}
     assert meta["progress"]["env_steps"] == 200 and meta["progress"]["frames"] == 800
     assert meta["status"] == "finished"

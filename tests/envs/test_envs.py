@@ -41,9 +41,9 @@ def test_gamer_normalised_score():
 
 def run_random(env, steps, seed=0):
     rng = np.random.default_rng(seed)
-    frames = [env.reset().obs]
+    frames = [env.reset().obs["image"]]
     for _ in range(steps - 1):
-        frames.append(env.step(rng.integers(0, env.spec.action_dim, env.num_envs)).obs)
+        frames.append(env.step(rng.integers(0, env.spec.action_dim, env.num_envs)).obs["image"])
     return np.stack(frames)
 
 
@@ -73,13 +73,14 @@ def test_catch_is_deterministic_and_its_state_round_trips():
     b.set_state(a.get_state())
     for _ in range(100):
         sa, sb = a.step(np.array([2, 1])), b.step(np.array([2, 1]))
-        assert all(np.array_equal(x, y) for x, y in zip(sa, sb))
+        assert np.array_equal(sa.obs["image"], sb.obs["image"])
+        assert all(np.array_equal(x, y) for x, y in zip(sa[1:], sb[1:]))
 
 
 def test_catch_follows_the_next_step_autoreset_rule():
     env = Catch(1, seed=0)
     first = env.reset()
-    assert first.is_first.all() and first.obs.shape == (1, 64, 64, 1) and first.obs.dtype == np.uint8
+    assert first.is_first.all() and first.obs["image"].shape == (1, 64, 64, 1) and first.obs["image"].dtype == np.uint8
     lasts = []
     for _ in range(71):
         step = env.step(np.array([1]))
@@ -98,8 +99,8 @@ def test_atari_presets_build_the_published_pong_protocol(preset, channels, stick
     env = make_env(cfg.env, seed=0)
     try:
         step = env.reset()
-        assert env.spec.obs_shape == (64, 64, channels)
-        assert step.obs.shape == (1, 64, 64, channels) and step.obs.dtype == np.uint8
+        assert env.spec.obs_space == {"image": (64, 64, channels)}
+        assert step.obs["image"].shape == (1, 64, 64, channels) and step.obs["image"].dtype == np.uint8
         assert env.spec.action_dim == 6 and env.spec.discrete
         ale = env.env
         assert ale.single_action_space.n == 6

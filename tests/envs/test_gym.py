@@ -1,4 +1,5 @@
-"""`gym:<id>` trains any Gymnasium env with pixels, registered here inside the test."""
+"""`gym:<id>` trains any Gymnasium env whose observations are images, vectors or a dict of them; the envs are
+registered here inside the test."""
 
 import json
 
@@ -43,15 +44,53 @@ class PixelGrid(gym.Env):
         return frame
 
 
-class NoPixels(gym.Env):
+class Drift(gym.Env):
+    """A point pushed along a line: (position, velocity) as a vector, or a dict of a 16x16 screen, that vector and
+    a Discrete flag named like a replay field; reward for staying near 0."""
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode=None, dict_obs=False):
+        self.render_mode, self.dict_obs = render_mode, dict_obs
+        vector = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
+        screen = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+        self.observation_space = (gym.spaces.Dict({"screen": screen, "position": vector,
+                                                   "reward": gym.spaces.Discrete(2)}) if dict_obs else vector)
+        self.action_space = gym.spaces.Discrete(3)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.v, self.t = float(self.np_random.uniform(-1, 1)), 0.0, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.v += 0.1 * (int(action) - 1)
+        self.x += self.v
+        self.t += 1
+        return self._obs(), -abs(self.x), abs(self.x) > 5, self.t >= 30, {}
+
+    def render(self):
+        frame = np.zeros((32, 32, 3), np.uint8)
+        frame[16, int(np.clip((self.x + 5) * 3.1, 0, 31))] = 255
+        return frame
+
+    def _obs(self):
+        vector = np.array([self.x, self.v], np.float32)
+        if not self.dict_obs:
+            return vector
+        return {"screen": self.render()[::2, ::2], "position": vector, "reward": int(self.x > 0)}
+
+
+class Talker(gym.Env):
     metadata = {"render_modes": []}
-    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    observation_space = gym.spaces.Text(8)
     action_space = gym.spaces.Discrete(2)
 
 
 gym.register("PixelGrid-v0", entry_point=PixelGrid)
 gym.register("PixelDrive-v0", entry_point=PixelGrid, kwargs={"continuous": True})
-gym.register("NoPixels-v0", entry_point=NoPixels)
+gym.register("Drift-v0", entry_point=Drift)
+gym.register("DriftDict-v0", entry_point=Drift, kwargs={"dict_obs": True})
+gym.register("Talker-v0", entry_point=Talker)
 '''
 
 
@@ -69,7 +108,7 @@ def test_train_a_registered_pixel_env_through_the_cli(env_module, home, env_id, 
     run_cli("train", name, "--preset", "debug", "--steps", "300", *fast_args(), home=home, env=env_module, check=True)
     meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
     assert meta["status"] == "finished" and meta["env"] == name
-    assert meta["env_spec"]["obs_shape"] == [64, 64, 1] and meta["env_spec"]["discrete"] is discrete
+    assert meta["env_spec"]["obs"] == {"image": [64, 64, 1]} and meta["env_spec"]["discrete"] is discrete
     assert meta["env_spec"]["action_dim"] == (4 if discrete else 2)
     assert meta["progress"]["updates"] > 0
     result = json.loads(
@@ -78,7 +117,61 @@ def test_train_a_registered_pixel_env_through_the_cli(env_module, home, env_id, 
     assert result["episodes"] == 2
 
 
-def test_env_without_pixels_is_refused_with_the_reason(env_module, home):
-    proc = run_cli("train", "gym:pixelenvs:NoPixels-v0", "--preset", "debug", home=home, env=env_module)
+def test_cartpole_trains_on_its_state_vector_and_imagine_draws_one_panel_per_dimension(home, tmp_path):
+    import matplotlib.image
+
+    run_cli("train", "gym:CartPole-v1", "--preset", "debug", "--steps", "300", *fast_args(), home=home, check=True)
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["status"] == "finished" and meta["env_spec"]["obs"] == {"state": [4]}
+    assert meta["progress"]["updates"] > 0
+    logged = [json.loads(line) for line in (home / "runs" / "run-1" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/state" in entry for entry in logged) and not any("loss/image" in entry for entry in logged)
+    result = json.loads(run_cli("eval", "latest", "--episodes", "2", "--json", home=home, check=True).stdout)
+    assert result["episodes"] == 2 and all(1 <= r <= 500 for r in result["returns"])
+    assert result["reward_threshold"] == 475.0  # Gymnasium's "solved" return for CartPole-v1
+    figure = tmp_path / "dream.png"
+    proc = run_cli("imagine", "latest", "--out", str(figure), "--horizon", "10", home=home, check=True)
+    assert f"wrote {figure}" in proc.stdout
+    image = matplotlib.image.imread(figure)
+    assert image.shape[:2] == (40 + 140 * 4, 800)  # one 1.4-inch panel per dimension of the 4-vector, at 100 dpi
+    proc = run_cli("eval", "latest", "--video", str(tmp_path / "play.mp4"), home=home)
+    assert proc.returncode == 2 and "observes no images" in proc.stderr
+
+
+def test_a_dict_env_with_an_image_and_vectors_trains_through_the_cli(env_module, home):
+    name = "gym:pixelenvs:DriftDict-v0"
+    run_cli("train", name, "--preset", "debug", "--steps", "300", *fast_args(), home=home, env=env_module, check=True)
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["env_spec"]["obs"] == {"screen": [64, 64, 1], "position": [2], "obs_reward": [2]}
+    logged = [json.loads(line) for line in (home / "runs" / "run-1" / "metrics.jsonl").read_text().splitlines()]
+    assert any({"loss/screen", "loss/position", "loss/obs_reward"} <= set(entry) for entry in logged)
+    out = home / "dream.gif"
+    run_cli("imagine", "latest", "--out", str(out), "--horizon", "5", home=home, env=env_module, check=True)
+    assert out.stat().st_size > 0
+
+
+def test_dry_run_lists_each_observation_and_the_encoder_that_reads_it(env_module, home):
+    name = "gym:pixelenvs:Drift-v0"
+    proc = run_cli("train", name, "--set", "env.render_pixels=true", "--dry-run", home=home, env=env_module)
+    assert proc.returncode == 0, proc.stderr
+    assert "# observation state: float32 vector [2], read by the MLP encoder" in proc.stdout
+    assert "# observation image: uint8 image [64, 64, 1], read by the conv encoder" in proc.stdout
+    assert proc.stderr == ""  # rendering is headless and says nothing
+    proc = run_cli("train", name, "--set", "env.mlp_keys=^$", "--dry-run", home=home, env=env_module)
+    assert proc.returncode == 2 and "no observation of gym:pixelenvs:Drift-v0 (state [2]) matches" in proc.stderr
+    assert not home.exists()
+
+
+def test_rendering_a_classic_control_env_is_headless_and_prints_nothing(home):
+    """SDL would print errors about XDG_RUNTIME_DIR without a display; dreamctl gives it its dummy drivers."""
+    env = {"XDG_RUNTIME_DIR": "", "SDL_VIDEODRIVER": "", "SDL_AUDIODRIVER": ""}
+    proc = run_cli("train", "gym:Pendulum-v1", "--set", "env.render_pixels=true", "--dry-run", home=home, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "# observation image: uint8 image [64, 64, 1], read by the conv encoder" in proc.stdout
+
+
+def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(env_module, home):
+    proc = run_cli("train", "gym:pixelenvs:Talker-v0", "--preset", "debug", home=home, env=env_module)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "neither observes images" in proc.stderr and not home.exists()
+    assert "is a Text space" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not home.exists()

@@ -125,12 +125,14 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
 
     monkeypatch.setattr(linear_module, "_OP", counting)
     cfg = tiny_config()
-    agent = Agent(cfg, (64, 64, 1), 3, True)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     batch = random_batch(cfg)
     agent.train_step(batch)
     assert calls["n"] > 50
     before = calls["n"]
-    agent.policy(batch["image"][:, 0], batch["is_first"][:, 0].bool(), agent.initial_act_state(cfg.train.batch_size))
+    agent.policy(
+        {"image": batch["image"][:, 0]}, batch["is_first"][:, 0].bool(), agent.initial_act_state(cfg.train.batch_size)
+    )
     assert calls["n"] > before
     with use_onednn(False):
         before = calls["n"]
@@ -141,16 +143,16 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
 def test_weight_layouts_kept_for_acting_follow_every_change_of_the_weights():
     """Acting keeps re-laid-out weights between calls; an optimiser step or a load must replace them."""
     torch.manual_seed(0)
-    agent = Agent(tiny_config(), (64, 64, 1), 3, True)
+    agent = Agent(tiny_config(), {"image": (64, 64, 1)}, 3, True)
     obs = torch.randint(0, 255, (2, 64, 64, 1), dtype=torch.uint8)
     first = torch.ones(2, dtype=torch.bool)
 
     def act_twice():
         torch.manual_seed(1)
-        kept = agent.policy(obs, first, agent.initial_act_state(2))[1].latent.logits
+        kept = agent.policy({"image": obs}, first, agent.initial_act_state(2))[1].latent.logits
         torch.manual_seed(1)
         with torch.enable_grad():  # while gradients are recorded nothing is kept: every layout is made afresh
-            fresh = agent.policy.__wrapped__(agent, obs, first, agent.initial_act_state(2))
+            fresh = agent.policy.__wrapped__(agent, {"image": obs}, first, agent.initial_act_state(2))
         return kept, fresh[1].latent.logits.detach()
 
     kept, fresh = act_twice()
@@ -161,7 +163,7 @@ def test_weight_layouts_kept_for_acting_follow_every_change_of_the_weights():
     after_step, fresh = act_twice()
     assert not torch.equal(after_step, kept)
     torch.testing.assert_close(after_step, fresh, rtol=1e-6, atol=1e-6)
-    agent.load_state_dict(Agent(tiny_config(), (64, 64, 1), 3, True).state_dict())
+    agent.load_state_dict(Agent(tiny_config(), {"image": (64, 64, 1)}, 3, True).state_dict())
     after_load, fresh = act_twice()
     assert not torch.equal(after_load, after_step)
     torch.testing.assert_close(after_load, fresh, rtol=1e-6, atol=1e-6)

@@ -121,7 +121,7 @@ def test_gathers_are_taken_in_float32_on_the_cpu_outside_autocast_only():
 def test_imagination_hands_its_heads_one_hot_features_only_where_gathers_are_taken():
     torch.manual_seed(0)
     cfg = tiny_config()
-    agent = Agent(cfg, (64, 64, 1), 3, True)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     batch = random_batch(cfg)
     with torch.no_grad():
         post = agent.world_model.loss(batch).post

@@ -31,18 +31,18 @@ def _backward_only(self: Optimizer, loss: torch.Tensor) -> torch.Tensor:
 def test_update_and_policy_read_nothing_back_to_the_host(monkeypatch, preset, discrete):
     monkeypatch.setattr(Optimizer, "step", _backward_only)
     cfg = tiny_config() if preset == "tiny" else load_config(preset, ["env.name=pong"])
-    agent = Agent(cfg, (64, 64, 1), 3, discrete, device="meta")
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, discrete, device="meta")
     sample = {key: value.numpy() for key, value in random_batch(cfg).items()}
     if discrete:
         sample["action"] = sample["action"].argmax(-1).astype(np.int32)  # as the replay stores it
-    batch = Replay(100, 1, (64, 64, 1), 3, discrete).to_torch(sample, agent.device)
+    batch = Replay(100, 1, {"image": (64, 64, 1)}, 3, discrete).to_torch(sample, agent.device)
     for _ in range(2):
         metrics = agent.train_step(batch)
     assert metrics["loss/model"].device.type == "meta" and metrics["loss/actor"].shape == ()
 
     state = agent.initial_act_state(4)
     obs = torch.zeros(4, 64, 64, 1, dtype=torch.uint8, device="meta")
-    action, state = agent.policy(obs, torch.ones(4, dtype=torch.bool, device="meta"), state)
+    action, state = agent.policy({"image": obs}, torch.ones(4, dtype=torch.bool, device="meta"), state)
     assert action.shape == (4, 3) and action.device.type == "meta"
 
 

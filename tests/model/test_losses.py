@@ -104,7 +104,7 @@ def test_slow_critic_schedule_continues_from_a_loaded_count():
 def _imagined_losses(rho_setting: str):
     torch.manual_seed(0)
     cfg = tiny_config(f"behavior.actor_grad={rho_setting}")
-    agent = Agent(cfg, (64, 64, 1), 3, True)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     batch = random_batch(cfg)
     with torch.no_grad():
         post = agent.world_model.loss(batch).post
@@ -159,7 +159,7 @@ def test_returns_read_the_heads_only_where_the_equations_do():
 def test_one_update_changes_each_module_only_through_its_own_optimiser():
     torch.manual_seed(0)
     cfg = tiny_config()
-    agent = Agent(cfg, (64, 64, 1), 3, True)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     names = {name: set(id(p) for p in opt.params) for name, opt in agent.optimizers.items()}
     assert not (names["model"] & names["actor"]) and not (names["actor"] & names["critic"])
     assert set(id(p) for p in agent.behavior.actor.parameters()) == names["actor"]
@@ -230,7 +230,7 @@ def test_world_model_loss_adds_its_terms_with_their_scales():
     cfg = tiny_config(
         "model.kl_scale=0.1", "model.discount_scale=5.0", "model.reward_scale=1.0", "model.reward_transform=tanh"
     )
-    agent = Agent(cfg, (64, 64, 1), 3, True)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     out = agent.world_model.loss(random_batch(cfg))
     m = out.metrics
     expected = m["loss/image"] + m["loss/reward"] + 5.0 * m["loss/discount"] + 0.1 * m["loss/kl"]

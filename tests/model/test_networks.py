@@ -15,7 +15,7 @@ from dreamctl.model.networks import MLP, Decoder, Encoder, LayerNormGRUCell
 @pytest.fixture(scope="module")
 def atari_agent():
     torch.manual_seed(0)
-    return Agent(load_config("atari"), (64, 64, 1), 6, True)
+    return Agent(load_config("atari"), {"image": (64, 64, 1)}, 6, True)
 
 
 def count(module):
@@ -161,15 +161,15 @@ def test_encoder_under_bf16_autocast_agrees_with_the_exact_layers():
 def test_on_the_cpu_a_bf16_run_acts_in_float32():
     """Acting takes the float32 weights as they are (autocast would cast them again at every step)."""
     torch.manual_seed(0)
-    exact = Agent(tiny_config(), (64, 64, 1), 3, True)
-    bf16 = Agent(tiny_config("run.precision=bf16"), (64, 64, 1), 3, True)
+    exact = Agent(tiny_config(), {"image": (64, 64, 1)}, 3, True)
+    bf16 = Agent(tiny_config("run.precision=bf16"), {"image": (64, 64, 1)}, 3, True)
     bf16.load_state_dict(exact.state_dict())
     obs = torch.randint(0, 256, (4, 64, 64, 1), dtype=torch.uint8)
     first = torch.ones(4, dtype=torch.bool)
     decisions = []
     for agent in (exact, bf16):
         torch.manual_seed(1)
-        decisions.append(agent.policy(obs, first, agent.initial_act_state(4)))
+        decisions.append(agent.policy({"image": obs}, first, agent.initial_act_state(4)))
     (action, state), (action_bf16, state_bf16) = decisions
     assert state_bf16.latent.logits.dtype == torch.float32
     assert torch.equal(state_bf16.latent.logits, state.latent.logits) and torch.equal(action_bf16, action)

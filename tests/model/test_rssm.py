@@ -43,7 +43,7 @@ def test_is_first_resets_state_and_action():
 def test_image_loss_is_summed_over_pixels_and_averaged_over_batch_and_time(monkeypatch):
     torch.manual_seed(0)
     cfg = tiny_config()
-    wm = Agent(cfg, (64, 64, 1), 3, True).world_model
+    wm = Agent(cfg, {"image": (64, 64, 1)}, 3, True).world_model
     b, t = 2, 3
     image = torch.randint(0, 256, (b, t, 64, 64, 1), dtype=torch.uint8)
     batch = {

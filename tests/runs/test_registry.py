@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
 from dreamctl.runs.fileio import atomic_write_bytes
-from dreamctl.runs.registry import Registry, default_home
+from dreamctl.runs.registry import CHECKPOINT_FORMAT, SCHEMA_VERSION, Registry, default_home
 
 
 def make_run(home, name=None):
@@ -93,20 +93,21 @@ def test_files_written_by_a_newer_dreamctl_are_refused_in_one_sentence_naming_bo
     run = make_run(home)
     entry = run.save_checkpoint({"a": torch.zeros(2)}, {}, step=100, extra={})
     assert run.load_checkpoint(entry)[1] == {}  # the format version is the registry's, not the caller's
-    newer = save({"a": torch.zeros(2)}, metadata={"format_version": "2"})
+    newer = save({"a": torch.zeros(2)}, metadata={"format_version": str(CHECKPOINT_FORMAT + 1)})
     (run.path / entry["file"]).write_bytes(newer)
     run.update(lambda m: m["checkpoints"][0].update(sha256=sha256_bytes(newer), bytes=len(newer)))
-    with pytest.raises(
-        DreamctlError, match=r"written by a newer dreamctl \(format version 2; this dreamctl reads up to 1\)"
-    ):
+    newer_format = rf"format version {CHECKPOINT_FORMAT + 1}; this dreamctl reads up to {CHECKPOINT_FORMAT}\)"
+    with pytest.raises(DreamctlError, match=rf"written by a newer dreamctl \({newer_format}"):
         run.load_checkpoint(run.find_checkpoint(100))
-    run.update(lambda m: m.update(schema_version=2))
+    run.update(lambda m: m.update(schema_version=SCHEMA_VERSION + 1))
     with pytest.raises(
-        DreamctlError, match=r"run.yaml was written by a newer dreamctl \(schema version 2; this dreamctl"
+        DreamctlError,
+        match=rf"run.yaml was written by a newer dreamctl \(schema version {SCHEMA_VERSION + 1}; this dreamctl",
     ):
         run.meta()
     proc = run_cli("eval", "run-1", home=home)
-    assert proc.returncode == 1 and "schema version 2" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and f"schema version {SCHEMA_VERSION + 1}" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
