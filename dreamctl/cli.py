@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.exceptions import Abort, TyperException
 
 from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.terminal import ProgressView, err, finish, out, size_label, stop_signals
 
 app = typer.Typer(
     name="dreamctl",
@@ -27,87 +25,8 @@ app = typer.Typer(
     help="Train DreamerV2 agents from pixels and keep every run in a local registry.\n\n"
     "Example: [bold]dreamctl train catch --preset debug[/bold], then [bold]dreamctl eval latest[/bold].",
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
 HOME_HELP = "Registry root (default: $DREAMCTL_HOME, else $XDG_DATA_HOME/dreamctl, else ~/.local/share/dreamctl)."
 Home = typer.Option(None, "--home", help=HOME_HELP, show_default=False)
-
-
-def _run_signals() -> tuple[dict[str, int | None], Any]:
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once."""
-    caught: dict[str, int | None] = {"signal": None}
-
-    def handler(signum, _frame):
-        if caught["signal"] is not None:
-            raise KeyboardInterrupt
-        caught["signal"] = signum
-        err.print("[yellow]stopping after the current step and writing a checkpoint...[/yellow]")
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return caught, lambda: caught["signal"] is not None
-
-
-class ProgressView:
-    """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second."""
-
-    def __init__(self, console: Console):
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} steps"),
-            TextColumn("{task.fields[rates]}"),
-            TextColumn("return {task.fields[ret]}"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task: TaskID | None = None
-        self.last = 0.0
-        self.mark = (0.0, 0, 0)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def __call__(self, p) -> None:
-        now = time.monotonic()
-        if self.task is None:
-            self.task = self.bar.add_task("prefill", total=p.total_steps, completed=p.env_steps, rates="", ret="-")
-            self.mark = (now, p.env_steps, p.updates)
-        if now - self.last < 0.1 and p.env_steps < p.total_steps:
-            return
-        t0, s0, u0 = self.mark
-        rates = ""
-        if now - t0 > 1.0:
-            rates = f"{(p.env_steps - s0) / (now - t0):,.0f} steps/s, {(p.updates - u0) / (now - t0):.1f} upd/s"
-        ret = "-" if p.last_return is None else f"{p.last_return:g}"
-        self.bar.update(
-            self.task, completed=p.env_steps, description="prefill" if p.prefill else "train", rates=rates, ret=ret
-        )
-        self.last = now
-
-
-def _finish(outcome, caught, verb: str) -> None:
-    run = outcome.run
-    if not outcome.finished:
-        code = 130 if caught["signal"] == signal.SIGINT else 143
-        err.print(
-            f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
-            f"`dreamctl resume {run.ref}`."
-        )
-        raise typer.Exit(code)
-    ret = "-" if outcome.last_return is None else f"{outcome.last_return:g}"
-    out.print(f"[green]{run.ref}[/green] {verb} {outcome.env_steps:,} agent steps; last episode return {ret}.")
-    out.print(f"Files: {run.path}")
-    out.print(
-        f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"
-        f" · [bold]dreamctl resume {run.ref} --steps N[/bold]"
-    )
 
 
 @app.command()
@@ -170,7 +89,7 @@ def train(
         lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
     )
 
-    caught, should_stop = _run_signals()
+    caught, should_stop = stop_signals()
     with ProgressView(out) as view:
         outcome = runs.train(
             cfg,
@@ -182,7 +101,7 @@ def train(
             should_stop=should_stop,
             on_created=lambda r: out.print(f"Training [green]{r.ref}[/green] in {r.path}"),
         )
-    _finish(outcome, caught, "trained")
+    finish(outcome, caught, "trained")
 
 
 def _dry_run(cfg) -> None:
@@ -237,12 +156,12 @@ def resume(
     from dreamctl.runs import lifecycle as runs
 
     sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
-    caught, should_stop = _run_signals()
+    caught, should_stop = stop_signals()
     with ProgressView(out) as view:
         outcome = runs.resume(
             run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view, should_stop=should_stop
         )
-    _finish(outcome, caught, "reached")
+    finish(outcome, caught, "reached")
 
 
 def _check_run(ref: str, home: Path | None) -> None:
@@ -411,18 +330,10 @@ def list_(
             "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
             "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
             r["updated"][:16].replace("T", " "),
-            _size(r["disk_bytes"]),
+            size_label(r["disk_bytes"]),
         )
     # A pipe has no width; do not squeeze the table into rich's default of 80 columns.
     (out if out.is_terminal else Console(width=240)).print(table)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @app.command()
