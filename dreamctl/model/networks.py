@@ -114,17 +114,19 @@ class Decoder(nn.Module):
         return x.reshape(*batch, *x.shape[1:])
 
 
+def elu_layers(in_dim: int, layers: int, units: int) -> nn.Sequential:
+    """`layers` Linear+ELU layers of `units` (no norm, as in the paper); as many as there are, the MLPs' body."""
+    dims = [in_dim] + [units] * layers
+    return nn.Sequential(*[m for a, b in itertools.pairwise(dims) for m in (Linear(a, b), nn.ELU())])
+
+
 class MLP(nn.Module):
     """`layers` hidden Linear+ELU layers of `units`, then a linear output (no norm, as in the paper)."""
 
     def __init__(self, in_dim: int, out_dim: int, layers: int, units: int):
         super().__init__()
-        dims = [in_dim] + [units] * layers
-        body: list[nn.Module] = []
-        for a, b in itertools.pairwise(dims):
-            body += [Linear(a, b), nn.ELU()]
-        self.body = nn.Sequential(*body)
-        self.out = Linear(dims[-1], out_dim)
+        self.body = elu_layers(in_dim, layers, units)
+        self.out = Linear(units if layers else in_dim, out_dim)
         init_keras_(self)
 
     def forward(self, x: Feature) -> Tensor:
@@ -137,9 +139,8 @@ class VectorEncoder(nn.Module):
 
     def __init__(self, in_dim: int, layers: int, units: int):
         super().__init__()
-        dims = [in_dim] + [units] * layers
-        self.body = nn.Sequential(*[m for a, b in itertools.pairwise(dims) for m in (Linear(a, b), nn.ELU())])
-        self.out_dim = dims[-1]
+        self.body = elu_layers(in_dim, layers, units)
+        self.out_dim = units if layers else in_dim
         init_keras_(self)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,10 +154,9 @@ class VectorDecoder(nn.Module):
 
     def __init__(self, feat_dim: int, sizes: Mapping[str, int], layers: int, units: int):
         super().__init__()
-        dims = [feat_dim] + [units] * layers
-        self.body = nn.Sequential(*[m for a, b in itertools.pairwise(dims) for m in (Linear(a, b), nn.ELU())])
+        self.body = elu_layers(feat_dim, layers, units)
         self.keys = list(sizes)
-        self.heads = nn.ModuleList(Linear(dims[-1], sizes[key]) for key in self.keys)
+        self.heads = nn.ModuleList(Linear(units if layers else feat_dim, sizes[key]) for key in self.keys)
         init_keras_(self)
 
     def forward(self, feat: Tensor) -> dict[str, Tensor]:
