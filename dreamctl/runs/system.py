@@ -61,11 +61,12 @@ def versions() -> dict[str, str]:
 
 
 def estimate_memory(cfg: Config, obs_space: ObsSpace, params: int) -> dict[str, int]:
-    """Bytes the run will need: the full replay, the model with its optimiser state, one batch's activations."""
+    """Bytes the run will need: the replay (full, or as far as the run's steps fill it), the model with its optimiser
+    state, one batch's activations."""
     pixels = sum(int(np.prod(shape)) for shape in obs_space.values() if is_image(shape))
     vectors = sum(int(np.prod(shape)) for shape in obs_space.values() if not is_image(shape))
     step_bytes = pixels + 4 * vectors + 4 * 2 + 3
-    replay = cfg.train.replay_capacity * step_bytes
+    replay = min(cfg.train.replay_capacity, cfg.train.steps) * step_bytes
     model = params * MODEL_BYTES_PER_PARAM
     t, m = cfg.train, cfg.model
     steps = t.batch_size * t.batch_length
@@ -97,7 +98,7 @@ def preflight(cfg: Config, obs_space: ObsSpace, params: int) -> dict[str, int]:
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:
-        fitting = int(cfg.train.replay_capacity * have / need["total"] * 0.8)
+        fitting = int(min(cfg.train.replay_capacity, cfg.train.steps) * have / need["total"] * 0.8)
         suggestion = max(cfg.train.batch_length * cfg.env.num_envs, fitting)
         raise DreamctlError(
             f"this run needs about {need['total'] / 2**30:.1f} GiB (replay {need['replay'] / 2**30:.1f} GiB) but "

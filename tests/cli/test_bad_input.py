@@ -50,7 +50,7 @@ CASES = [
     ("unknown option", ["list", "--colour"], 2, "No such option"),
     (
         "replay beyond memory",
-        ["train", "catch", "--set", "train.replay_capacity=100000000000"],
+        ["train", "catch", "--steps", "100000000000", "--set", "train.replay_capacity=100000000000"],
         1,
         "lower train.replay_capacity",
     ),
