@@ -86,7 +86,7 @@ class SelectedKeys(BatchedEnv):
     """An env seen through the observation keys the model reads; everything else passes through."""
 
     def __init__(self, env: BatchedEnv, keys: list[str]):
-        self.env, self.keys, self.num_envs, self.saveable = env, keys, env.num_envs, env.saveable
+        self.env, self.keys, self.num_envs = env, keys, env.num_envs
         self.spec = EnvSpec(
             env.spec.name,
             {k: env.spec.obs_space[k] for k in keys},
@@ -94,6 +94,10 @@ class SelectedKeys(BatchedEnv):
             env.spec.discrete,
             env.spec.action_repeat,
         )
+
+    @property
+    def saveable(self) -> bool:  # type: ignore[override]
+        return self.env.saveable
 
     def reset(self) -> Step:
         return self._select(self.env.reset())

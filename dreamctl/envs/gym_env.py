@@ -14,7 +14,10 @@ Gymnasium's own warnings (its environment checker's) are silenced, so stderr car
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +26,7 @@ import numpy as np
 
 from dreamctl.config import EnvConfig
 from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, VectorEnvAdapter, convert_frames
+from dreamctl.envs.gym_state import Resumable, to_array
 from dreamctl.errors import UsageError
 
 
@@ -129,6 +133,21 @@ def _make(env_id: str, render_key: str | None, repeat: int) -> gym.Env:
     return ActionRepeat(env, repeat) if repeat > 1 else env
 
 
+def _copy(make: Callable[[], gym.Env], index: int) -> gym.Env:
+    return Resumable(make(), index)
+
+
+def _worker_copy(make: Callable[[], gym.Env], index: int) -> gym.Env:
+    """A copy in its own worker process, which leaves Ctrl-C and SIGTERM to the trainer: a terminal sends SIGINT to
+    the whole process group, and a worker that died of it could not give its state to the checkpoint the trainer
+    writes before it stops (the trainer closes the workers itself). AsyncVectorEnv also calls this once in the
+    trainer's own process, to read the spaces, where the signals must stay the trainer's."""
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return _copy(make, index)
+
+
 def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Space]:
     """Make the env once: the key for its rendered frame (None without `render_pixels`), and its observation and
     action spaces as the copies will have them; refuse, with the reason, what cannot work."""
@@ -169,14 +188,34 @@ def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Spa
 
 
 class GymEnv(VectorEnvAdapter):
+    """`num_envs` copies of `gym:<env_id>`, in worker processes when there are several."""
+
     def __init__(self, env_id: str, cfg: EnvConfig, num_envs: int, seed: int):
         super().__init__(num_envs, seed)
-        self.cfg = cfg
         render_key, obs_space, action_space = inspect(env_id, cfg)
-        self.layout = layout(obs_space, env_id, cfg)
         make = functools.partial(_make, env_id, render_key, cfg.action_repeat)
-        vector = gym.vector.AsyncVectorEnv if num_envs > 1 else gym.vector.SyncVectorEnv
-        self.env = vector([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        self._start(f"gym:{env_id}", layout(obs_space, env_id, cfg), action_space, make, cfg)
+
+    def _start(
+        self,
+        name: str,
+        keys: dict[str, Converter],
+        action_space: gym.Space,
+        make: Callable[[], gym.Env],
+        cfg: EnvConfig,
+        start_method: str | None = None,
+    ) -> None:
+        """Start the copies that `make` builds, observed through `keys`; `start_method` is multiprocessing's for the
+        worker processes (None: the platform's default, fork on Linux)."""
+        self.cfg, self.layout = cfg, keys
+        copy = _worker_copy if self.num_envs > 1 else _copy
+        copies = [functools.partial(copy, make, i) for i in range(self.num_envs)]
+        mode = gym.vector.AutoresetMode.NEXT_STEP
+        if self.num_envs > 1:
+            self.env = gym.vector.AsyncVectorEnv(copies, autoreset_mode=mode, context=start_method)
+        else:
+            self.env = gym.vector.SyncVectorEnv(copies, autoreset_mode=mode)
+        self.saveable = True  # until a copy's state turns out not to be saveable
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if isinstance(action_space, gym.spaces.Discrete):
             action_dim = int(action_space.n)
@@ -185,7 +224,20 @@ class GymEnv(VectorEnvAdapter):
             action_dim = int(action_space.shape[0])
             self.low, self.high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         obs = {key: converter.shape for key, converter in self.layout.items()}
-        self.spec = EnvSpec(f"gym:{env_id}", obs, action_dim, self.discrete, cfg.action_repeat)
+        self.spec = EnvSpec(name, obs, action_dim, self.discrete, cfg.action_repeat)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        if not self.saveable:
+            return {}
+        states = self.env.call("dreamctl_state")
+        if not all(states):
+            self.saveable = False
+            return {}
+        return {"last": self.last.copy(), **{f"copy{i}": to_array(state) for i, state in enumerate(states)}}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.env.call("dreamctl_restore", [state[f"copy{i}"].tobytes() for i in range(self.num_envs)])
+        self.last[:] = state["last"]
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         if self.discrete:

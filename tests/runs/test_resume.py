@@ -4,48 +4,17 @@ whether it stopped at a step count, by SIGINT, or was SIGKILLed at random moment
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
-from conftest import dreamctl_command, fast_args, run_cli
-from safetensors.torch import load_file
+from conftest import fast_args, run_cli
+from resume_checks import assert_identical, final_state, interrupt_then_resume, start, wait_for
 
 from dreamctl.runs.fileio import sha256_file
-from dreamctl.training.replay import decode_chunk
 
 ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
-
-
-def final_state(home: Path) -> tuple[dict, dict, dict]:
-    """Tensors and metadata of the run's last checkpoint, and its replay chunks, decoded."""
-    run = home / "runs" / "run-1"
-    meta = yaml.safe_load((run / "run.yaml").read_text())
-    entry = meta["checkpoints"][-1]
-    tensors = load_file(run / entry["file"])
-    chunks = {p.name: decode_chunk(p.read_bytes()) for p in sorted((run / "replay").glob("chunk-*.bin"))}
-    return tensors, meta, chunks
-
-
-def assert_identical(a_home: Path, b_home: Path) -> None:
-    a, a_meta, a_chunks = final_state(a_home)
-    b, b_meta, b_chunks = final_state(b_home)
-    assert a_meta["progress"]["env_steps"] == b_meta["progress"]["env_steps"]
-    assert a_meta["progress"]["updates"] == b_meta["progress"]["updates"]
-    assert set(a) == set(b)
-    groups = {key.split("/")[0] for key in a}
-    assert {"agent", "optim", "replay", "rng", "env", "act"} <= groups
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-        assert torch.equal(a[key], b[key]), key
-    assert set(a_chunks) == set(b_chunks)
-    for name in a_chunks:
-        for field in a_chunks[name]:
-            assert np.array_equal(a_chunks[name][field], b_chunks[name][field]), (name, field)
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +29,6 @@ def test_stop_at_a_step_count_then_resume_is_bitwise_identical(uninterrupted, tm
     run_cli(*ARGS, "--steps", "300", home=home, check=True)
     run_cli("resume", "run-1", "--steps", "600", home=home, check=True)
     assert_identical(uninterrupted, home)
-
-
-def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: float) -> None:
-    """Start a run, SIGINT it at a random moment after its first log line, check how it stopped, resume it."""
-    proc = start(args + ["--steps", str(steps)], home)
-    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
-    time.sleep(random.Random().uniform(0.0, max_delay))
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
-    if proc.returncode == 0:
-        pytest.fail("the run finished before the signal arrived; lengthen it")
-    assert proc.returncode == 130, err
-    assert "dreamctl resume run-1" in err and "Traceback" not in err
-    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
-    assert meta["status"] == "interrupted" and 0 < meta["progress"]["env_steps"] < steps
-    assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"]
-    run_cli("resume", "run-1", "--steps", str(steps), home=home, timeout=20 * 60, check=True)
 
 
 def test_sigint_at_an_arbitrary_moment_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
@@ -132,20 +84,6 @@ def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
         assert sha256_file(run_dir / entry["file"]) == entry["sha256"]
 
 
-def start(args, home):
-    env = {**os.environ, "DREAMCTL_HOME": str(home)}
-    return subprocess.Popen(
-        dreamctl_command() + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-
-
-def wait_for(path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
-
-
 def listed_steps(run_dir: Path) -> int:
     """The step of the run's newest listed checkpoint (0 before the first)."""
     checkpoints = yaml.safe_load((run_dir / "run.yaml").read_text()).get("checkpoints") or [{"step": 0}]
@@ -174,3 +112,32 @@ def wait_for_new_temp_checkpoint(run_dir: Path, proc, stale: set[str], timeout: 
         if temp_checkpoints(run_dir) - stale:
             return True
     return False
+
+
+VECTOR_ARGS = ["train", "gym:CartPole-v1", "--preset", "vector", "--seed", "2", *fast_args()]
+VECTOR_ARGS += ["--set", "env.num_envs=2", "--set", "train.train_every=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_vector(tmp_path_factory):
+    home = tmp_path_factory.mktemp("whole_vector") / "home"
+    run_cli(*VECTOR_ARGS, "--steps", "600", home=home, check=True)
+    return home
+
+
+def test_a_vector_run_600_steps_in_one_go_equal_300_then_resume(uninterrupted_vector, tmp_path):
+    """CartPole's copies (worker processes) are saved mid-episode, so the resumed run continues their episodes."""
+    home = tmp_path / "home"
+    run_cli(*VECTOR_ARGS, "--steps", "300", home=home, check=True)
+    run_cli("resume", "run-1", "--steps", "600", home=home, check=True)
+    assert_identical(uninterrupted_vector, home)
+    tensors, meta, _ = final_state(home)
+    assert {"env/copy0", "env/copy1", "env/last"} <= set(tensors) and meta["progress"]["updates"] > 0
+
+
+def test_ctrl_c_reaching_the_env_workers_too_still_resumes_bitwise(uninterrupted_vector, tmp_path):
+    """The workers leave the terminal's SIGINT to the trainer (they would print its message and, at a second Ctrl-C,
+    die before giving their state to the last checkpoint)."""
+    err = interrupt_then_resume(VECTOR_ARGS, 600, tmp_path / "home", max_delay=1.0)
+    assert err.count("stopping after the current step") == 1, err
+    assert_identical(uninterrupted_vector, tmp_path / "home")
