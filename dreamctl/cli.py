@@ -37,7 +37,8 @@ def train(
         "--preset",
         "-p",
         show_default=False,
-        help="Preset name (atari, atari100k, debug) or a YAML file. Default: atari for Atari games, debug otherwise.",
+        help="Preset name (atari, atari100k, debug, dmc, vector) or a YAML file. Default: atari for Atari games, "
+        "dmc for dmc: tasks, vector for envs without images, debug otherwise.",
     ),
     steps: Optional[int] = typer.Option(
         None,
@@ -66,11 +67,10 @@ def train(
     Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
     """
     from dreamctl.config import load_config
-    from dreamctl.envs import resolve
+    from dreamctl.envs import observes_images, resolve
     from dreamctl.envs.names import is_atari
 
     game = resolve(env)
-    preset = preset or ("atari" if is_atari(game) else "debug")
     sets = [f"env.name={game}"] + list(overrides or [])
     for key, value in (
         ("train.steps", steps),
@@ -80,10 +80,14 @@ def train(
     ):
         if value is not None:
             sets.append(f"{key}={value}")
+    if preset is None:
+        preset = "atari" if is_atari(game) else "dmc" if game.startswith("dmc:") else "debug"
+        if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
+            preset = "vector"
     cfg = load_config(preset, sets)
     preset_label = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
     if dry_run:
-        _dry_run(cfg)
+        _dry_run(cfg, preset_label)
         return
     from dreamctl.runs import (
         lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
@@ -104,7 +108,7 @@ def train(
     finish(outcome, caught, "trained")
 
 
-def _dry_run(cfg) -> None:
+def _dry_run(cfg, preset: str) -> None:
     import yaml
 
     from dreamctl.envs import encoder_of, make_env, no_key_selected
@@ -120,6 +124,7 @@ def _dry_run(cfg) -> None:
     if not seen:
         raise no_key_selected(spec, cfg.env)
     params = parameter_count(cfg, seen, spec.action_dim, spec.discrete)
+    out.print(f"# preset {preset}", markup=False)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
     for key, shape in spec.obs_space.items():
         kind = "uint8 image" if len(shape) == 3 else "float32 vector"
@@ -342,12 +347,15 @@ def envs(home: Optional[Path] = Home) -> None:
 
     Example: [bold]dreamctl envs[/bold]
     """
+    from dreamctl.envs.names import DMC_TASKS
     from dreamctl.scores import table as scores
 
     out.print(
         "catch (built in), gym:<id> (any installed Gymnasium env with image, vector or Dict observations), "
-        "and the Atari games:"
+        "the DeepMind Control Suite's tasks (the dmc extra):"
     )
+    out.print(", ".join(f"dmc:{domain}_{task}" for domain, task in DMC_TASKS), highlight=False)
+    out.print("and the Atari games:")
     out.print(", ".join(sorted(scores())), highlight=False)
 
 

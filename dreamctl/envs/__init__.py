@@ -16,6 +16,7 @@ __all__ = [
     "is_image",
     "make_env",
     "no_key_selected",
+    "observes_images",
     "resolve",
 ]
 
@@ -32,6 +33,18 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: 
         env.close()
         raise no_key_selected(env.spec, cfg)
     return env if len(keys) == len(space) else SelectedKeys(env, keys)
+
+
+def observes_images(cfg: EnvConfig) -> bool:
+    """Whether the env that cfg.name names has an image among its observations (what picks a default preset)."""
+    name = resolve(cfg.name)
+    if not name.startswith("gym:"):
+        return True  # catch, Atari and the DeepMind Control Suite are seen from pixels
+    from dreamctl.envs.gym_env import inspect, layout
+
+    env_id = name[len("gym:") :]
+    _, space, _ = inspect(env_id, cfg)
+    return any(converter.kind == "image" for converter in layout(space, env_id, cfg).values())
 
 
 def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
@@ -53,6 +66,11 @@ def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
         from dreamctl.envs.gym_env import GymEnv
 
         return GymEnv(name[len("gym:") :], cfg, num_envs, seed)
+    if name.startswith("dmc:"):
+        from dreamctl.envs.dmc import Dmc
+        from dreamctl.envs.names import dmc_task
+
+        return Dmc(*dmc_task(name), cfg, num_envs, seed)
     assert is_atari(name)
     from dreamctl.envs.atari import Atari
 

@@ -1,7 +1,8 @@
 """Environment names: every common spelling of an Atari game resolves to one snake_case name.
 
 `pong`, `Pong`, `ALE/Pong-v5` and `atari:pong` are the same game; `ms_pacman`, `mspacman` and `MsPacman` too.
-`catch` is the built-in game and `gym:<id>` any installed Gymnasium environment.
+`catch` is the built-in game, `gym:<id>` any installed Gymnasium environment and `dmc:<domain>_<task>` a task of the
+DeepMind Control Suite.
 """
 
 from __future__ import annotations
@@ -13,6 +14,35 @@ from dreamctl.errors import UsageError
 from dreamctl.scores import table
 
 BUILTIN = ("catch",)
+
+# dm_control.suite.ALL_TASKS of dm-control 1.0.50 as (domain, task), kept here so that names resolve and `dreamctl
+# envs` lists them without the extra installed (a test compares them with the installed suite).
+DMC_TASKS = (
+    *(("acrobot", t) for t in ("swingup", "swingup_sparse")),
+    ("ball_in_cup", "catch"),
+    *(("cartpole", t) for t in ("balance", "balance_sparse", "swingup", "swingup_sparse", "two_poles", "three_poles")),
+    ("cheetah", "run"),
+    *(("dog", t) for t in ("stand", "walk", "trot", "run", "fetch")),
+    *(("finger", t) for t in ("spin", "turn_easy", "turn_hard")),
+    *(("fish", t) for t in ("upright", "swim")),
+    *(("hopper", t) for t in ("stand", "hop")),
+    *(("humanoid", t) for t in ("stand", "walk", "run", "run_pure_state")),
+    *(("humanoid_CMU", t) for t in ("stand", "walk", "run")),
+    *(("lqr", t) for t in ("lqr_2_1", "lqr_6_2")),
+    *(("manipulator", t) for t in ("bring_ball", "bring_peg", "insert_ball", "insert_peg")),
+    ("pendulum", "swingup"),
+    *(("point_mass", t) for t in ("easy", "hard")),
+    *(("quadruped", t) for t in ("walk", "run", "escape", "fetch")),
+    *(("reacher", t) for t in ("easy", "hard")),
+    *(("stacker", t) for t in ("stack_2", "stack_4")),
+    *(("swimmer", t) for t in ("swimmer6", "swimmer15")),
+    *(("walker", t) for t in ("stand", "walk", "run")),
+)
+
+
+def dmc_task(name: str) -> tuple[str, str]:
+    """`dmc:walker_walk` -> ("walker", "walk")."""
+    return next(pair for pair in DMC_TASKS if f"dmc:{pair[0]}_{pair[1]}" == name)
 
 
 def _key(name: str) -> str:
@@ -34,6 +64,8 @@ def resolve(name: str) -> str:
         return text
     if text.lower() in BUILTIN:
         return text.lower()
+    if text.lower().startswith("dmc:"):
+        return _resolve_dmc(text)
     bare = text.split(":", 1)[1] if text.lower().startswith("atari:") else text
     if bare.startswith("ALE/"):
         bare = bare[len("ALE/") :].rsplit("-v", 1)[0]
@@ -49,3 +81,13 @@ def resolve(name: str) -> str:
 
 def is_atari(name: str) -> bool:
     return name in table()
+
+
+def _resolve_dmc(text: str) -> str:
+    names = [f"dmc:{domain}_{task}" for domain, task in DMC_TASKS]
+    by_key = {_key(name): name for name in names}
+    if _key(text) in by_key:
+        return by_key[_key(text)]
+    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; run `dreamctl envs` to list the suite's tasks."
+    raise UsageError(f"unknown DeepMind Control task '{text}'{hint}")

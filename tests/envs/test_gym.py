@@ -175,3 +175,17 @@ def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "is a Text space" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not home.exists()
+
+
+@pytest.mark.parametrize(
+    "name, extra, preset",
+    [
+        ("gym:CartPole-v1", [], "vector"),
+        ("gym:CartPole-v1", ["--set", "env.render_pixels=true"], "debug"),
+        ("gym:pixelenvs:PixelGrid-v0", [], "debug"),
+        ("catch", [], "debug"),
+    ],
+)
+def test_envs_without_images_default_to_the_vector_preset(env_module, home, name, extra, preset):
+    proc = run_cli("train", name, *extra, "--dry-run", home=home, env=env_module, check=True)
+    assert proc.stdout.startswith(f"# preset {preset}\n")

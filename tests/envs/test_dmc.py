@@ -1,0 +1,113 @@
+"""`dmc:<domain>_<task>`: the DeepMind Control Suite from pixels with DreamerV2's protocol, saved and restored bit
+for bit, through the real CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import run_cli
+
+from dreamctl.config import load_config
+from dreamctl.envs import make_env
+from dreamctl.envs.dmc import choose_renderer
+from dreamctl.envs.names import DMC_TASKS
+
+choose_renderer()  # before dm_control is imported, which reads MUJOCO_GL once
+suite = pytest.importorskip("dm_control.suite", reason="the dmc extra is not installed")
+
+SMALL = ["--set", "train.prefill=200", "--set", "train.pretrain=1", "--set", "train.batch_size=4"]
+SMALL += ["--set", "train.batch_length=8", "--set", "run.checkpoint_every=200", "--set", "run.replay_chunk=32"]
+
+
+def test_the_task_list_is_the_installed_suites():
+    assert tuple(suite.ALL_TASKS) == DMC_TASKS
+
+
+def steps(env, actions):
+    out = []
+    for action in actions:
+        s = env.step(action)
+        out.append((s.obs["image"].copy(), s.reward, s.is_first, s.is_last, s.is_terminal))
+    return out
+
+
+@pytest.mark.parametrize("name", ["dmc:walker_walk", "dmc:reacher_easy"])
+def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
+    """Episodes of 10 agent steps, so that the saved moment follows an episode's end and the continuation crosses
+    resets (where reacher draws a new target into the model)."""
+    cfg = load_config("dmc", [f"env.name={name}", "env.max_frames=20"]).env
+    rng = np.random.default_rng(0)
+    original = make_env(cfg, seed=3, num_envs=2)
+    actions = rng.uniform(-1, 1, (40, 2, original.spec.action_dim))
+    try:
+        first = original.reset()
+        assert first.obs["image"].shape == (2, 64, 64, 3) and first.obs["image"].dtype == np.uint8
+        ended = [original.step(a).is_last.any() for a in actions[:10]]
+        assert ended == [False] * 9 + [True]  # 20 simulator steps at action repeat 2
+        state = original.get_state()
+        expected = steps(original, actions[10:])
+    finally:
+        original.close()
+    restored = make_env(cfg, seed=99, num_envs=2)
+    try:
+        restored.reset()
+        restored.set_state(state)
+        got = steps(restored, actions[10:])
+    finally:
+        restored.close()
+    assert not any(s[4].any() for s in expected)  # the suite's episodes end by the time limit only
+    for a, b in zip(expected, got, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_the_dmc_preset_is_the_protocol(home: Path):
+    proc = run_cli("train", "dmc:walker_walk", "--dry-run", home=home, check=True)
+    assert proc.stdout.startswith("# preset dmc\n") and "observation image: uint8 image [64, 64, 3]" in proc.stdout
+    env = yaml.safe_load(proc.stdout)["env"]
+    assert (env["action_repeat"], env["max_frames"], env["grayscale"], env["image_size"]) == (2, 1000, False, 64)
+
+
+def test_train_eval_and_imagine_a_dmc_task_through_the_cli(home: Path, tmp_path: Path):
+    """Episodes of 50 agent steps (env.max_frames=100) keep it short."""
+    run_cli("train", "dmc:walker_walk", "--steps", "300", *SMALL, "--set", "env.max_frames=100", home=home, check=True)
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["preset"] == "dmc" and meta["env_spec"]["obs"] == {"image": [64, 64, 3]}
+    assert meta["env_spec"]["action_dim"] == 6 and meta["env_spec"]["discrete"] is False
+    assert meta["progress"]["updates"] > 0
+    video = tmp_path / "w.mp4"
+    result = run_cli("eval", "latest", "--episodes", "2", "--video", str(video), "--json", home=home, check=True)
+    assert json.loads(result.stdout)["episodes"] == 2 and video.stat().st_size > 0
+    dream = tmp_path / "dream.mp4"
+    run_cli("imagine", "latest", "--out", str(dream), "--horizon", "5", home=home, check=True)
+    assert dream.stat().st_size > 0
+
+
+def test_without_the_extra_a_dmc_task_is_one_sentence_with_the_install_command(home: Path, tmp_path: Path):
+    fake = tmp_path / "fake" / "dm_control"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError('no dm_control here', name='dm_control')\n")
+    proc = run_cli("train", "dmc:walker_walk", "--steps", "10", home=home, env={"PYTHONPATH": str(fake.parent)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "pip install 'dreamctl[dmc]'" in proc.stderr
+
+
+def test_a_renderer_that_cannot_start_is_one_sentence_with_the_fix(home: Path):
+    """OSMesa is not installed on these machines, so asking MuJoCo for it fails the way a missing library does."""
+    proc = run_cli("train", "dmc:walker_walk", "--steps", "10", home=home, env={"MUJOCO_GL": "osmesa"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "apt-get install" in proc.stderr
+
+
+def test_with_no_rendering_library_found_dreamctl_says_what_to_install(monkeypatch):
+    import ctypes.util
+
+    from dreamctl.envs import dmc
+    from dreamctl.errors import DreamctlError
+
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(DreamctlError, match="apt-get install libegl1"):
+        dmc.choose_renderer()
