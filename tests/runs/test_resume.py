@@ -15,25 +15,35 @@ from resume_checks import assert_identical, final_state, interrupt_then_resume, 
 from dreamctl.runs.fileio import sha256_file
 
 ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
+# CartPole in two worker processes: gym envs saved mid-episode, and workers that must survive the terminal's Ctrl-C.
+VECTOR_ARGS = ["train", "gym:CartPole-v1", "--preset", "vector", "--seed", "2", *fast_args()]
+VECTOR_ARGS += ["--set", "env.num_envs=2", "--set", "train.train_every=1"]
+RUNS = {"catch": ARGS, "cartpole": VECTOR_ARGS}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    home = tmp_path_factory.mktemp("whole") / "home"
-    run_cli(*ARGS, "--steps", "600", home=home, check=True)
-    return home
+@pytest.fixture(scope="module", params=list(RUNS))
+def uninterrupted(request, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"whole_{request.param}") / "home"
+    run_cli(*RUNS[request.param], "--steps", "600", home=home, check=True)
+    return RUNS[request.param], home
 
 
 def test_stop_at_a_step_count_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    args, whole = uninterrupted
     home = tmp_path / "home"
-    run_cli(*ARGS, "--steps", "300", home=home, check=True)
+    run_cli(*args, "--steps", "300", home=home, check=True)
     run_cli("resume", "run-1", "--steps", "600", home=home, check=True)
-    assert_identical(uninterrupted, home)
+    assert_identical(whole, home)
+    assert final_state(home)[1]["progress"]["updates"] > 0
 
 
 def test_sigint_at_an_arbitrary_moment_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
-    interrupt_then_resume(ARGS, 600, tmp_path / "home", max_delay=1.0)
-    assert_identical(uninterrupted, tmp_path / "home")
+    """Ctrl-C reaches every process of the group; env workers leave it to the trainer (else they would print its
+    message and, at a second Ctrl-C, die before giving their state to the last checkpoint)."""
+    args, whole = uninterrupted
+    err = interrupt_then_resume(args, 600, tmp_path / "home", max_delay=1.0)
+    assert err.count("stopping after the current step") == 1, err
+    assert_identical(whole, tmp_path / "home")
 
 
 def test_a_run_being_trained_refuses_a_second_trainer_and_sigterm_exits_143(tmp_path):
@@ -112,32 +122,3 @@ def wait_for_new_temp_checkpoint(run_dir: Path, proc, stale: set[str], timeout: 
         if temp_checkpoints(run_dir) - stale:
             return True
     return False
-
-
-VECTOR_ARGS = ["train", "gym:CartPole-v1", "--preset", "vector", "--seed", "2", *fast_args()]
-VECTOR_ARGS += ["--set", "env.num_envs=2", "--set", "train.train_every=1"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_vector(tmp_path_factory):
-    home = tmp_path_factory.mktemp("whole_vector") / "home"
-    run_cli(*VECTOR_ARGS, "--steps", "600", home=home, check=True)
-    return home
-
-
-def test_a_vector_run_600_steps_in_one_go_equal_300_then_resume(uninterrupted_vector, tmp_path):
-    """CartPole's copies (worker processes) are saved mid-episode, so the resumed run continues their episodes."""
-    home = tmp_path / "home"
-    run_cli(*VECTOR_ARGS, "--steps", "300", home=home, check=True)
-    run_cli("resume", "run-1", "--steps", "600", home=home, check=True)
-    assert_identical(uninterrupted_vector, home)
-    tensors, meta, _ = final_state(home)
-    assert {"env/copy0", "env/copy1", "env/last"} <= set(tensors) and meta["progress"]["updates"] > 0
-
-
-def test_ctrl_c_reaching_the_env_workers_too_still_resumes_bitwise(uninterrupted_vector, tmp_path):
-    """The workers leave the terminal's SIGINT to the trainer (they would print its message and, at a second Ctrl-C,
-    die before giving their state to the last checkpoint)."""
-    err = interrupt_then_resume(VECTOR_ARGS, 600, tmp_path / "home", max_delay=1.0)
-    assert err.count("stopping after the current step") == 1, err
-    assert_identical(uninterrupted_vector, tmp_path / "home")
