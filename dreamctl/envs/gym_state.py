@@ -4,9 +4,10 @@ Gymnasium has no state API. Envs written in plain Python (the classic-control on
 MountainCar) keep their whole state in attributes: numbers, numpy arrays and the `np_random` generator, plus their
 wrappers' counters (TimeLimit's elapsed steps). `Resumable`, the outermost wrapper of each copy, writes those
 attributes of every layer of the copy as JSON (arrays as their dtype, shape and bytes; generators as their bit
-generator's state) and writes them back, so nothing is unpickled. Spaces and the env's spec are configuration and
-stay as the new copy built them. A copy whose attributes hold anything else (a pygame surface once it has rendered,
-a Box2D world, a MuJoCo simulation) is not saveable, and a resumed run starts new episodes there, as on Atari.
+generator's state) and writes them back: only data is read, never code. Spaces and the env's spec are configuration
+and stay as the new copy built them. A copy whose attributes hold anything else (a pygame surface once it has
+rendered, a Box2D world, a MuJoCo simulation) is not saveable, and a resumed run starts new episodes there, as on
+Atari.
 
 A copy that ended its episode is reset at the next step by the vector env (Gymnasium's next-step autoreset), whose
 workers keep that "reset at the next step" flag in a local variable that nothing can restore; `Resumable` keeps the
