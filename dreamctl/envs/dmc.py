@@ -25,8 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import VectorEnvAdapter
-from dreamctl.envs.gym_env import GymEnv, layout
+from dreamctl.envs.gym_env import GymnasiumCopies, layout
 from dreamctl.errors import DreamctlError
 
 INSTALL_EXTRA = "pip install 'dreamctl[dmc]'"
@@ -139,11 +138,10 @@ class DmcCopy(gym.Env):
         self.env._step_count, self.env._reset_next_step = state["step_count"], state["reset_next_step"]
 
 
-class Dmc(GymEnv):
+class Dmc(GymnasiumCopies):
     """`num_envs` copies of a suite task, stepped together (in worker processes when there are several)."""
 
     def __init__(self, domain: str, task: str, cfg: EnvConfig, num_envs: int, seed: int):
-        VectorEnvAdapter.__init__(self, num_envs, seed)
         make = functools.partial(DmcCopy, domain, task, cfg)
         probe = make()  # loads the suite and renders once, so that a missing piece is reported here
         try:
@@ -154,4 +152,5 @@ class Dmc(GymEnv):
             probe.close()
         keys = layout(probe.observation_space, f"{domain}_{task}", cfg)
         # Workers are spawned, not forked: this process has started a renderer, which a forked child cannot use.
-        self._start(f"dmc:{domain}_{task}", keys, probe.action_space, make, cfg, start_method="spawn")
+        name = f"dmc:{domain}_{task}"
+        super().__init__(name, keys, probe.action_space, make, cfg, num_envs, seed, start_method="spawn")

@@ -187,31 +187,37 @@ def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Spa
     return render_key, space, action_space
 
 
-class GymEnv(VectorEnvAdapter):
-    """`num_envs` copies of `gym:<env_id>`, in worker processes when there are several."""
+class GymnasiumCopies(VectorEnvAdapter):
+    """`num_envs` copies of a Gymnasium env stepped together (in worker processes when there are several), each
+    wrapped in `Resumable` so that a checkpoint can hold its state.
 
-    def __init__(self, env_id: str, cfg: EnvConfig, num_envs: int, seed: int):
-        super().__init__(num_envs, seed)
-        render_key, obs_space, action_space = inspect(env_id, cfg)
-        make = functools.partial(_make, env_id, render_key, cfg.action_repeat)
-        self._start(f"gym:{env_id}", layout(obs_space, env_id, cfg), action_space, make, cfg)
+    Args:
+        name: the env's canonical name (`gym:<id>`, `dmc:<domain>_<task>`).
+        keys: observation key -> how it is made from the copies' observations.
+        action_space: the copies' action space (Discrete or 1-D Box).
+        make: builds one copy.
+        cfg: the env section.
+        num_envs, seed: how many copies, and the seed of the first (copy i gets seed + i).
+        start_method: multiprocessing's, for the worker processes (None: the platform's default, fork on Linux).
+    """
 
-    def _start(
+    def __init__(
         self,
         name: str,
         keys: dict[str, Converter],
         action_space: gym.Space,
         make: Callable[[], gym.Env],
         cfg: EnvConfig,
+        num_envs: int,
+        seed: int,
         start_method: str | None = None,
-    ) -> None:
-        """Start the copies that `make` builds, observed through `keys`; `start_method` is multiprocessing's for the
-        worker processes (None: the platform's default, fork on Linux)."""
+    ):
+        super().__init__(num_envs, seed)
         self.cfg, self.layout = cfg, keys
-        copy = _worker_copy if self.num_envs > 1 else _copy
-        copies = [functools.partial(copy, make, i) for i in range(self.num_envs)]
+        copy = _worker_copy if num_envs > 1 else _copy
+        copies = [functools.partial(copy, make, i) for i in range(num_envs)]
         mode = gym.vector.AutoresetMode.NEXT_STEP
-        if self.num_envs > 1:
+        if num_envs > 1:
             self.env = gym.vector.AsyncVectorEnv(copies, autoreset_mode=mode, context=start_method)
         else:
             self.env = gym.vector.SyncVectorEnv(copies, autoreset_mode=mode)
@@ -246,3 +252,12 @@ class GymEnv(VectorEnvAdapter):
 
     def _observations(self, obs: Any) -> dict[str, np.ndarray]:
         return {key: converter.convert(obs, self.cfg) for key, converter in self.layout.items()}
+
+
+class GymEnv(GymnasiumCopies):
+    """`num_envs` copies of `gym:<env_id>`."""
+
+    def __init__(self, env_id: str, cfg: EnvConfig, num_envs: int, seed: int):
+        render_key, obs_space, action_space = inspect(env_id, cfg)
+        make = functools.partial(_make, env_id, render_key, cfg.action_repeat)
+        super().__init__(f"gym:{env_id}", layout(obs_space, env_id, cfg), action_space, make, cfg, num_envs, seed)
