@@ -31,7 +31,8 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
 
 
 class ProgressView:
-    """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second."""
+    """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second; a warning
+    the trainer raises (a collapsed world model) is printed above it once when it appears."""
 
     def __init__(self, console: Console):
         self.bar = Progress(
@@ -45,6 +46,7 @@ class ProgressView:
             transient=False,
         )
         self.task: TaskID | None = None
+        self.warning: str | None = None
         self.last = 0.0
         self.mark = (0.0, 0, 0)
 
@@ -60,6 +62,9 @@ class ProgressView:
         if self.task is None:
             self.task = self.bar.add_task("prefill", total=p.total_steps, completed=p.env_steps, rates="", ret="-")
             self.mark = (now, p.env_steps, p.updates)
+        if p.warning != self.warning and p.warning is not None:
+            self.bar.console.print(f"[yellow]warning: {p.warning}[/yellow]")
+        self.warning = p.warning
         if now - self.last < 0.1 and p.env_steps < p.total_steps:
             return
         t0, s0, u0 = self.mark

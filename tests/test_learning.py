@@ -79,6 +79,7 @@ def test_debug_preset_learns_catch(tmp_path, precision):
     )
     assert result["mean"] >= 8.0, result["returns"]
     assert elapsed <= limit
+    assert "warnings" not in yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())  # a healthy model
 
 
 def test_vector_preset_learns_pendulum(tmp_path):

@@ -31,7 +31,7 @@ from dreamctl.runs.system import (
 from dreamctl.scores import summarize
 from dreamctl.training.rollout import greedy_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
-from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
+from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer, collapse_warning
 
 
 @dataclass
@@ -48,6 +48,7 @@ class RunHooks(Hooks):
     def __init__(self, run: Run, cfg: Config, logger: MetricsLogger, progress: Callable[[Progress], None] | None):
         self.run, self.cfg, self.logger, self.progress = run, cfg, logger, progress
         self.latest: Progress | None = None
+        self.warned = False
 
     def on_progress(self, progress: Progress) -> None:
         self.latest = progress
@@ -55,9 +56,14 @@ class RunHooks(Hooks):
             self.progress(progress)
 
     def on_metrics(self, step: int, scalars: dict[str, float]) -> None:
-        """Logs, and the progress in run.yaml, so `dreamctl list` stays current during a long run."""
+        """Logs, the progress in run.yaml (so `dreamctl list` stays current during a long run) and, when the world
+        model collapses, the warning under run.yaml's `warnings`."""
         self.logger.scalars(step, scalars)
         self.logger.flush()
+        warning = collapse_warning(int(scalars.get("model/low_kl_updates", 0)))
+        if warning and not self.warned:
+            self.run.update(lambda m: m.setdefault("warnings", []).append({"step": step, "message": warning}))
+        self.warned = warning is not None
         p = self.latest
         if p is not None:
             record = progress_record(p.env_steps, p.updates, p.wall_time, self.cfg.env.action_repeat)

@@ -56,6 +56,7 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         "wall_time": trainer.wall_time,
         "last_return": trainer.last_return,
         "env_saved": bool(trainer.env.saveable),
+        "low_kl_updates": int(trainer.low_kl_updates),
     }
     return ({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {k: json.dumps(v) for k, v in meta.items()})
 
@@ -84,6 +85,7 @@ def restore_trainer(
     trainer.env_steps, trainer.updates = int(info["env_steps"]), int(info["updates"])
     trainer.episodes, trainer.wall_time = int(info["episodes"]), float(info["wall_time"])
     trainer.last_return = info["last_return"]
+    trainer.low_kl_updates.fill_(int(info.get("low_kl_updates", 0)))  # absent before the collapse watch
     torch.set_rng_state(tensors["rng/torch"])
     if device.type == "cuda" and "rng/cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng/cuda"], device)

@@ -34,6 +34,26 @@ class Episode:
     end_frame: int
 
 
+COLLAPSE_KL = 0.1
+"""Nats: a world model whose KL stays below this for COLLAPSE_UPDATES updates in a row has collapsed."""
+COLLAPSE_UPDATES = 1000
+
+
+def collapse_warning(low_kl_updates: int) -> str | None:
+    """The one-sentence warning for a world model whose posterior has collapsed onto its prior, or None.
+
+    Args:
+        low_kl_updates: how many of the latest updates in a row measured a KL (posterior to prior) below COLLAPSE_KL.
+    """
+    if low_kl_updates < COLLAPSE_UPDATES:
+        return None
+    return (
+        f"the world model has collapsed: its KL stayed below {COLLAPSE_KL} nats for {COLLAPSE_UPDATES:,} updates in a "
+        f"row, so its latents carry almost nothing of the observations and the policy learns from empty dreams; raise "
+        f"model.free_nats (the pixels and dmc presets use 1.0) or model.kl_scale, or lower model.reward_scale."
+    )
+
+
 @dataclass
 class Progress:
     env_steps: int
@@ -43,6 +63,7 @@ class Progress:
     last_return: float | None
     wall_time: float
     prefill: bool
+    warning: str | None = None  # collapse_warning() as of the last metrics flush
 
 
 class Hooks:
@@ -94,6 +115,9 @@ class Trainer:
         self.obs: Step | None = None
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
+        # Updates in a row whose KL was below COLLAPSE_KL, counted on the device (read at each metrics flush).
+        self.low_kl_updates = torch.zeros((), dtype=torch.int64, device=device)
+        self.warning: str | None = None
         self._clock = time.perf_counter()
         self._log_mark = (0, 0, time.perf_counter())
 
@@ -186,6 +210,7 @@ class Trainer:
         batch = self.replay.to_torch(self.replay.sample(t.batch_size, t.batch_length, self.rng), self.device)
         metrics = self.agent.train_step(batch)
         self.updates += 1
+        self.low_kl_updates = torch.where(metrics["loss/kl"].detach() < COLLAPSE_KL, self.low_kl_updates + 1, 0)
         for key, value in metrics.items():
             value = value.detach().float()
             self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
@@ -196,6 +221,8 @@ class Trainer:
         now = time.perf_counter()
         self.wall_time += now - self._clock
         self._clock = now
+        flush = _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps
+        scalars = self.flush_metrics() if flush else None  # first, so that the progress carries its warning
         self.hooks.on_progress(
             Progress(
                 self.env_steps,
@@ -205,10 +232,11 @@ class Trainer:
                 self.last_return,
                 self.wall_time,
                 self.env_steps < self.cfg.train.prefill,
+                self.warning,
             )
         )
-        if _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps:
-            self.hooks.on_metrics(self.env_steps, self.flush_metrics())
+        if scalars is not None:
+            self.hooks.on_metrics(self.env_steps, scalars)
         if self.env_steps >= total_steps:
             return  # the caller writes the final checkpoint
         if _crossed(before, self.env_steps, run.eval_every):
@@ -224,6 +252,8 @@ class Trainer:
         now = time.perf_counter()
         scalars = {k: float(v) / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
         scalars["train/updates"] = float(self.updates)
+        scalars["model/low_kl_updates"] = float(self.low_kl_updates)
+        self.warning = collapse_warning(int(self.low_kl_updates))
         scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)
         scalars["train/updates_per_s"] = (self.updates - updates0) / max(now - time0, 1e-9)
         self._metric_sums, self._metric_count = {}, 0
