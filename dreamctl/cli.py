@@ -31,14 +31,17 @@ Home = typer.Option(None, "--home", help=HOME_HELP, show_default=False)
 
 @app.command()
 def train(
-    env: str = typer.Argument(..., help="catch, an Atari game (pong, ms_pacman, ALE/Pong-v5, atari:pong) or gym:<id>."),
+    env: str = typer.Argument(
+        ..., help="catch, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task> or gym:<id>."
+    ),
     preset: Optional[str] = typer.Option(
         None,
         "--preset",
         "-p",
         show_default=False,
-        help="Preset name (atari, atari100k, debug, dmc, vector) or a YAML file. Default: atari for Atari games, "
-        "dmc for dmc: tasks, vector for envs without images, debug otherwise.",
+        help="Preset name (atari, atari100k, debug, dmc, humanoid, pixels, vector) or a YAML file. Default: atari "
+        "for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, vector for envs "
+        "without images, pixels otherwise.",
     ),
     steps: Optional[int] = typer.Option(
         None,
@@ -67,8 +70,7 @@ def train(
     Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
     """
     from dreamctl.config import load_config
-    from dreamctl.envs import observes_images, resolve
-    from dreamctl.envs.names import is_atari
+    from dreamctl.envs import resolve
 
     game = resolve(env)
     sets = [f"env.name={game}"] + list(overrides or [])
@@ -81,9 +83,7 @@ def train(
         if value is not None:
             sets.append(f"{key}={value}")
     if preset is None:
-        preset = "atari" if is_atari(game) else "dmc" if game.startswith("dmc:") else "debug"
-        if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
-            preset = "vector"
+        preset = _default_preset(game, sets)
     cfg = load_config(preset, sets)
     preset_label = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
     if dry_run:
@@ -184,6 +184,32 @@ def _checkpoint_ref(text: str) -> str | int:
     raise UsageError(f"--checkpoint must be a step number, latest or best, got '{text}'.")
 
 
+def _reference_label(reference: dict | None) -> str:
+    """DreamerV2's published return for `list`: `957 at 1M frames`."""
+    return "" if reference is None else f"{reference['return']:.0f} at {reference['frames'] / 1e6:.3g}M frames"
+
+
+def _default_preset(game: str, sets: list[str]) -> str:
+    """The preset `train` picks when none is named: the paper's for Atari, DMC and humanoid, debug for catch, vector for
+    envs without images, pixels (CPU-sized, with DreamerV2's safeguards against a collapsed model) for other pixel
+    envs, reach included."""
+    from dreamctl.config import load_config
+    from dreamctl.envs import observes_images
+    from dreamctl.envs.names import is_atari
+
+    if is_atari(game):
+        return "atari"
+    if game.startswith("dmc:humanoid_") and not game.startswith("dmc:humanoid_CMU"):
+        return "humanoid"
+    if game.startswith("dmc:"):
+        return "dmc"
+    if game == "catch":
+        return "debug"
+    if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
+        return "vector"
+    return "pixels"
+
+
 @app.command("eval")
 def eval_(
     run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
@@ -216,6 +242,9 @@ def eval_(
             "max",
             "human_normalized",
             "reward_threshold",
+            "random",
+            "optimal",
+            "dreamerv2",
         )
         print(json.dumps({k: result[k] for k in keys}))
         return
@@ -227,6 +256,15 @@ def eval_(
         out.print(f"gamer-normalised score: {result['human_normalized']:.3f}")
     if result["reward_threshold"] is not None:
         out.print(f"Gymnasium counts this env as solved at a return of {result['reward_threshold']:g}")
+    if result["dreamerv2"] is not None:
+        ref = result["dreamerv2"]
+        out.print(f"DreamerV2's published return: {ref['return']:.1f} at {ref['frames']:,} frames (mean of its seeds)")
+    if result["random"] is not None:
+        gap = (result["mean"] - result["random"]) / (result["optimal"] - result["random"])
+        out.print(
+            f"random play scores {result['random']:g} and the optimal policy {result['optimal']:g}: "
+            f"{100 * gap:.0f}% of the way from one to the other"
+        )
     if video:
         out.print(f"video: {video}")
 
@@ -319,6 +357,7 @@ def list_(
         "updates",
         "eval",
         "normalised",
+        "DreamerV2",
         "updated",
         "size",
     ):
@@ -334,6 +373,7 @@ def list_(
             f"{r['updates']:,}",
             "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
             "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
+            _reference_label(r["dreamerv2"]),
             r["updated"][:16].replace("T", " "),
             size_label(r["disk_bytes"]),
         )
@@ -351,7 +391,7 @@ def envs(home: Optional[Path] = Home) -> None:
     from dreamctl.scores import table as scores
 
     out.print(
-        "catch (built in), gym:<id> (any installed Gymnasium env with image, vector or Dict observations), "
+        "catch and reach (built in), gym:<id> (any installed Gymnasium env with image, vector or Dict observations), "
         "the DeepMind Control Suite's tasks (the dmc extra):"
     )
     out.print(", ".join(f"dmc:{domain}_{task}" for domain, task in DMC_TASKS), highlight=False)

@@ -1,8 +1,14 @@
-"""Reference scores of the Atari games (random, professional gamer, world record) and normalised scores.
+"""Reference scores: the Atari games' (random, professional gamer, world record) and DreamerV2's on DMC from pixels.
 
 Data: dreamctl/data/atari_scores.csv, from danijar/dreamerv2 `scores/baselines.json` (the DreamerV2 paper's
 normalisers) and danijar/dreamerv3 `baselines.yaml` (the Atari100k normalisers). Gamer-normalised score =
 (score - random) / (human_gamer - random); the paper calls this "human-normalised".
+
+dreamctl/data/dmc_scores.csv, from danijar/dreamerv2 `scores/dmc-vision-dreamerv2.json` (5 seeds per task, evaluated
+every 30,000 frames): each seed's return interpolated at 1M frames, averaged over seeds; and from
+`scores/humanoid-dreamerv2.json` (10 seeds): humanoid_walk's last evaluation, at 42.6-44.1M frames, averaged.
+The files count frames (simulator steps, 2 per agent step); the task names are dm_control's (`cup_catch` there is
+`ball_in_cup_catch`).
 """
 
 from __future__ import annotations
@@ -52,6 +58,26 @@ def table() -> dict[str, GameScores]:
             number("dreamerv3_100k"),
         )
     return out
+
+
+@dataclass(frozen=True)
+class DmcReference:
+    task: str  # dm_control's domain_task, e.g. walker_walk
+    frames: int  # where the score was taken: simulator steps (2 per agent step)
+    dreamerv2: float  # mean return over the official runs' seeds
+    seeds: int
+
+
+@functools.cache
+def dmc_table() -> dict[str, DmcReference]:
+    text = resources.files("dreamctl").joinpath("data/dmc_scores.csv").read_text()
+    rows = csv.DictReader(io.StringIO(text))
+    return {r["task"]: DmcReference(r["task"], int(r["frames"]), float(r["dreamerv2"]), int(r["seeds"])) for r in rows}
+
+
+def dmc_reference(env: str) -> DmcReference | None:
+    """DreamerV2's published return on a `dmc:<domain>_<task>` env, or None where the score files have none."""
+    return dmc_table().get(env[len("dmc:") :]) if env.startswith("dmc:") else None
 
 
 def human_normalized(game: str, score: float, atari100k: bool = False) -> float | None:

@@ -13,8 +13,9 @@ def test_bundled_presets_set_every_key():
 
     from dreamctl.config import find_preset
 
-    assert {"atari", "atari100k", "debug"} <= set(preset_names())
-    for name in ("atari", "atari100k", "debug"):
+    names = ("atari", "atari100k", "debug", "dmc", "humanoid", "pixels", "vector")
+    assert set(names) == set(preset_names())
+    for name in names:
         data = yaml.safe_load(find_preset(name).read_text())
         keys = {f"{section}.{key}" for section, values in data.items() for key in values}
         assert keys == set(all_keys()), name

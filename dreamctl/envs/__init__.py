@@ -17,6 +17,7 @@ __all__ = [
     "make_env",
     "no_key_selected",
     "observes_images",
+    "random_and_optimal",
     "resolve",
 ]
 
@@ -47,6 +48,17 @@ def observes_images(cfg: EnvConfig) -> bool:
     return any(converter.kind == "image" for converter in layout(space, env_id, cfg).values())
 
 
+def random_and_optimal(name: str) -> tuple[float, float] | None:
+    """A built-in game's mean returns under uniform random actions and under the optimal policy (None for others)."""
+    if name == "catch":
+        from dreamctl.envs import catch as game
+    elif name == "reach":
+        from dreamctl.envs import reach as game  # type: ignore[no-redef]
+    else:
+        return None
+    return game.RANDOM_RETURN, game.OPTIMAL_RETURN
+
+
 def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
     """The error for an env none of whose observations env.cnn_keys and env.mlp_keys select."""
     found = ", ".join(f"{key} {list(shape)}" for key, shape in spec.obs_space.items())
@@ -62,6 +74,10 @@ def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
         from dreamctl.envs.catch import Catch
 
         return Catch(num_envs, seed, cfg.image_size)
+    if name == "reach":
+        from dreamctl.envs.reach import Reach
+
+        return Reach(num_envs, seed, cfg.image_size)
     if name.startswith("gym:"):
         from dreamctl.envs.gym_env import GymEnv
 

@@ -17,6 +17,8 @@ from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step, restore_rn
 COLUMNS, ROWS = 5, 8
 DROPS = 10
 ACTIONS = ("LEFT", "STAY", "RIGHT")
+RANDOM_RETURN = -6.0  # 10 drops, each caught with probability 1/5: 10 * (1/5 - 4/5)
+OPTIMAL_RETURN = 10.0
 
 
 class Catch(BatchedEnv):

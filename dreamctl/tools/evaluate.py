@@ -8,11 +8,12 @@ from typing import Any
 import torch
 
 from dreamctl.config import from_dict
+from dreamctl.envs import random_and_optimal
 from dreamctl.errors import UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.runs.registry import Registry, Run, obs_space_of
 from dreamctl.runs.system import resolve_device, resolve_precision
-from dreamctl.scores import summarize
+from dreamctl.scores import dmc_reference, summarize
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
 from dreamctl.training.rollout import greedy_episodes
 
@@ -77,6 +78,9 @@ def evaluate(
         write_video(video_path, upscale(to_rgb(playback.frames), 4), fps=15)
     result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
     result["reward_threshold"] = None
+    result["random"], result["optimal"] = random_and_optimal(meta["env"]) or (None, None)
+    reference = dmc_reference(meta["env"])
+    result["dreamerv2"] = None if reference is None else {"return": reference.dreamerv2, "frames": reference.frames}
     if meta["env"].startswith("gym:"):
         from dreamctl.envs.gym_env import reward_threshold
 

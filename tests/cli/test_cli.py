@@ -88,9 +88,13 @@ def test_list_eval_imagine_then_resume(trained, tmp_path):
         "max",
         "human_normalized",
         "reward_threshold",
+        "random",
+        "optimal",
+        "dreamerv2",
     }
     assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["human_normalized"] is None
-    assert result["reward_threshold"] is None
+    assert result["reward_threshold"] is None and result["dreamerv2"] is None
+    assert (result["random"], result["optimal"]) == (-6.0, 10.0)  # catch: 10 drops, 1 in 5 caught at random
     assert all(-10 <= r <= 10 for r in result["returns"])
 
     video = tmp_path / "dream.mp4"

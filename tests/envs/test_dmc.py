@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_cli
+from resume_checks import assert_identical, final_state
 
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
@@ -70,6 +71,28 @@ def test_the_dmc_preset_is_the_protocol(home: Path):
     assert (env["action_repeat"], env["max_frames"], env["grayscale"], env["image_size"]) == (2, 1000, False, 64)
 
 
+@pytest.mark.parametrize("preset, kl_scale, entropy", [("dmc", 1.0, 1e-4), ("humanoid", 2.0, 1e-5)])
+def test_the_dmc_and_humanoid_presets_carry_the_published_values(preset, kl_scale, entropy):
+    """danijar/dreamerv2 configs.yaml `dmc_vision`; the paper's Appendix A for humanoid's KL scale and entropy."""
+    cfg = load_config(preset)
+    m, b, t = cfg.model, cfg.behavior, cfg.train
+    sizes = (m.deter, m.hidden, m.stoch, m.classes, m.cnn_depth, m.mlp_layers, m.mlp_units)
+    assert sizes == (200, 200, 32, 32, 48, 4, 400)
+    assert not m.discount_head and (m.kl_balance, m.kl_scale, m.free_nats) == (0.8, kl_scale, 1.0)
+    assert (b.actor_grad, b.actor_entropy, b.discount, b.return_lambda, b.horizon) == ("auto", entropy, 0.99, 0.95, 15)
+    assert (t.model_lr, t.actor_lr, t.critic_lr, t.train_every, t.pretrain) == (3e-4, 8e-5, 8e-5, 5, 100)
+    assert (t.batch_size, t.batch_length, t.prefill) == (16, 50, 1000)
+    assert t.steps * cfg.env.action_repeat == (1_000_000 if preset == "dmc" else 40_000_000)
+
+
+@pytest.mark.parametrize(
+    "name, preset", [("dmc:walker_walk", "dmc"), ("dmc:humanoid_walk", "humanoid"), ("dmc:humanoid_CMU_walk", "dmc")]
+)
+def test_humanoid_tasks_default_to_the_humanoid_preset(home: Path, name, preset):
+    proc = run_cli("train", name, "--dry-run", home=home, check=True)
+    assert proc.stdout.startswith(f"# preset {preset}\n")
+
+
 def test_train_eval_and_imagine_a_dmc_task_through_the_cli(home: Path, tmp_path: Path):
     """Episodes of 50 agent steps (env.max_frames=100) keep it short."""
     run_cli("train", "dmc:walker_walk", "--steps", "300", *SMALL, "--set", "env.max_frames=100", home=home, check=True)
@@ -80,9 +103,23 @@ def test_train_eval_and_imagine_a_dmc_task_through_the_cli(home: Path, tmp_path:
     video = tmp_path / "w.mp4"
     result = run_cli("eval", "latest", "--episodes", "2", "--video", str(video), "--json", home=home, check=True)
     assert json.loads(result.stdout)["episodes"] == 2 and video.stat().st_size > 0
+    assert json.loads(result.stdout)["dreamerv2"] == {"return": 957.5, "frames": 1_000_000}
+    assert "958 at 1M frames" in run_cli("list", home=home, check=True).stdout
     dream = tmp_path / "dream.mp4"
     run_cli("imagine", "latest", "--out", str(dream), "--horizon", "5", home=home, check=True)
     assert dream.stat().st_size > 0
+
+
+def test_600_steps_in_one_go_equal_300_then_resume(tmp_path: Path):
+    """Episodes of 70 agent steps (env.max_frames=140), so the checkpoint at 300 falls mid-episode: the resumed run
+    must continue the physics, the task's random state and the running episode bit for bit."""
+    args = ["train", "dmc:walker_walk", "--seed", "4", *SMALL, "--set", "env.max_frames=140"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_cli(*args, "--steps", "600", home=whole, check=True)
+    run_cli(*args, "--steps", "300", home=split, check=True)
+    run_cli("resume", "run-1", "--steps", "600", home=split, check=True)
+    assert_identical(whole, split)
+    assert final_state(split)[1]["progress"]["updates"] > 0
 
 
 def test_without_the_extra_a_dmc_task_is_one_sentence_with_the_install_command(home: Path, tmp_path: Path):

@@ -6,8 +6,9 @@ import pytest
 from dreamctl.config import load_config
 from dreamctl.envs import make_env, resolve
 from dreamctl.envs.catch import Catch
+from dreamctl.envs.names import DMC_TASKS
 from dreamctl.errors import UsageError
-from dreamctl.scores import human_normalized, record_normalized, table
+from dreamctl.scores import dmc_reference, dmc_table, human_normalized, record_normalized, table
 
 
 @pytest.mark.parametrize("spelling", ["ms_pacman", "mspacman", "MsPacman", "ALE/MsPacman-v5", "atari:ms_pacman"])
@@ -37,6 +38,21 @@ def test_gamer_normalised_score():
     assert human_normalized("catch", 3.0) is None
     assert record_normalized("pong", ref_pong := table()["pong"].human_record) == pytest.approx(1.0)
     assert record_normalized("pong", table()["pong"].random) == 0.0 and ref_pong == 21
+
+
+def test_dreamerv2_dmc_references_are_the_official_files_means():
+    """Means over the official runs' seeds, interpolated at 1M frames (humanoid_walk: the last evaluations)."""
+    table = {name: dmc_reference(f"dmc:{name}") for name in ("walker_walk", "cheetah_run", "ball_in_cup_catch")}
+    assert {name: (ref.dreamerv2, ref.frames, ref.seeds) for name, ref in table.items() if ref} == {
+        "walker_walk": (957.5, 1_000_000, 5),
+        "cheetah_run": (736.2, 1_000_000, 5),
+        "ball_in_cup_catch": (801.7, 1_000_000, 5),
+    }
+    humanoid = dmc_reference("dmc:humanoid_walk")
+    assert humanoid is not None and (humanoid.dreamerv2, humanoid.seeds) == (805.0, 10) and humanoid.frames > 4e7
+    assert dmc_reference("dmc:dog_run") is None and dmc_reference("pong") is None
+    names = {f"{domain}_{task}" for domain, task in DMC_TASKS}
+    assert set(dmc_table()) <= names  # every row names a task of the suite
 
 
 def run_random(env, steps, seed=0):

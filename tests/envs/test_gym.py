@@ -181,9 +181,10 @@ def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(
     "name, extra, preset",
     [
         ("gym:CartPole-v1", [], "vector"),
-        ("gym:CartPole-v1", ["--set", "env.render_pixels=true"], "debug"),
-        ("gym:pixelenvs:PixelGrid-v0", [], "debug"),
+        ("gym:CartPole-v1", ["--set", "env.render_pixels=true"], "pixels"),
+        ("gym:pixelenvs:PixelGrid-v0", [], "pixels"),
         ("catch", [], "debug"),
+        ("reach", [], "pixels"),
     ],
 )
 def test_envs_without_images_default_to_the_vector_preset(env_module, home, name, extra, preset):
