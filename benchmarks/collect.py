@@ -1,12 +1,14 @@
-"""Agent-steps per second while collecting experience, with the paper's model on Pong.
+"""Agent-steps per second while collecting experience, by default with the paper's model on Pong.
 
-    python -m benchmarks.collect --preset atari [--device cpu|cuda] [--seconds 20] [--rounds 5]
+    python -m benchmarks.collect --preset atari [--env pong] [--copies 1,8] [--device cpu|cuda] [--seconds 20]
+    python -m benchmarks.collect --preset dmc --env dmc:humanoid_walk --copies 1,4
 
-For 1 and 8 env copies, times the loop the trainer runs between updates: one batched policy pass for all
-copies (inference mode), the env step, and the replay write; and the same loop during random prefill.
+For each number of env copies (default 1 and 8), times the loop the trainer runs between updates: one batched
+policy pass for all copies (inference mode), the env step, and the replay write; and the same loop during random
+prefill.
 The four loops take turns in short rounds, so that a machine whose speed drifts (these VMs' does, by 20 % or
 more within minutes) slows them alike; each rate is the median over its rounds. Prints one JSON line with
-agent-steps/s for each, and the 8-copy / 1-copy ratio with the policy.
+agent-steps/s for each, and the most-copies / 1-copy ratio with the policy.
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ import torch
 
 from benchmarks.common import device_name
 from dreamctl.config import load_config
-from dreamctl.envs import make_env
+from dreamctl.envs import make_env, resolve
 from dreamctl.runs.system import keep_freed_memory, resolve_device, resolve_precision
 from dreamctl.training.trainer import Trainer
 
 
-def collector(preset: str, num_envs: int, policy: bool, device: torch.device, precision: str) -> Trainer:
+def collector(preset: str, env: str, num_envs: int, policy: bool, device: torch.device, precision: str) -> Trainer:
     cfg = load_config(
         preset,
         [
-            "env.name=pong",
+            f"env.name={resolve(env)}",
             f"env.num_envs={num_envs}",
             f"run.precision={precision}",
             "train.replay_capacity=100000",
@@ -54,6 +56,8 @@ def steps_per_second(trainer: Trainer, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="atari")
+    parser.add_argument("--env", default="pong", help="any name `dreamctl train` takes")
+    parser.add_argument("--copies", default="1,8", help="comma-separated numbers of env copies")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
     parser.add_argument("--seconds", type=float, default=20.0, help="policy time per loop, over all rounds")
@@ -64,14 +68,16 @@ def main() -> None:
     result = {
         "benchmark": "collect",
         "preset": args.preset,
+        "env": args.env,
         "device": str(device),
         "device_name": device_name(device),
         "precision": args.precision,
         "threads": torch.get_num_threads(),
     }
+    copies = sorted({int(n) for n in args.copies.split(",")})
     loops = {
-        f"{kind}_{envs}_env": collector(args.preset, envs, kind == "policy", device, args.precision)
-        for envs in (1, 8)
+        f"{kind}_{envs}_env": collector(args.preset, args.env, envs, kind == "policy", device, args.precision)
+        for envs in copies
         for kind in ("policy", "prefill")
     }
     rates: dict[str, list[float]] = {name: [] for name in loops}
@@ -82,7 +88,9 @@ def main() -> None:
     for name, trainer in loops.items():
         trainer.env.close()
         result[name] = round(statistics.median(rates[name]), 1)
-    result["policy_ratio_8_to_1"] = round(result["policy_8_env"] / result["policy_1_env"], 2)
+    least, most = copies[0], copies[-1]
+    ratio = result[f"policy_{most}_env"] / result[f"policy_{least}_env"]
+    result[f"policy_ratio_{most}_to_{least}"] = round(ratio, 2)
     print(json.dumps(result))
 
 

@@ -48,6 +48,12 @@ def test_collect_benchmark_reports_policy_and_prefill_rates_for_1_and_8_copies()
     assert abs(result["policy_ratio_8_to_1"] - result["policy_8_env"] / result["policy_1_env"]) < 0.01
 
 
+def test_collect_benchmark_takes_any_env_and_numbers_of_copies():
+    result = bench("collect", "--preset", "pixels", "--env", "reach", "--copies", "3,1", "--seconds", "1", "--rounds=1")
+    assert result["env"] == "reach" and {"policy_1_env", "policy_3_env", "prefill_3_env"} <= set(result)
+    assert abs(result["policy_ratio_3_to_1"] - result["policy_3_env"] / result["policy_1_env"]) < 0.01
+
+
 def test_memory_benchmark_reports_replay_bytes_within_the_target_and_peak_rss():
     result = bench("memory", "--preset", "debug", "--capacity", "2000", "--updates", "2")
     assert result["bytes_per_step"] == 64 * 64 + 11  # the frame, an int32 action, a float32 reward, three flags
