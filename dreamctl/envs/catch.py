@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step, restore_rng, rng_state_bytes
+from dreamctl.envs.base import Step
+from dreamctl.envs.builtin import BuiltinGame
 
 COLUMNS, ROWS = 5, 8
 DROPS = 10
@@ -21,24 +22,16 @@ RANDOM_RETURN = -6.0  # 10 drops, each caught with probability 1/5: 10 * (1/5 - 
 OPTIMAL_RETURN = 10.0
 
 
-class Catch(BatchedEnv):
-    saveable = True
+class Catch(BuiltinGame):
+    state_keys = ("ball_x", "ball_y", "paddle", "drops", "ended")
 
     def __init__(self, num_envs: int = 1, seed: int = 0, image_size: int = 64):
-        if image_size != 64:
-            raise ValueError(f"catch draws 64x64 frames, got image size {image_size}")
-        self.num_envs = num_envs
-        self.spec = EnvSpec("catch", {"image": (image_size, image_size, 1)}, len(ACTIONS), True, 1)
-        self.rng = np.random.default_rng(seed)
+        super().__init__("catch", num_envs, seed, image_size, len(ACTIONS), True)
         self.ball_x = np.zeros(num_envs, np.int64)
         self.ball_y = np.zeros(num_envs, np.int64)
         self.paddle = np.zeros(num_envs, np.int64)
         self.drops = np.zeros(num_envs, np.int64)
         self.ended = np.zeros(num_envs, bool)
-
-    def reset(self) -> Step:
-        self._start(np.ones(self.num_envs, bool))
-        return first_step(self._render())
 
     def step(self, action: np.ndarray) -> Step:
         restart = self.ended.copy()
@@ -53,21 +46,6 @@ class Catch(BatchedEnv):
         self.ended = landed & (self.drops >= DROPS)
         self._new_ball(landed & ~self.ended)
         return Step(self._render(), reward, restart, self.ended.copy(), self.ended.copy())
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {
-            "ball_x": self.ball_x.copy(),
-            "ball_y": self.ball_y.copy(),
-            "paddle": self.paddle.copy(),
-            "drops": self.drops.copy(),
-            "ended": self.ended.copy(),
-            "rng": rng_state_bytes(self.rng),
-        }
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        for key in ("ball_x", "ball_y", "paddle", "drops", "ended"):
-            getattr(self, key)[:] = state[key]
-        restore_rng(self.rng, state["rng"])
 
     def _start(self, mask: np.ndarray) -> None:
         self.paddle[mask] = COLUMNS // 2

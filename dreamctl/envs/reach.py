@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step, restore_rng, rng_state_bytes
+from dreamctl.envs.base import Step
+from dreamctl.envs.builtin import BuiltinGame
 
 SPEED = 0.05  # arena units per step at full velocity: 2.5 pixels
 LENGTH = 50  # agent steps per episode
@@ -25,23 +26,15 @@ RANDOM_RETURN = -26.3
 OPTIMAL_RETURN = -2.6
 
 
-class Reach(BatchedEnv):
-    saveable = True
+class Reach(BuiltinGame):
+    state_keys = ("agent", "target", "steps", "ended")
 
     def __init__(self, num_envs: int = 1, seed: int = 0, image_size: int = 64):
-        if image_size != 64:
-            raise ValueError(f"reach draws 64x64 frames, got image size {image_size}")
-        self.num_envs = num_envs
-        self.spec = EnvSpec("reach", {"image": (image_size, image_size, 1)}, 2, False, 1)
-        self.rng = np.random.default_rng(seed)
+        super().__init__("reach", num_envs, seed, image_size, 2, False)
         self.agent = np.zeros((num_envs, 2), np.float64)
         self.target = np.zeros((num_envs, 2), np.float64)
         self.steps = np.zeros(num_envs, np.int64)
         self.ended = np.zeros(num_envs, bool)
-
-    def reset(self) -> Step:
-        self._start(np.ones(self.num_envs, bool))
-        return first_step(self._render())
 
     def step(self, action: np.ndarray) -> Step:
         restart = self.ended.copy()
@@ -62,20 +55,6 @@ class Reach(BatchedEnv):
     def optimal_action(self) -> np.ndarray:
         """(N, 2) the optimal policy's action for the current states."""
         return np.clip((self.target - self.agent) / SPEED, -1.0, 1.0)
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {
-            "agent": self.agent.copy(),
-            "target": self.target.copy(),
-            "steps": self.steps.copy(),
-            "ended": self.ended.copy(),
-            "rng": rng_state_bytes(self.rng),
-        }
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        for key in ("agent", "target", "steps", "ended"):
-            getattr(self, key)[:] = state[key]
-        restore_rng(self.rng, state["rng"])
 
     def _start(self, mask: np.ndarray) -> None:
         places = self.rng.uniform(0.0, 1.0, size=(self.num_envs, 2, 2))
