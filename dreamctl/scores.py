@@ -80,6 +80,12 @@ def dmc_reference(env: str) -> DmcReference | None:
     return dmc_table().get(env[len("dmc:") :]) if env.startswith("dmc:") else None
 
 
+def dreamerv2_record(env: str) -> dict[str, float] | None:
+    """{"return", "frames"} of DreamerV2's published return on an env, as `eval --json` and `list --json` give it."""
+    reference = dmc_reference(env)
+    return None if reference is None else {"return": reference.dreamerv2, "frames": reference.frames}
+
+
 def human_normalized(game: str, score: float, atari100k: bool = False) -> float | None:
     """Gamer-normalised score, or None where the game has no human reference.
 

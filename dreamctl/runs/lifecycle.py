@@ -31,7 +31,7 @@ from dreamctl.runs.system import (
 from dreamctl.scores import summarize
 from dreamctl.training.rollout import greedy_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
-from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer, collapse_warning
+from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
 
 
 @dataclass
@@ -60,11 +60,11 @@ class RunHooks(Hooks):
         model collapses, the warning under run.yaml's `warnings`."""
         self.logger.scalars(step, scalars)
         self.logger.flush()
-        warning = collapse_warning(int(scalars.get("model/low_kl_updates", 0)))
+        p = self.latest  # reported just before, with the warning of this flush
+        warning = p.warning if p is not None else None
         if warning and not self.warned:
             self.run.update(lambda m: m.setdefault("warnings", []).append({"step": step, "message": warning}))
         self.warned = warning is not None
-        p = self.latest
         if p is not None:
             record = progress_record(p.env_steps, p.updates, p.wall_time, self.cfg.env.action_repeat)
             self.run.update(lambda m: m.update(progress=record))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dreamctl.runs.registry import Registry
-from dreamctl.scores import dmc_reference
+from dreamctl.scores import dreamerv2_record
 
 
 def run_rows(registry: Registry) -> list[dict[str, Any]]:
@@ -15,7 +15,6 @@ def run_rows(registry: Registry) -> list[dict[str, Any]]:
         progress = meta.get("progress") or {}
         evals = meta.get("evals") or []
         last = evals[-1] if evals else {}
-        reference = dmc_reference(meta.get("env", ""))
         rows.append(
             {
                 "id": run.ref,
@@ -27,7 +26,7 @@ def run_rows(registry: Registry) -> list[dict[str, Any]]:
                 "updates": int(progress.get("updates", 0)),
                 "eval_mean": last.get("mean"),
                 "human_normalized": last.get("human_normalized"),
-                "dreamerv2": None if reference is None else {"return": reference.dreamerv2, "frames": reference.frames},
+                "dreamerv2": dreamerv2_record(meta.get("env", "")),
                 "score": (meta.get("score") or {}).get("value"),
                 "updated": str(meta.get("updated", "")),
                 "disk_bytes": run.disk_bytes(),

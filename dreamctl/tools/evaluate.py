@@ -13,7 +13,7 @@ from dreamctl.errors import UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.runs.registry import Registry, Run, obs_space_of
 from dreamctl.runs.system import resolve_device, resolve_precision
-from dreamctl.scores import dmc_reference, summarize
+from dreamctl.scores import dreamerv2_record, summarize
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
 from dreamctl.training.rollout import greedy_episodes
 
@@ -79,8 +79,7 @@ def evaluate(
     result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
     result["reward_threshold"] = None
     result["random"], result["optimal"] = random_and_optimal(meta["env"]) or (None, None)
-    reference = dmc_reference(meta["env"])
-    result["dreamerv2"] = None if reference is None else {"return": reference.dreamerv2, "frames": reference.frames}
+    result["dreamerv2"] = dreamerv2_record(meta["env"])
     if meta["env"].startswith("gym:"):
         from dreamctl.envs.gym_env import reward_threshold
 

@@ -252,8 +252,9 @@ class Trainer:
         now = time.perf_counter()
         scalars = {k: float(v) / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
         scalars["train/updates"] = float(self.updates)
-        scalars["model/low_kl_updates"] = float(self.low_kl_updates)
-        self.warning = collapse_warning(int(self.low_kl_updates))
+        low_kl_updates = int(self.low_kl_updates)
+        scalars["model/low_kl_updates"] = float(low_kl_updates)
+        self.warning = collapse_warning(low_kl_updates)
         scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)
         scalars["train/updates_per_s"] = (self.updates - updates0) / max(now - time0, 1e-9)
         self._metric_sums, self._metric_count = {}, 0
