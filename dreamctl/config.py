@@ -9,7 +9,6 @@ over env copies); one agent step is `env.action_repeat` emulator frames.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dreamctl.errors import UsageError
+from dreamctl.errors import UsageError, did_you_mean
 
 
 @dataclass
@@ -272,7 +271,7 @@ def find_preset(preset: str) -> Path:
         if (folder / f"{preset}.yaml").is_file():
             return folder / f"{preset}.yaml"
     raise UsageError(
-        f"unknown preset '{preset}'{_did_you_mean(preset, preset_names())}; "
+        f"unknown preset '{preset}'{did_you_mean(preset, preset_names())}; "
         f"the presets are: {', '.join(preset_names())}."
     )
 
@@ -301,7 +300,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     cfg = Config()
     for section, values in data.items():
         if section not in _sections():
-            raise UsageError(f"unknown section '{section}' in {source}{_did_you_mean(section, _sections())}.")
+            raise UsageError(f"unknown section '{section}' in {source}{did_you_mean(section, _sections())}.")
         if not isinstance(values, dict):
             raise UsageError(f"section '{section}' in {source} must be a mapping of keys to values.")
         for key, value in values.items():
@@ -363,11 +362,11 @@ def _sections() -> list[str]:
 def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
     section, _, name = key.partition(".")
     if section not in _sections() or not name:
-        raise UsageError(f"unknown config key '{key}' in {source}{_did_you_mean(key, all_keys())}.")
+        raise UsageError(f"unknown config key '{key}' in {source}{did_you_mean(key, all_keys())}.")
     target = getattr(cfg, section)
     hints = typing.get_type_hints(type(target))
     if name not in hints:
-        raise UsageError(f"unknown config key '{key}' in {source}{_did_you_mean(key, all_keys())}.")
+        raise UsageError(f"unknown config key '{key}' in {source}{did_you_mean(key, all_keys())}.")
     setattr(target, name, _coerce(key, value, hints[name], source))
 
 
@@ -395,8 +394,3 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
 
 def _type_name(kind: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
-
-
-def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""

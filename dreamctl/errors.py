@@ -4,6 +4,15 @@ Everything below the CLI raises these with one sentence that names the problem a
 that sentence and exits, without a traceback unless DREAMCTL_DEBUG=1.
 """
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `options` to a mistyped `word`, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
 
 class DreamctlError(Exception):
     """A failure the user should read about, not debug: exit status 1."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -30,18 +31,25 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
     return caught, lambda: caught["signal"] is not None
 
 
+OBSERVED_ETA_AFTER = 20.0  # seconds of the training phase after which its observed rate replaces the estimate
+
+
 class ProgressView:
     """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second; a warning
-    the trainer raises (a collapsed world model) is printed above it once when it appears."""
+    the trainer raises (a collapsed world model) is printed above it once when it appears.
 
-    def __init__(self, console: Console):
+    The time left comes from `remaining(progress)` (the run's time estimate, which knows that training is slower
+    than prefill) until the training phase has run `OBSERVED_ETA_AFTER` seconds, then from its observed rate.
+    """
+
+    def __init__(self, console: Console, remaining: Callable[[Any], float] | None = None):
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.completed:,}/{task.total:,} steps"),
             TextColumn("{task.fields[rates]}"),
             TextColumn("return {task.fields[ret]}"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[eta]}"),
             console=console,
             transient=False,
         )
@@ -49,6 +57,8 @@ class ProgressView:
         self.warning: str | None = None
         self.last = 0.0
         self.mark = (0.0, 0, 0)
+        self.remaining = remaining
+        self.training_since: tuple[float, int] | None = None  # (time, agent steps) when prefill ended
 
     def __enter__(self):
         self.bar.__enter__()
@@ -60,8 +70,12 @@ class ProgressView:
     def __call__(self, p) -> None:
         now = time.monotonic()
         if self.task is None:
-            self.task = self.bar.add_task("prefill", total=p.total_steps, completed=p.env_steps, rates="", ret="-")
+            self.task = self.bar.add_task(
+                "prefill", total=p.total_steps, completed=p.env_steps, rates="", ret="-", eta=""
+            )
             self.mark = (now, p.env_steps, p.updates)
+        if not p.prefill and self.training_since is None:
+            self.training_since = (now, p.env_steps)
         if p.warning != self.warning and p.warning is not None:
             self.bar.console.print(f"[yellow]warning: {p.warning}[/yellow]")
         self.warning = p.warning
@@ -72,10 +86,26 @@ class ProgressView:
         if now - t0 > 1.0:
             rates = f"{(p.env_steps - s0) / (now - t0):,.0f} steps/s, {(p.updates - u0) / (now - t0):.1f} upd/s"
         ret = "-" if p.last_return is None else f"{p.last_return:g}"
+        left = self.time_left(p, now)
+        eta = "" if left is None else f"{duration_label(left)} left"
         self.bar.update(
-            self.task, completed=p.env_steps, description="prefill" if p.prefill else "train", rates=rates, ret=ret
+            self.task,
+            completed=p.env_steps,
+            description="prefill" if p.prefill else "train",
+            rates=rates,
+            ret=ret,
+            eta=eta,
         )
         self.last = now
+
+    def time_left(self, p, now: float) -> float | None:
+        """Seconds to the end of the run: the training phase's observed rate once it has run long enough, else
+        the estimate (None without one)."""
+        if self.training_since is not None:
+            t0, s0 = self.training_since
+            if now - t0 >= OBSERVED_ETA_AFTER and p.env_steps > s0:
+                return (p.total_steps - p.env_steps) * (now - t0) / (p.env_steps - s0)
+        return None if self.remaining is None else self.remaining(p)
 
 
 def finish(outcome, caught, verb: str) -> None:
@@ -104,3 +134,24 @@ def size_label(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def duration_label(seconds: float) -> str:
+    """A duration as `45 s`, `12 min`, `3.2 h` or `9 days`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def estimate_line(estimate, cfg) -> str:
+    """A run's time estimate in words: `≈ 21 h of training here in float32, ≈ 10 h with --precision bf16`."""
+    seconds = estimate.seconds(cfg)
+    line = f"≈ {duration_label(seconds)} of training here in {estimate.precision}"
+    other = estimate.other_seconds(cfg)
+    if other is not None and other < 0.9 * seconds:
+        line += f", ≈ {duration_label(other)} with --precision {estimate.other_precision}"
+    return line

@@ -78,6 +78,7 @@ class RunHooks(Hooks):
                 "frames": episode.frames,
                 "capped": episode.capped,
                 "frame": episode.end_frame,
+                "wall_time": episode.wall_time,
                 "env": episode.env_index,
             },
         )

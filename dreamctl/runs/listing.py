@@ -1,36 +1,51 @@
-"""One summary row per run, shared by `dreamctl list` and its --json output."""
+"""One summary row per run, shared by `dreamctl list` and its --json output.
+
+A run whose run.yaml cannot be read is still listed, with the status `unreadable` (its reason is in `dreamctl show`),
+so that one damaged folder never hides a run; listing only reads.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dreamctl.runs.registry import Registry
+from dreamctl.errors import DreamctlError
+from dreamctl.runs.registry import Registry, Run
 from dreamctl.scores import dreamerv2_record
+
+UNREADABLE = "unreadable"
 
 
 def run_rows(registry: Registry) -> list[dict[str, Any]]:
-    rows = []
-    for run in registry.runs():
+    return [run_row(run) for run in registry.all_runs()]
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    try:
         meta = run.meta()
-        progress = meta.get("progress") or {}
-        evals = meta.get("evals") or []
-        last = evals[-1] if evals else {}
-        rows.append(
-            {
-                "id": run.ref,
-                "name": meta.get("name"),
-                "env": meta.get("env", "?"),
-                "preset": meta.get("preset", "?"),
-                "status": run.status(meta),
-                "env_steps": int(progress.get("env_steps", 0)),
-                "updates": int(progress.get("updates", 0)),
-                "eval_mean": last.get("mean"),
-                "human_normalized": last.get("human_normalized"),
-                "dreamerv2": dreamerv2_record(meta.get("env", "")),
-                "score": (meta.get("score") or {}).get("value"),
-                "updated": str(meta.get("updated", "")),
-                "disk_bytes": run.disk_bytes(),
-                "path": str(run.path),
-            }
-        )
-    return rows
+    except DreamctlError as exc:
+        return {**_row(run, {}), "status": UNREADABLE, "reason": str(exc)}
+    return _row(run, meta)
+
+
+def _row(run: Run, meta: dict[str, Any]) -> dict[str, Any]:
+    progress = meta.get("progress") or {}
+    evals = meta.get("evals") or []
+    last = evals[-1] if evals else {}
+    return {
+        "id": run.ref,
+        "name": meta.get("name"),
+        "env": meta.get("env", "?"),
+        "preset": meta.get("preset", "?"),
+        "status": run.status(meta) if meta else UNREADABLE,
+        "env_steps": int(progress.get("env_steps", 0)),
+        "updates": int(progress.get("updates", 0)),
+        "time_trained_s": float(progress.get("wall_time", 0.0)),
+        "eval_mean": last.get("mean"),
+        "human_normalized": last.get("human_normalized"),
+        "dreamerv2": dreamerv2_record(meta.get("env", "")),
+        "score": (meta.get("score") or {}).get("value"),
+        "updated": str(meta.get("updated", "")),
+        "disk_bytes": run.disk_bytes(),
+        "path": str(run.path),
+        "reason": None,
+    }

@@ -308,7 +308,7 @@ class Registry:
                 validate_name(name)
                 if any(r.meta().get("name") == name for r in self._readable_runs()):
                     raise UsageError(f"a run named '{name}' already exists; pick another --name.")
-            number = max((r.id for r in self._all_runs()), default=0) + 1
+            number = max((r.id for r in self.all_runs()), default=0) + 1
             while True:
                 path = self.runs_dir / f"run-{number}"
                 try:
@@ -334,7 +334,7 @@ class Registry:
         ref = ref.strip()
         if "/" in ref or "\\" in ref or ref in ("", ".", ".."):
             raise UsageError(f"'{ref}' is not a run reference; name a run as run-<N>, <N>, its name or latest.")
-        runs = self._all_runs()
+        runs = self.all_runs()
         if ref == "latest":
             if not runs:
                 raise UsageError(f"there are no runs under {self.root}; start one with `dreamctl train`.")
@@ -350,18 +350,17 @@ class Registry:
                     return run
         raise UsageError(f"no run '{ref}' under {self.root}; `dreamctl list` shows the runs there.")
 
-    def runs(self) -> list[Run]:
-        return sorted(self._readable_runs(), key=lambda r: r.id)
-
-    def _all_runs(self) -> list[Run]:
+    def all_runs(self) -> list[Run]:
+        """Every run folder, readable or not, by id."""
         if not self.runs_dir.is_dir():
             return []
-        return [Run(p) for p in self.runs_dir.iterdir() if p.is_dir() and re.fullmatch(r"run-\d+", p.name)]
+        found = [Run(p) for p in self.runs_dir.iterdir() if p.is_dir() and re.fullmatch(r"run-\d+", p.name)]
+        return sorted(found, key=lambda r: r.id)
 
     def _readable_runs(self) -> list[Run]:
         """Runs whose run.yaml parses; a damaged folder must not make every other run unreachable."""
         out = []
-        for run in self._all_runs():
+        for run in self.all_runs():
             try:
                 run.meta()
             except DreamctlError:

@@ -32,6 +32,7 @@ class Episode:
     capped: bool  # ended by the frame cap rather than by the game
     end_step: int  # the run's agent-step counter when it ended
     end_frame: int
+    wall_time: float  # the run's training seconds when it ended (resumes continue the count)
 
 
 COLLAPSE_KL = 0.1
@@ -196,6 +197,7 @@ class Trainer:
                     bool(not step.is_terminal[done.env_index]),
                     self.env_steps,
                     self.env_steps * repeat,
+                    self.wall_time,
                 )
             )
 
@@ -252,6 +254,7 @@ class Trainer:
         now = time.perf_counter()
         scalars = {k: float(v) / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
         scalars["train/updates"] = float(self.updates)
+        scalars["train/wall_time"] = self.wall_time
         low_kl_updates = int(self.low_kl_updates)
         scalars["model/low_kl_updates"] = float(low_kl_updates)
         self.warning = collapse_warning(low_kl_updates)

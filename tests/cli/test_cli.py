@@ -160,10 +160,11 @@ def test_empty_registry_says_so_and_shows_its_root(home):
 def test_dry_run_prints_config_and_memory_and_creates_nothing(home):
     proc = run_cli("train", "catch", "--preset", "debug", "--dry-run", home=home, check=True)
     assert "model:" in proc.stdout and "memory" in proc.stdout and "nothing was created" in proc.stdout
+    assert "# time ≈" in proc.stdout and "of training here in float32" in proc.stdout
     assert not home.exists()
 
 
-@pytest.mark.parametrize("command", ["train", "resume", "eval", "imagine", "list", "envs"])
+@pytest.mark.parametrize("command", ["train", "resume", "eval", "imagine", "list", "show", "plot", "envs"])
 def test_every_command_explains_itself(command, home):
     proc = run_cli(command, "--help", home=home, check=True)
     assert "Example" in proc.stdout and "--home" in proc.stdout
@@ -182,6 +183,8 @@ LIGHT = {
     "completion": ([], BASH_COMPLETION_ENV, 0),
     "train typo": (["train", "pongg"], {}, 2),
     "eval unknown run": (["eval", "run-99"], {}, 2),
+    "show unknown run": (["show", "run-99"], {}, 2),
+    "plot unknown run": (["plot", "run-99"], {}, 2),
     "resume bad checkpoint": (["resume", "run-1", "--checkpoint", "x"], {}, 2),
 }
 

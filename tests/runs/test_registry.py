@@ -194,7 +194,8 @@ def test_damaged_run_yaml_does_not_hide_other_runs(home):
     bad = make_run(home)
     (bad.path / "run.yaml").write_text(": [")
     reg = Registry(home)
-    assert [r.id for r in reg.runs()] == [1]
+    assert [r.id for r in reg.all_runs()] == [1, 2]
+    assert reg.resolve("good").id == 1
     with pytest.raises(DreamctlError, match="not valid YAML"):
         reg.resolve("2").meta()
 

@@ -1,0 +1,48 @@
+"""The dreamctl command line: thin over the library, with rich output and one-sentence errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from typer.exceptions import Abort, TyperException
+
+from dreamctl.cli.app import app
+from dreamctl.errors import DreamctlError
+from dreamctl.terminal import err
+
+# Each module registers its commands on `app`, in the order `--help` lists them.
+# isort: off
+from dreamctl.cli import train, play, inspect  # noqa: F401
+# isort: on
+
+
+def main() -> None:
+    """Entry point: every failure ends as one sentence and an exit status, never a traceback."""
+    debug = os.environ.get("DREAMCTL_DEBUG") == "1"
+    try:
+        code = app(standalone_mode=False)
+    except DreamctlError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        code = exc.exit_code
+    except TyperException as exc:  # the command line itself is wrong: bad option, missing argument, bad value
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "dreamctl"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"error: {message.rstrip('.')}; see `{command} --help`.", markup=False, highlight=False)
+        code = getattr(exc, "exit_code", 2)
+    except (Abort, KeyboardInterrupt):
+        err.print("error: stopped by the user.")
+        code = 130
+    except Exception as exc:
+        if debug:
+            raise
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {exc}; rerun with DREAMCTL_DEBUG=1 to see the traceback.",
+            markup=False,
+            highlight=False,
+        )
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

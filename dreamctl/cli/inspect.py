@@ -1,0 +1,212 @@
+"""`dreamctl list`, `show`, `plot` and `envs`: what the registry holds, one run in full, learning curves, and the
+environments dreamctl knows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from dreamctl.cli.app import Home, app
+from dreamctl.errors import UsageError
+from dreamctl.terminal import duration_label, out, size_label
+
+
+def _reference_label(reference: dict | None) -> str:
+    """DreamerV2's published return for `list`: `957 at 1M frames`."""
+    return "" if reference is None else f"{reference['return']:.0f} at {reference['frames'] / 1e6:.3g}M frames"
+
+
+@app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    status: Optional[str] = typer.Option(
+        None, "--status", help="Only runs with this status: running, finished, interrupted, failed or unreadable."
+    ),
+    home: Optional[Path] = Home,
+) -> None:
+    """List the runs in the registry.
+
+    Example: [bold]dreamctl list --status finished[/bold]
+    """
+    from dreamctl.runs.listing import UNREADABLE, run_rows
+    from dreamctl.runs.registry import STATUSES, Registry
+
+    statuses = (*STATUSES, UNREADABLE)
+    if status is not None and status not in statuses:
+        raise UsageError(f"--status must be one of {', '.join(statuses)}, got '{status}'.")
+    registry = Registry(home)
+    rows = [r for r in run_rows(registry) if status is None or r["status"] == status]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    out.print(f"Registry: {registry.root}")
+    if not rows:
+        out.print(
+            "No runs" + (f" with status {status}" if status else "") + " yet; start one with "
+            "[bold]dreamctl train catch --preset debug[/bold]."
+        )
+        return
+    table = Table(box=None if not out.is_terminal else box.SIMPLE_HEAD)
+    for column in (
+        "id",
+        "name",
+        "env",
+        "preset",
+        "status",
+        "agent steps",
+        "updates",
+        "trained",
+        "eval",
+        "normalised",
+        "DreamerV2",
+        "updated",
+        "size",
+    ):
+        numeric = column in ("agent steps", "updates", "trained", "eval", "size")
+        table.add_column(column, justify="right" if numeric else "left")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["name"] or "",
+            r["env"],
+            r["preset"],
+            r["status"],
+            f"{r['env_steps']:,}",
+            f"{r['updates']:,}",
+            duration_label(r["time_trained_s"]),
+            "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
+            "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
+            _reference_label(r["dreamerv2"]),
+            r["updated"][:16].replace("T", " "),
+            size_label(r["disk_bytes"]),
+        )
+    # A pipe has no width; do not squeeze the table into rich's default of 80 columns.
+    (out if out.is_terminal else Console(width=240)).print(table)
+
+
+@app.command()
+def show(
+    run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
+    home: Optional[Path] = Home,
+) -> None:
+    """One screen about one run: status, protocol, changes from its preset, progress, speed, scores, evaluations,
+    checkpoints, resume history and the last error.
+
+    Example: [bold]dreamctl show run-3[/bold] or [bold]dreamctl show latest --json[/bold]
+    """
+    from dreamctl.runs.registry import Registry
+    from dreamctl.runs.summary import run_summary
+
+    s = run_summary(Registry(home).resolve(run))
+    if as_json:
+        print(json.dumps(s))
+        return
+    if s["reason"] is not None:
+        out.print(f"[bold]{s['id']}[/bold] · [red]{s['status']}[/red] · {size_label(s['disk_bytes'])} in {s['path']}")
+        out.print(f"reason: {s['reason']}", markup=False)
+        return
+    p = s["progress"]
+    name = f" ({s['name']})" if s["name"] else ""
+    out.print(
+        f"[bold]{s['id']}[/bold]{name} · {s['status']} · {s['env']} · preset {s['preset']} · seed {s['seed']} · "
+        f"{s['device']}, precision {s['precision']} · {s['parameters']:,} parameters"
+    )
+    out.print(f"folder {s['path']} ({size_label(s['disk_bytes'])})", markup=False)
+    out.print(f"command: {s['command']}", markup=False, highlight=False)
+    speed = (
+        ""
+        if s["updates_per_s"] is None
+        else (f" ({s['agent_steps_per_s']:.1f} agent steps/s, {s['updates_per_s']:.2f} updates/s)")
+    )
+    out.print(
+        f"progress: {p['env_steps']:,} of {p['target_steps']:,} agent steps ({p['frames']:,} frames), "
+        f"{p['updates']:,} updates; trained {duration_label(s['time_trained_s'])}{speed}"
+    )
+    out.print("protocol: " + ", ".join(f"{k} {v}" for k, v in s["protocol"].items()), markup=False, highlight=False)
+    changes = s["config_changes"]
+    if changes is None:
+        out.print(f"changes from the preset: unknown ({s['preset']} is not a bundled preset)")
+    else:
+        listed = ", ".join(f"{k} {c['preset']} → {c['run']}" for k, c in changes.items())
+        out.print(f"changes from preset {s['preset']}: {listed or 'none'}", markup=False, highlight=False)
+    if s["score"]:
+        out.print(f"score: {s['score'].get('value')} ({s['score'].get('rule')})", markup=False)
+    if s["dreamerv2"]:
+        out.print(f"DreamerV2's published return: {_reference_label(s['dreamerv2'])}")
+    for e in s["evals"]:
+        out.print(f"eval at step {e['step']:,}: {e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} episodes")
+    if s["checkpoints"]:
+        out.print(
+            "checkpoints: "
+            + ", ".join(f"{c['step']:,} ({size_label(c['bytes'] or 0)}, {c['sha256']})" for c in s["checkpoints"])
+        )
+    for h in s["history"]:
+        extra = f" from step {h['from_step']:,} to {h['target_steps']:,}" if h.get("event") == "resumed" else ""
+        out.print(f"{h.get('event')} {h.get('time', '')}{extra}" + (f"; {h['note']}" if h.get("note") else ""))
+    for w in s["warnings"]:
+        out.print(f"[yellow]warning: {w}[/yellow]")
+    if s["error"]:
+        out.print(f"[red]last error:[/red] {s['error']}")
+
+
+@app.command()
+def plot(
+    runs: List[str] = typer.Argument(..., help="Runs to draw: run-<N>, <N>, names, or latest."),
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", "-o", show_default=False, help="A .png, .svg or .pdf file (default: plot.png in the first run)."
+    ),
+    metrics: Optional[List[str]] = typer.Option(
+        None, "--metric", "-m", help="A metrics.jsonl name (loss/model, loss/kl, ...) to draw in its own panel."
+    ),
+    x_axis: str = typer.Option("steps", "--x", help="steps (agent steps), frames or hours (of training)."),
+    window: Optional[int] = typer.Option(
+        None, "--smooth", show_default=False, help="Moving-average window in points (default: a twentieth of them)."
+    ),
+    group: Optional[str] = typer.Option(
+        None, "--group", show_default=False, help="Average runs alike in these keys (env, preset, seed), with a band."
+    ),
+    data: Optional[Path] = typer.Option(None, "--data", help="Also write every drawn point to this CSV file."),
+    home: Optional[Path] = Home,
+) -> None:
+    """Draw learning curves: training returns (raw faint, smoothed bold), evaluations with their std, and any
+    logged metric, for one run or several overlaid.
+
+    Example: [bold]dreamctl plot run-3 run-4 --metric loss/kl[/bold] or
+    [bold]dreamctl plot 1 2 3 --group env,preset --out seeds.png[/bold]
+    """
+    from dreamctl.runs.registry import Registry
+    from dreamctl.tools.plot import plot as draw
+
+    registry = Registry(home)
+    chosen = [registry.resolve(ref) for ref in runs]
+    out_path = out_file if out_file is not None else chosen[0].path / "plot.png"
+    keys = [k.strip() for k in group.split(",") if k.strip()] if group else []
+    result = draw(chosen, out_path, list(metrics or []), x_axis, window, keys, data)
+    out.print(f"wrote {result['out']}: {len(chosen)} run(s), panels {', '.join(result['panels'])}", markup=False)
+    if data is not None:
+        out.print(f"wrote {data}: {len(result['rows']):,} points", markup=False)
+
+
+@app.command()
+def envs(home: Optional[Path] = Home) -> None:
+    """List the environment names dreamctl knows.
+
+    Example: [bold]dreamctl envs[/bold]
+    """
+    from dreamctl.envs.names import DMC_TASKS
+    from dreamctl.scores import table as scores
+
+    out.print(
+        "catch and reach (built in), gym:<id> (any installed Gymnasium env with image, vector or Dict observations), "
+        "the DeepMind Control Suite's tasks (the dmc extra):"
+    )
+    out.print(", ".join(f"dmc:{domain}_{task}" for domain, task in DMC_TASKS), highlight=False)
+    out.print("and the Atari games:")
+    out.print(", ".join(sorted(scores())), highlight=False)

@@ -1,0 +1,181 @@
+"""`dreamctl train` and `dreamctl resume`: start a run or continue one, with a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
+from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
+
+
+@app.command()
+def train(
+    env: str = typer.Argument(
+        ..., help="catch, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task> or gym:<id>."
+    ),
+    preset: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        "-p",
+        show_default=False,
+        help="Preset name (atari, atari100k, debug, dmc, humanoid, pixels, vector) or a YAML file. Default: atari "
+        "for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, vector for envs "
+        "without images, pixels otherwise.",
+    ),
+    steps: Optional[int] = typer.Option(
+        None,
+        "--steps",
+        min=1,
+        show_default=False,
+        help="Agent steps to train (policy decisions summed over env copies); "
+        "one agent step is env.action_repeat frames (4 on Atari).",
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", min=0, show_default=False, help="Seeds torch, numpy and the envs."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="A unique name to refer to the run by."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Override a config key, e.g. --set model.deter=256."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, 32, bf16 or 16.", show_default=False),
+    home: Optional[Path] = Home,
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the resolved config and how much memory and time the run will take here; create nothing.",
+    ),
+) -> None:
+    """Train a new run.
+
+    Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
+    """
+    from dreamctl.config import load_config
+    from dreamctl.envs import resolve
+
+    game = resolve(env)
+    sets = [f"env.name={game}"] + list(overrides or [])
+    for key, value in (
+        ("train.steps", steps),
+        ("train.seed", seed),
+        ("run.device", device),
+        ("run.precision", precision),
+    ):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    if preset is None:
+        preset = _default_preset(game, sets)
+    cfg = load_config(preset, sets)
+    preset_label = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    if dry_run:
+        _dry_run(cfg, preset_label)
+        return
+    from dreamctl.runs import (
+        lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
+    )
+    from dreamctl.runs.estimate import estimate_time
+
+    estimate = estimate_time(cfg)
+    out.print(estimate_line(estimate, cfg))
+    caught, should_stop = stop_signals()
+    with ProgressView(out, lambda p: estimate.seconds(cfg, p.env_steps, p.updates)) as view:
+        outcome = runs.train(
+            cfg,
+            home=home,
+            name=name,
+            preset=preset_label,
+            command=["dreamctl"] + sys.argv[1:],
+            progress=view,
+            should_stop=should_stop,
+            on_created=lambda r: out.print(f"Training [green]{r.ref}[/green] in {r.path}"),
+        )
+    finish(outcome, caught, "trained")
+
+
+def _dry_run(cfg, preset: str) -> None:
+    import yaml
+
+    from dreamctl.envs import encoder_of, make_env, no_key_selected
+    from dreamctl.runs.system import configure_torch, estimate_memory, parameter_count, prepare
+
+    cfg = prepare(cfg)
+    device = configure_torch(cfg)
+    env = make_env(cfg.env, cfg.train.seed, every_key=True)
+    spec = env.spec
+    env.close()
+    readers = {key: encoder_of(key, shape, cfg.env.cnn_keys, cfg.env.mlp_keys) for key, shape in spec.obs_space.items()}
+    seen = {key: shape for key, shape in spec.obs_space.items() if readers[key]}
+    if not seen:
+        raise no_key_selected(spec, cfg.env)
+    params = parameter_count(cfg, seen, spec.action_dim, spec.discrete)
+    out.print(f"# preset {preset}", markup=False)
+    out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
+    for key, shape in spec.obs_space.items():
+        kind = "uint8 image" if len(shape) == 3 else "float32 vector"
+        reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
+        out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
+    mem = estimate_memory(cfg, seen, params)
+    from dreamctl.runs.estimate import estimate_time
+
+    out.print(f"# time {estimate_line(estimate_time(cfg), cfg)} (timed on this config just now)", markup=False)
+    out.print(
+        f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
+        f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "
+        f"activations {mem['activations'] / 2**30:.2f}); nothing was created.",
+        markup=False,
+    )
+
+
+@app.command()
+def resume(
+    run: str = typer.Argument(..., help="run-<N>, <N>, the run's name, or latest."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=1, show_default=False, help="New total of agent steps (default: the run's target)."
+    ),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="Checkpoint step to continue from, or latest."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Safe overrides only: run.device, run.checkpoint_every, run.log_every, ..."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
+    home: Optional[Path] = Home,
+) -> None:
+    """Continue a run exactly where its checkpoint left it.
+
+    Example: [bold]dreamctl resume run-3 --steps 20000[/bold]
+    """
+    which = checkpoint_ref(checkpoint)
+    check_run(run, home)
+    from dreamctl.runs import lifecycle as runs
+
+    sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
+    caught, should_stop = stop_signals()
+    with ProgressView(out) as view:
+        outcome = runs.resume(
+            run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view, should_stop=should_stop
+        )
+    finish(outcome, caught, "reached")
+
+
+def _default_preset(game: str, sets: list[str]) -> str:
+    """The preset `train` picks when none is named: the paper's for Atari, DMC and humanoid, debug for catch, vector for
+    envs without images, pixels (CPU-sized, with DreamerV2's safeguards against a collapsed model) for other pixel
+    envs, reach included."""
+    from dreamctl.config import load_config
+    from dreamctl.envs import observes_images
+    from dreamctl.envs.names import is_atari
+
+    if is_atari(game):
+        return "atari"
+    if game.startswith("dmc:humanoid_") and not game.startswith("dmc:humanoid_CMU"):
+        return "humanoid"
+    if game.startswith("dmc:"):
+        return "dmc"
+    if game == "catch":
+        return "debug"
+    if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
+        return "vector"
+    return "pixels"

@@ -1,0 +1,122 @@
+"""How long a run will take on this machine, timed on this very config before it starts.
+
+A run's time is the sum of three kinds of work: prefill ticks (one batched env step with random actions), policy
+ticks (one batched env step plus one pass of the policy) and updates (one world-model, actor and critic step).
+Their counts follow from the config; their costs are timed here on a throwaway trainer with the run's networks and
+envs, a small replay and no I/O. The estimate covers training only, not evaluations.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dreamctl.config import Config
+from dreamctl.envs import make_env
+from dreamctl.model.agent import Agent
+from dreamctl.runs.system import configure_torch, cpu_computes_bf16, prepare, resolve_precision
+from dreamctl.training.trainer import Trainer
+
+PRECISION_NAMES = {None: "float32", torch.bfloat16: "bf16", torch.float16: "float16"}
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per prefill tick, per policy tick and per update."""
+
+    prefill_tick: float
+    policy_tick: float
+    update: float
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """The timed costs of a config, and the same run's update cost in the other precision where it applies."""
+
+    costs: Costs
+    precision: str  # the run's: float32, bf16 or float16
+    other_precision: str | None = None  # bf16 where a float32 run on this machine could use it
+    other_update: float | None = None
+
+    def seconds(self, cfg: Config, env_steps: int = 0, updates: int = 0, update_cost: float | None = None) -> float:
+        """Seconds from (`env_steps`, `updates`) to the end of the run (`cfg.train.steps`)."""
+        ticks_left = work_left(cfg, env_steps, updates)
+        per_update = self.costs.update if update_cost is None else update_cost
+        return (
+            ticks_left["prefill"] * self.costs.prefill_tick
+            + ticks_left["policy"] * self.costs.policy_tick
+            + ticks_left["updates"] * per_update
+        )
+
+    def other_seconds(self, cfg: Config) -> float | None:
+        return None if self.other_update is None else self.seconds(cfg, update_cost=self.other_update)
+
+
+def work_left(cfg: Config, env_steps: int, updates: int) -> dict[str, int]:
+    """Prefill ticks, policy ticks and updates still to come from (`env_steps`, `updates`): the trainer steps all
+    `num_envs` copies per tick, acts randomly below `prefill` agent steps, and then is due
+    `pretrain + (env_steps - prefill) // train_every` updates in all."""
+    t, n = cfg.train, cfg.env.num_envs
+    total_ticks = math.ceil(t.steps / n)
+    prefill_ticks = min(math.ceil(t.prefill / n), total_ticks)
+    done_ticks = math.ceil(env_steps / n)
+    total_updates = t.pretrain + max(0, t.steps - t.prefill) // t.train_every if t.steps > t.prefill else 0
+    return {
+        "prefill": max(0, prefill_ticks - done_ticks),
+        "policy": max(0, total_ticks - max(done_ticks, prefill_ticks)),
+        "updates": max(0, total_updates - updates),
+    }
+
+
+def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
+    """Time this config's prefill ticks, policy ticks and updates for about `budget` seconds in all.
+
+    The global RNGs are left as they were, so a run that starts afterwards is the same as without the estimate.
+    """
+    cfg = prepare(copy.deepcopy(cfg))
+    t = cfg.train
+    # A small replay: enough rows for one batch; its size does not change what a tick or an update costs.
+    t.replay_capacity = cfg.env.num_envs * (t.batch_length + 2)
+    cfg.run.replay_chunk = 2**62  # no chunk is ever complete, so none is handed out to be saved
+    device = configure_torch(cfg)
+    amp = resolve_precision(cfg.run.precision, device)
+    env = make_env(cfg.env, t.seed)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            trainer = Trainer(cfg, env, device, amp)
+            trainer.start()
+            t.prefill = 10**12  # random actions, however long the timing takes
+            sync = torch.cuda.synchronize if device.type == "cuda" else None
+            prefill_tick = _time(trainer.collect_step, budget * 0.1, t.batch_length + 1, sync)
+            t.prefill = 0
+            policy_tick = _time(trainer.collect_step, budget * 0.2, 3, sync)
+            update = _time(trainer._update, budget * 0.7 * (0.5 if amp is None else 1.0), 1, sync)
+            other, other_update = None, None
+            if amp is None and (device.type == "cuda" or cpu_computes_bf16()):
+                other = "bf16"
+                agent = Agent(cfg, env.spec.obs_space, env.spec.action_dim, env.spec.discrete, device, torch.bfloat16)
+                trainer.agent = agent
+                other_update = _time(trainer._update, budget * 0.35, 1, sync)
+    finally:
+        env.close()
+    return TimeEstimate(Costs(prefill_tick, policy_tick, update), PRECISION_NAMES[amp], other, other_update)
+
+
+def _time(work: Callable[[], None], budget: float, least: int, sync: Callable[[], None] | None) -> float:
+    """Seconds per call of `work`: one untimed warm-up call (its first-call costs, such as oneDNN's kernel choices,
+    would inflate the answer several-fold), then at least `least` timed calls and as many more as fit in `budget`
+    seconds (at most 50); `sync` waits for queued GPU work."""
+    wait = sync or (lambda: None)
+    work()
+    wait()
+    calls, began = 0, time.perf_counter()
+    while calls < least or (time.perf_counter() - began < budget and calls < 50):
+        work()
+        calls += 1
+    wait()
+    return (time.perf_counter() - began) / calls

@@ -1,0 +1,273 @@
+"""`dreamctl plot`: learning curves read from runs' logs, drawn headless (matplotlib's Agg backend).
+
+The first panel is the training episodes' returns: each raw value faint, a trailing moving average bold, the
+evaluations of run.yaml as points with their standard deviation. Each `--metric` name from metrics.jsonl adds a
+panel below it. `group` draws, per group of runs, the mean of their smoothed curves with a min-max band on the
+x range they all cover. Reference scores join where dreamctl knows them: the gamer-normalised score on a second
+axis for Atari, DreamerV2's published return as a line for DMC. Everything drawn is also returned as rows,
+which `--data out.csv` writes, so a reader can check the figure against the logs.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamctl.errors import UsageError, did_you_mean
+from dreamctl.runs.metrics import read_jsonl
+from dreamctl.runs.registry import Run
+from dreamctl.scores import dmc_reference, human_normalized, table
+
+X_AXES = ("steps", "frames", "hours")
+GROUP_KEYS = ("env", "preset", "seed")
+FORMATS = (".png", ".svg", ".pdf")
+RETURN = "return"  # the first panel's name
+BAND_POINTS = 200  # x positions where a group's curves are averaged
+X_LABELS = {"steps": "agent steps", "frames": "frames", "hours": "hours of training"}
+
+
+@dataclass
+class RunLog:
+    """One run's logs, ready to plot."""
+
+    ref: str
+    label: str
+    info: dict[str, Any]  # env, preset, seed: what --group can key on
+    action_repeat: int
+    episodes: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+
+    def clock(self) -> tuple[np.ndarray, np.ndarray]:
+        """(agent steps, training seconds) pairs from every log line that carries the training time."""
+        pairs = sorted(
+            {(r["step"], r["wall_time"]) for r in self.episodes if "wall_time" in r}
+            | {(r["step"], r["train/wall_time"]) for r in self.metrics if "train/wall_time" in r}
+        )
+        if not pairs:
+            raise UsageError(
+                f"{self.ref}'s logs carry no training time (they predate it); plot it with --x steps or --x frames."
+            )
+        steps, seconds = np.array(pairs, np.float64).T
+        return steps, seconds
+
+    def x(self, steps: Sequence[float], axis: str) -> np.ndarray:
+        """Agent steps mapped onto the x axis: frames multiply by the action repeat, hours come from the clock."""
+        s = np.asarray(steps, np.float64)
+        if axis == "frames":
+            return s * self.action_repeat
+        if axis == "hours":
+            clock_steps, seconds = self.clock()
+            return np.interp(s, clock_steps, seconds) / 3600.0
+        return s
+
+
+def read_run(run: Run) -> RunLog:
+    meta = run.meta()
+    name = f" ({meta['name']})" if meta.get("name") else ""
+    info = {"env": str(meta.get("env", "?")), "preset": str(meta.get("preset", "?")), "seed": meta.get("seed")}
+    return RunLog(
+        run.ref,
+        f"{run.ref}{name} · {info['env']} · {info['preset']} · seed {info['seed']}",
+        info,
+        int((meta.get("env_spec") or {}).get("action_repeat", 1)),
+        read_jsonl(run.path / "episodes.jsonl"),
+        sorted(meta.get("evals") or [], key=lambda e: e["step"]),
+        read_jsonl(run.path / "metrics.jsonl"),
+    )
+
+
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average: out[i] = mean(y[max(0, i - window + 1) : i + 1]), (n,) -> (n,)."""
+    y = np.asarray(y, np.float64)
+    sums = np.cumsum(np.concatenate([[0.0], y]))
+    i = np.arange(1, len(y) + 1)
+    start = np.maximum(0, i - window)
+    return (sums[i] - sums[start]) / (i - start)
+
+
+def auto_window(n: int) -> int:
+    """Default smoothing: a twentieth of the points, at least 1."""
+    return max(1, n // 20)
+
+
+def panel_series(log: RunLog, panel: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one panel of one run: episode returns for `RETURN`, else the metric's logged values."""
+    if panel == RETURN:
+        records = [(e["step"], e["return"]) for e in log.episodes]
+    else:
+        records = [(m["step"], m[panel]) for m in log.metrics if panel in m]
+    if not records:
+        return np.zeros(0), np.zeros(0)
+    steps, values = np.array(records, np.float64).T
+    return log.x(steps, axis), values
+
+
+def check_metrics(logs: list[RunLog], names: Sequence[str]) -> None:
+    logged = sorted({k for log in logs for m in log.metrics for k in m} - {"step", "time"})
+    for name in names:
+        if name not in logged:
+            raise UsageError(
+                f"no run logged the metric '{name}'{did_you_mean(name, logged)}; metrics.jsonl has: "
+                f"{', '.join(logged) or 'nothing yet'}."
+            )
+
+
+def group_logs(logs: list[RunLog], keys: Sequence[str]) -> dict[str, list[RunLog]]:
+    """Runs by the values of `keys`, in first-seen order; without keys every run is its own group."""
+    for key in keys:
+        if key not in GROUP_KEYS:
+            raise UsageError(f"--group takes {', '.join(GROUP_KEYS)}, got '{key}'{did_you_mean(key, GROUP_KEYS)}.")
+    if not keys:
+        return {log.label: [log] for log in logs}
+    groups: dict[str, list[RunLog]] = {}
+    for log in logs:
+        label = " · ".join(f"{log.info[k]}" if k != "seed" else f"seed {log.info[k]}" for k in keys)
+        groups.setdefault(label, []).append(log)
+    return {f"{label} ({len(members)} runs)": members for label, members in groups.items()}
+
+
+def band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, min and max of curves (x ascending) on `BAND_POINTS` x positions spanning the range all of them cover;
+    returns (x, mean, low, high), empty where the ranges do not overlap."""
+    start = max(x[0] for x, _ in curves)
+    end = min(x[-1] for x, _ in curves)
+    if end < start:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    grid = np.linspace(start, end, BAND_POINTS)
+    stacked = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
+def plot(
+    runs: Sequence[Run],
+    out: Path,
+    metrics: Sequence[str] = (),
+    x_axis: str = "steps",
+    window: int | None = None,
+    group: Sequence[str] = (),
+    data: Path | None = None,
+) -> dict[str, Any]:
+    """Draw the runs' curves into `out` (.png, .svg or .pdf); returns {"out", "panels", "rows"} where rows are
+    what was drawn: {"panel", "series", "kind" (raw, smoothed, eval, mean, min, max), "x", "y", "std"}."""
+    if x_axis not in X_AXES:
+        raise UsageError(f"--x takes {', '.join(X_AXES)}, got '{x_axis}'{did_you_mean(x_axis, X_AXES)}.")
+    if out.suffix.lower() not in FORMATS:
+        raise UsageError(f"--out must end in {', '.join(FORMATS)}, got '{out.name}'.")
+    if window is not None and window < 1:
+        raise UsageError(f"--smooth must be 1 or more, got {window}.")
+    logs = [read_run(run) for run in runs]
+    check_metrics(logs, metrics)
+    groups = group_logs(logs, group)
+    panels = [RETURN, *metrics]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 + 2.4 * len(metrics)), sharex=True, squeeze=False)
+    rows: list[dict[str, Any]] = []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, members) in enumerate(groups.items()):
+        color = colors[index % len(colors)]
+        for panel, ax in zip(panels, axes[:, 0], strict=True):
+            if group:
+                _draw_group(ax, panel, label, members, x_axis, window, color, rows)
+            else:
+                _draw_run(ax, panel, members[0], x_axis, window, color, rows)
+    _references(axes[0, 0], logs)
+    for panel, ax in zip(panels, axes[:, 0], strict=True):
+        ax.set_ylabel("episode return" if panel == RETURN else panel)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(X_LABELS[x_axis])
+    axes[0, 0].legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    if data is not None:
+        with open(data, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["panel", "series", "kind", "x", "y", "std"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return {"out": str(out), "panels": panels, "rows": rows}
+
+
+def _draw_run(ax, panel: str, log: RunLog, axis: str, window: int | None, color: str, rows: list) -> None:
+    x, y = panel_series(log, panel, axis)
+    label = log.label if panel == RETURN else None
+    if len(x):
+        smoothed = smooth(y, window or auto_window(len(y)))
+        ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(x, smoothed, color=color, linewidth=2.0, label=label)
+        _record(rows, panel, log.label, "raw", x, y)
+        _record(rows, panel, log.label, "smoothed", x, smoothed)
+    if panel == RETURN and log.evals:
+        ex = log.x([e["step"] for e in log.evals], axis)
+        mean = np.array([e["mean"] for e in log.evals])
+        std = np.array([e["std"] for e in log.evals])
+        ax.errorbar(ex, mean, yerr=std, fmt="o", color=color, capsize=3, markeredgecolor="black")
+        _record(rows, panel, log.label, "eval", ex, mean, std)
+
+
+def _draw_group(
+    ax, panel: str, label: str, members: list[RunLog], axis: str, window: int | None, color: str, rows: list
+) -> None:
+    curves = []
+    for log in members:
+        x, y = panel_series(log, panel, axis)
+        if len(x):
+            curves.append((x, smooth(y, window or auto_window(len(y)))))
+    if not curves:
+        return
+    x, mean, low, high = band(curves)
+    ax.plot(x, mean, color=color, linewidth=2.0, label=label if panel == RETURN else None)
+    ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+    for kind, values in (("mean", mean), ("min", low), ("max", high)):
+        _record(rows, panel, label, kind, x, values)
+
+
+def _references(ax, logs: list[RunLog]) -> None:
+    """DreamerV2's published DMC return as a dashed line per task; the gamer-normalised score on a second axis
+    when every run plays the same Atari game."""
+    envs = sorted({log.info["env"] for log in logs})
+    for env in envs:
+        reference = dmc_reference(env)
+        if reference is not None:
+            ax.axhline(
+                reference.dreamerv2,
+                color="grey",
+                linestyle="--",
+                linewidth=1.0,
+                label=f"DreamerV2 on {env} at {reference.frames / 1e6:.3g}M frames",
+            )
+    if len(envs) == 1 and envs[0] in table():
+        game = envs[0]
+        atari100k = all(log.info["preset"] == "atari100k" for log in logs)
+        zero = human_normalized(game, 0.0, atari100k)
+        one = human_normalized(game, 1.0, atari100k)
+        if zero is not None and one is not None:
+            scale = one - zero
+            second = ax.secondary_yaxis("right", functions=(lambda r: zero + scale * r, lambda h: (h - zero) / scale))
+            second.set_ylabel("gamer-normalised score")
+
+
+def _record(rows: list, panel: str, series: str, kind: str, x, y, std=None) -> None:
+    for i in range(len(x)):
+        rows.append(
+            {
+                "panel": panel,
+                "series": series,
+                "kind": kind,
+                "x": float(x[i]),
+                "y": float(y[i]),
+                "std": None if std is None else float(std[i]),
+            }
+        )

@@ -1,0 +1,299 @@
+"""Seeing results through the real CLI: `plot`, `show` and `list` with a damaged run; the maths of the curves."""
+
+import csv
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import yaml
+from conftest import dreamctl_command, fast_args, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
+from matplotlib import image
+
+from dreamctl.tools.plot import band, smooth
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """Two short catch runs that differ only in their seed, the first one evaluated once."""
+    home = tmp_path_factory.mktemp("results") / "home"
+    for seed in (1, 2):
+        run_cli(
+            "train",
+            "catch",
+            "--preset",
+            "debug",
+            "--steps",
+            "600",
+            "--seed",
+            str(seed),
+            *fast_args(),
+            home=home,
+            check=True,
+        )
+    run_cli("eval", "run-1", "--episodes", "2", home=home, check=True)
+    return home
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def logged(home, run, name):
+    return [json.loads(line) for line in (home / "runs" / run / name).read_text().splitlines()]
+
+
+def test_plot_of_two_runs_draws_the_logged_data(two_seeds, tmp_path):
+    home = two_seeds
+    out, data = tmp_path / "curves.png", tmp_path / "curves.csv"
+    proc = run_cli(
+        "plot", "run-1", "run-2", "--metric", "loss/kl", "--out", str(out), "--data", str(data), home=home, check=True
+    )
+    assert str(out) in proc.stdout
+    pixels = image.imread(out)
+    assert pixels.ndim == 3 and pixels.shape[0] > 300 and pixels.shape[1] > 500 and pixels.std() > 0.01
+    rows = read_csv(data)
+    for run in ("run-1", "run-2"):
+        series = [s for s in {r["series"] for r in rows} if s.startswith(run + " ")]
+        assert len(series) == 1 and "catch" in series[0] and "debug" in series[0]
+        mine = [r for r in rows if r["series"] == series[0]]
+        episodes = logged(home, run, "episodes.jsonl")
+        raw = [(float(r["x"]), float(r["y"])) for r in mine if r["panel"] == "return" and r["kind"] == "raw"]
+        assert raw == [(float(e["step"]), float(e["return"])) for e in episodes]
+        smoothed = [float(r["y"]) for r in mine if r["panel"] == "return" and r["kind"] == "smoothed"]
+        window = max(1, len(episodes) // 20)
+        np.testing.assert_allclose(smoothed, smooth(np.array([e["return"] for e in episodes]), window))
+        kl = [(float(r["x"]), float(r["y"])) for r in mine if r["panel"] == "loss/kl" and r["kind"] == "raw"]
+        assert kl == [(float(m["step"]), m["loss/kl"]) for m in logged(home, run, "metrics.jsonl") if "loss/kl" in m]
+    evals = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["evals"]
+    drawn = [r for r in rows if r["kind"] == "eval"]
+    assert [(float(r["x"]), float(r["y"]), float(r["std"])) for r in drawn] == [
+        (float(e["step"]), e["mean"], e["std"]) for e in evals
+    ]
+
+
+def test_plot_group_draws_one_band_of_the_seeds(two_seeds, tmp_path):
+    home = two_seeds
+    data = tmp_path / "group.csv"
+    run_cli(
+        "plot",
+        "1",
+        "2",
+        "--group",
+        "env,preset",
+        "--smooth",
+        "3",
+        "--out",
+        str(tmp_path / "g.svg"),
+        "--data",
+        str(data),
+        home=home,
+        check=True,
+    )
+    assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+    rows = read_csv(data)
+    assert {r["series"] for r in rows} == {"catch · debug (2 runs)"}
+    assert {r["kind"] for r in rows} == {"mean", "min", "max"}
+    by_kind = {
+        k: np.array([[float(r["x"]), float(r["y"])] for r in rows if r["kind"] == k]) for k in ("mean", "min", "max")
+    }
+    curves = []
+    for run in ("run-1", "run-2"):
+        episodes = logged(home, run, "episodes.jsonl")
+        x = np.array([e["step"] for e in episodes], float)
+        curves.append(np.interp(by_kind["mean"][:, 0], x, smooth(np.array([e["return"] for e in episodes]), 3)))
+    np.testing.assert_allclose(by_kind["mean"][:, 1], np.mean(curves, 0))
+    np.testing.assert_allclose(by_kind["min"][:, 1], np.min(curves, 0))
+    np.testing.assert_allclose(by_kind["max"][:, 1], np.max(curves, 0))
+
+
+def test_plot_against_hours_and_frames(two_seeds, tmp_path):
+    home = two_seeds
+    for axis in ("hours", "frames"):
+        data = tmp_path / f"{axis}.csv"
+        run_cli(
+            "plot", "1", "--x", axis, "--out", str(tmp_path / f"{axis}.pdf"), "--data", str(data), home=home, check=True
+        )
+        raw = [float(r["x"]) for r in read_csv(data) if r["kind"] == "raw"]
+        episodes = logged(home, "run-1", "episodes.jsonl")
+        expected = [e["wall_time"] / 3600 for e in episodes] if axis == "hours" else [e["frame"] for e in episodes]
+        np.testing.assert_allclose(raw, expected)
+    assert (tmp_path / "hours.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_plot_without_out_writes_into_the_run(two_seeds):
+    proc = run_cli("plot", "run-2", home=two_seeds, check=True)
+    assert (two_seeds / "runs" / "run-2" / "plot.png").is_file() and "plot.png" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metric", "loss/kll"], "did you mean 'loss/kl'"),
+        (["--x", "hour"], "did you mean 'hours'"),
+        (["--group", "presett"], "did you mean 'preset'"),
+        (["--out", "curves.jpg"], "must end in .png, .svg, .pdf"),
+        (["--smooth", "0"], "--smooth must be 1 or more"),
+    ],
+)
+def test_plot_mistakes_get_one_sentence_and_exit_2(two_seeds, args, message, tmp_path):
+    proc = run_cli("plot", "1", *args, home=two_seeds)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+SHOW_FIELDS = {
+    "id",
+    "name",
+    "path",
+    "status",
+    "reason",
+    "env",
+    "preset",
+    "seed",
+    "command",
+    "created",
+    "updated",
+    "device",
+    "precision",
+    "parameters",
+    "protocol",
+    "config_changes",
+    "progress",
+    "time_trained_s",
+    "agent_steps_per_s",
+    "updates_per_s",
+    "score",
+    "dreamerv2",
+    "evals",
+    "checkpoints",
+    "history",
+    "warnings",
+    "error",
+    "disk_bytes",
+}
+
+
+def show(home, run):
+    return json.loads(run_cli("show", run, "--json", home=home, check=True).stdout)
+
+
+def test_show_a_finished_run(two_seeds):
+    s = show(two_seeds, "run-1")
+    assert set(s) == SHOW_FIELDS
+    meta = yaml.safe_load((two_seeds / "runs" / "run-1" / "run.yaml").read_text())
+    assert s["status"] == "finished" and s["env"] == "catch" and s["preset"] == "debug" and s["seed"] == 1
+    assert s["progress"] == {
+        "env_steps": 600,
+        "target_steps": 600,
+        "frames": 600,
+        "updates": meta["progress"]["updates"],
+    }
+    assert s["time_trained_s"] == meta["progress"]["wall_time"] > 0
+    assert s["updates_per_s"] == pytest.approx(meta["progress"]["updates"] / meta["progress"]["wall_time"])
+    assert s["protocol"]["action_repeat"] == 1 and s["protocol"]["image_size"] == 64
+    assert s["config_changes"]["train.steps"] == {"preset": 8000, "run": 600}
+    assert s["config_changes"]["train.prefill"] == {"preset": 1000, "run": 200}
+    assert "model.deter" not in s["config_changes"]
+    assert [c["step"] for c in s["checkpoints"]] == [c["step"] for c in meta["checkpoints"]]
+    assert all(len(c["sha256"]) == 12 and c["bytes"] > 0 for c in s["checkpoints"])
+    assert s["evals"] == meta["evals"] and s["error"] is None and s["history"][0]["event"] == "created"
+    text = run_cli("show", "run-1", home=two_seeds, check=True).stdout
+    assert "finished" in text and "train.steps 8000 → 600" in text and s["checkpoints"][0]["sha256"] in text
+
+
+def test_show_an_interrupted_then_resumed_run(tmp_path):
+    home = tmp_path / "home"
+    args = ["train", "catch", "--preset", "debug", "--steps", "4000", *fast_args()]
+    env = {**os.environ, "DREAMCTL_HOME": str(home)}
+    proc = subprocess.Popen(dreamctl_command() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meta_path = home / "runs" / "run-1" / "run.yaml"
+    deadline = time.monotonic() + 300
+    while not (meta_path.is_file() and yaml.safe_load(meta_path.read_text()).get("checkpoints")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    s = show(home, "run-1")
+    stopped = s["progress"]["env_steps"]
+    assert s["status"] == "interrupted" and 0 < stopped < 4000 and s["checkpoints"][-1]["step"] == stopped
+    run_cli("resume", "run-1", "--steps", str(stopped + 100), home=home, check=True)
+    s = show(home, "run-1")
+    assert s["status"] == "finished" and [h["event"] for h in s["history"]] == ["created", "resumed"]
+    assert s["history"][1]["from_step"] == stopped and s["progress"]["env_steps"] == stopped + 100
+
+
+def test_show_a_failed_run_names_its_error(tmp_path):
+    """A file-size limit below a checkpoint's size makes the first checkpoint write fail, as a full disk would."""
+    home = tmp_path / "home"
+    limit = 2 * 2**20
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "DREAMCTL_HOME": str(home)}
+    proc = subprocess.run(
+        dreamctl_command() + ["train", "catch", "--preset", "debug", "--steps", "400", *fast_args()],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr
+    s = show(home, "run-1")
+    assert set(s) == SHOW_FIELDS and s["status"] == "failed"
+    assert "File too large" in s["error"] and s["error"] in run_cli("show", "1", home=home, check=True).stdout
+
+
+def test_a_damaged_run_lists_as_unreadable_and_nothing_changes(two_seeds, tmp_path):
+    home = tmp_path / "home"
+    subprocess.run(["cp", "-a", str(two_seeds), str(home)], check=True)
+    (home / "runs" / "run-2" / "run.yaml").write_text("status: [finished\n")
+
+    def snapshot():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(home.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    rows = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
+    assert [(r["id"], r["status"]) for r in rows] == [("run-1", "finished"), ("run-2", "unreadable")]
+    assert "not valid YAML" in rows[1]["reason"] and rows[0]["time_trained_s"] > 0
+    text = run_cli("list", home=home, check=True).stdout
+    assert "unreadable" in text and "finished" in text and "trained" in text
+    assert [
+        r["id"] for r in json.loads(run_cli("list", "--json", "--status", "unreadable", home=home, check=True).stdout)
+    ] == ["run-2"]
+    s = show(home, "run-2")
+    assert s["status"] == "unreadable" and "not valid YAML" in s["reason"]
+    assert snapshot() == before
+
+
+def test_smooth_is_a_trailing_mean_by_hand():
+    np.testing.assert_allclose(smooth(np.array([1.0, 2, 3, 4]), 2), [1, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(smooth(np.array([1.0, 2, 3, 4]), 10), [1, 1.5, 2, 2.5])
+    np.testing.assert_allclose(smooth(np.array([5.0, -1]), 1), [5, -1])
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60),
+    st.integers(1, 80),
+)
+def test_smooth_matches_its_definition(values, window):
+    y = np.array(values)
+    expected = [y[max(0, i - window + 1) : i + 1].mean() for i in range(len(y))]
+    np.testing.assert_allclose(smooth(y, window), expected, rtol=1e-9, atol=1e-6)
+
+
+def test_band_averages_where_every_curve_is_defined():
+    x, mean, low, high = band(
+        [(np.array([0.0, 1, 2]), np.array([0.0, 1, 2])), (np.array([1.0, 2, 3]), np.full(3, 10.0))]
+    )
+    assert x[0] == 1 and x[-1] == 2 and len(x) == 200
+    np.testing.assert_allclose([mean[0], low[0], high[0], mean[-1], low[-1], high[-1]], [5.5, 1, 10, 6, 2, 10])

@@ -1,0 +1,78 @@
+"""The time estimate's arithmetic and the progress bar's time left, with hand-worked values."""
+
+import io
+import time
+
+import pytest
+from rich.console import Console
+
+from dreamctl.config import load_config
+from dreamctl.runs import lifecycle
+from dreamctl.runs.estimate import Costs, TimeEstimate, estimate_time, work_left
+from dreamctl.terminal import ProgressView, duration_label, estimate_line
+from dreamctl.training.trainer import Progress
+
+CFG = load_config(
+    "debug", ["train.steps=1000", "env.num_envs=4", "train.prefill=100", "train.train_every=5", "train.pretrain=10"]
+)
+
+
+def test_work_left_counts_ticks_and_updates_as_the_trainer_does():
+    # 1000 / 4 = 250 ticks, ceil(100 / 4) = 25 of them random; 10 + (1000 - 100) // 5 = 190 updates.
+    assert work_left(CFG, 0, 0) == {"prefill": 25, "policy": 225, "updates": 190}
+    assert work_left(CFG, 120, 30) == {"prefill": 0, "policy": 220, "updates": 160}
+    assert work_left(CFG, 40, 0) == {"prefill": 15, "policy": 225, "updates": 190}
+    assert work_left(CFG, 1000, 190) == {"prefill": 0, "policy": 0, "updates": 0}
+
+
+def test_seconds_weigh_each_kind_of_work_by_its_cost():
+    estimate = TimeEstimate(Costs(0.001, 0.01, 0.1), "float32", "bf16", 0.05)
+    assert estimate.seconds(CFG) == pytest.approx(25 * 0.001 + 225 * 0.01 + 190 * 0.1)  # 21.275
+    assert estimate.other_seconds(CFG) == pytest.approx(25 * 0.001 + 225 * 0.01 + 190 * 0.05)  # 11.775
+    assert estimate_line(estimate, CFG) == "≈ 21 s of training here in float32, ≈ 12 s with --precision bf16"
+    same = TimeEstimate(Costs(0.001, 0.01, 0.1), "float32", "bf16", 0.098)
+    assert estimate_line(same, CFG) == "≈ 21 s of training here in float32"
+
+
+def progress(steps, prefill):
+    return Progress(steps, 5000, 0, 0, None, 0.0, prefill)
+
+
+def test_time_left_comes_from_the_estimate_until_training_has_run_a_while():
+    view = ProgressView(Console(file=io.StringIO()), remaining=lambda p: 42.0)
+    assert view.time_left(progress(500, True), now=10.0) == 42.0
+    view.training_since = (100.0, 1000)
+    assert view.time_left(progress(1500, False), now=110.0) == 42.0  # 10 s of training: too soon to trust
+    # 1000 steps in 30 s, 3000 to go: 90 s.
+    assert view.time_left(progress(2000, False), now=130.0) == pytest.approx(90.0)
+    assert ProgressView(Console(file=io.StringIO())).time_left(progress(500, True), now=1.0) is None
+
+
+@pytest.mark.slow
+def test_estimate_and_first_eta_after_prefill_hold_on_the_debug_preset(tmp_path):
+    """The dry run's estimate (the same `estimate_time`) against the measured time of the very run, and the time
+    left that the progress bar shows on the first tick after prefill against the time that was really left."""
+    cfg = load_config("debug", ["env.name=catch", "train.steps=3000", "train.seed=4"])
+    estimate = estimate_time(cfg)
+    predicted = estimate.seconds(cfg)
+    view = ProgressView(Console(file=io.StringIO()), lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
+    first: list[tuple[float, float]] = []
+
+    def on_progress(p):
+        view(p)
+        if not p.prefill and not first:
+            now = time.monotonic()
+            first.append((now, view.time_left(p, now)))
+
+    began = time.monotonic()
+    lifecycle.train(cfg, home=tmp_path, preset="debug", progress=on_progress)
+    ended = time.monotonic()
+    measured = ended - began
+    at, eta = first[0]
+    print(f"estimate {predicted:.1f} s, measured {measured:.1f} s; first ETA {eta:.1f} s, true rest {ended - at:.1f} s")
+    assert 1 / 1.5 <= predicted / measured <= 1.5
+    assert 0.5 <= eta / (ended - at) <= 2.0
+
+
+def test_durations_read_in_the_unit_that_suits_them():
+    assert [duration_label(s) for s in (45, 600, 3 * 3600, 10 * 86400)] == ["45 s", "10 min", "3.0 h", "10 days"]
