@@ -154,8 +154,9 @@ def plot(
     group: Sequence[str] = (),
     data: Path | None = None,
 ) -> dict[str, Any]:
-    """Draw the runs' curves into `out` (.png, .svg or .pdf); returns {"out", "panels", "rows"} where rows are
-    what was drawn: {"panel", "series", "kind" (raw, smoothed, eval, mean, min, max), "x", "y", "std"}."""
+    """Draw the runs' curves into `out` (.png, .svg or .pdf); returns {"out", "panels", "rows", "references"} where
+    rows are what was drawn: {"panel", "series", "kind" (raw, smoothed, eval, mean, min, max), "x", "y", "std"}, and
+    references name the reference scores drawn with them."""
     if x_axis not in X_AXES:
         raise UsageError(f"--x takes {', '.join(X_AXES)}, got '{x_axis}'{did_you_mean(x_axis, X_AXES)}.")
     if out.suffix.lower() not in FORMATS:
@@ -182,7 +183,7 @@ def plot(
                 _draw_group(ax, panel, label, members, x_axis, window, color, rows)
             else:
                 _draw_run(ax, panel, members[0], x_axis, window, color, rows)
-    _references(axes[0, 0], logs)
+    references = _references(axes[0, 0], logs)
     for panel, ax in zip(panels, axes[:, 0], strict=True):
         ax.set_ylabel("episode return" if panel == RETURN else panel)
         ax.grid(alpha=0.3)
@@ -197,7 +198,7 @@ def plot(
             writer = csv.DictWriter(f, fieldnames=["panel", "series", "kind", "x", "y", "std"])
             writer.writeheader()
             writer.writerows(rows)
-    return {"out": str(out), "panels": panels, "rows": rows}
+    return {"out": str(out), "panels": panels, "rows": rows, "references": references}
 
 
 def _draw_run(ax, panel: str, log: RunLog, axis: str, window: int | None, color: str, rows: list) -> None:
@@ -234,20 +235,17 @@ def _draw_group(
         _record(rows, panel, label, kind, x, values)
 
 
-def _references(ax, logs: list[RunLog]) -> None:
+def _references(ax, logs: list[RunLog]) -> list[str]:
     """DreamerV2's published DMC return as a dashed line per task; the gamer-normalised score on a second axis
-    when every run plays the same Atari game."""
+    when every run plays the same Atari game. Returns what it drew, in words."""
+    drawn = []
     envs = sorted({log.info["env"] for log in logs})
     for env in envs:
         reference = dmc_reference(env)
         if reference is not None:
-            ax.axhline(
-                reference.dreamerv2,
-                color="grey",
-                linestyle="--",
-                linewidth=1.0,
-                label=f"DreamerV2 on {env} at {reference.frames / 1e6:.3g}M frames",
-            )
+            label = f"DreamerV2 on {env} at {reference.frames / 1e6:.3g}M frames: {reference.dreamerv2:g}"
+            ax.axhline(reference.dreamerv2, color="grey", linestyle="--", linewidth=1.0, label=label)
+            drawn.append(label)
     if len(envs) == 1 and envs[0] in table():
         game = envs[0]
         atari100k = all(log.info["preset"] == "atari100k" for log in logs)
@@ -257,6 +255,8 @@ def _references(ax, logs: list[RunLog]) -> None:
             scale = one - zero
             second = ax.secondary_yaxis("right", functions=(lambda r: zero + scale * r, lambda h: (h - zero) / scale))
             second.set_ylabel("gamer-normalised score")
+            drawn.append(f"gamer-normalised score of {game} on the right axis")
+    return drawn
 
 
 def _record(rows: list, panel: str, series: str, kind: str, x, y, std=None) -> None:

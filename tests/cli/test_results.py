@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib import image
 
-from dreamctl.tools.plot import band, smooth
+from dreamctl.runs.registry import Registry
+from dreamctl.tools.plot import band, plot, smooth
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +298,19 @@ def test_band_averages_where_every_curve_is_defined():
     )
     assert x[0] == 1 and x[-1] == 2 and len(x) == 200
     np.testing.assert_allclose([mean[0], low[0], high[0], mean[-1], low[-1], high[-1]], [5.5, 1, 10, 6, 2, 10])
+
+
+@pytest.mark.parametrize(
+    ("env", "preset", "reference"),
+    [
+        ("pong", "atari", "gamer-normalised score of pong on the right axis"),
+        ("dmc:walker_walk", "dmc", "DreamerV2 on dmc:walker_walk at 1M frames: 957.5"),
+        ("catch", "debug", None),
+    ],
+)
+def test_plot_draws_the_reference_scores_dreamctl_knows(tmp_path, env, preset, reference):
+    run = Registry(tmp_path).create({"env": env, "preset": preset, "seed": 0, "env_spec": {"action_repeat": 4}}, None)
+    lines = [{"step": 10 * i, "return": float(i), "frame": 40 * i, "wall_time": i} for i in range(1, 30)]
+    (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = plot([run], tmp_path / "p.png")
+    assert result["references"] == ([reference] if reference else [])
