@@ -204,7 +204,8 @@ def envs(home: Optional[Path] = Home) -> None:
     from dreamctl.scores import table as scores
 
     out.print(
-        "catch and reach (built in), gym:<id> (any installed Gymnasium env with image, vector or Dict observations), "
+        "catch, catch2 (two agents) and reach (built in), gym:<id> (any installed Gymnasium env with image, vector "
+        "or Dict observations), "
         "the DeepMind Control Suite's tasks (the dmc extra):"
     )
     out.print(", ".join(f"dmc:{domain}_{task}" for domain, task in DMC_TASKS), highlight=False)

@@ -47,6 +47,7 @@ def eval_(
             "random",
             "optimal",
             "dreamerv2",
+            "agents",
         )
         print(json.dumps({k: result[k] for k in keys}))
         return
@@ -54,6 +55,8 @@ def eval_(
         f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: {result['episodes']} episodes, "
         f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})"
     )
+    for agent in result["agents"] or []:
+        out.print(f"agent {agent['agent']}: return {agent['mean']:.2f}")
     if result["human_normalized"] is not None:
         out.print(f"gamer-normalised score: {result['human_normalized']:.3f}")
     if result["reward_threshold"] is not None:

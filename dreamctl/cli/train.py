@@ -15,16 +15,17 @@ from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_sig
 @app.command()
 def train(
     env: str = typer.Argument(
-        ..., help="catch, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task> or gym:<id>."
+        ...,
+        help="catch, catch2, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task> or gym:<id>.",
     ),
     preset: Optional[str] = typer.Option(
         None,
         "--preset",
         "-p",
         show_default=False,
-        help="Preset name (atari, atari100k, debug, dmc, humanoid, pixels, vector) or a YAML file. Default: atari "
-        "for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, vector for envs "
-        "without images, pixels otherwise.",
+        help="Preset name (atari, atari100k, catch2, debug, dmc, humanoid, pixels, vector) or a YAML file. Default: "
+        "atari for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, catch2 for "
+        "catch2, vector for envs without images, pixels otherwise.",
     ),
     steps: Optional[int] = typer.Option(
         None,
@@ -176,6 +177,8 @@ def _default_preset(game: str, sets: list[str]) -> str:
         return "dmc"
     if game == "catch":
         return "debug"
+    if game == "catch2":
+        return "catch2"
     if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
         return "vector"
     return "pixels"

@@ -23,8 +23,9 @@ __all__ = [
 
 
 def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: bool = False) -> BatchedEnv:
-    """Build `num_envs` (default cfg.num_envs) copies of the env that cfg.name names, observing the keys that
-    env.cnn_keys and env.mlp_keys select (all of the env's keys with `every_key`)."""
+    """Build `num_envs` (default cfg.num_envs) copies of the env that cfg.name names (for a multi-agent game:
+    worlds, each as many copies as it has agents), observing the keys that env.cnn_keys and env.mlp_keys select
+    (all of the env's keys with `every_key`)."""
     env = _build(cfg, seed, num_envs or cfg.num_envs)
     if every_key:
         return env
@@ -52,6 +53,8 @@ def random_and_optimal(name: str) -> tuple[float, float] | None:
     """A built-in game's mean returns under uniform random actions and under the optimal policy (None for others)."""
     if name == "catch":
         from dreamctl.envs import catch as game
+    elif name == "catch2":
+        from dreamctl.envs import catch2 as game  # type: ignore[no-redef]
     elif name == "reach":
         from dreamctl.envs import reach as game  # type: ignore[no-redef]
     else:
@@ -74,6 +77,11 @@ def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
         from dreamctl.envs.catch import Catch
 
         return Catch(num_envs, seed, cfg.image_size)
+    if name == "catch2":
+        from dreamctl.envs.agents import AgentsAsCopies
+        from dreamctl.envs.catch2 import AGENTS, Catch2
+
+        return AgentsAsCopies(Catch2(num_envs, seed, cfg.image_size), AGENTS)
     if name == "reach":
         from dreamctl.envs.reach import Reach
 

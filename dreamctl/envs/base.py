@@ -35,6 +35,7 @@ class EnvSpec:
     action_dim: int  # number of discrete actions, or continuous dimensions
     discrete: bool
     action_repeat: int  # emulator frames per agent step
+    num_agents: int = 1  # agents per world; a world's agents are adjacent copies (envs/agents.py)
 
 
 class Step(NamedTuple):
@@ -93,6 +94,7 @@ class SelectedKeys(BatchedEnv):
             env.spec.action_dim,
             env.spec.discrete,
             env.spec.action_repeat,
+            env.spec.num_agents,
         )
 
     @property

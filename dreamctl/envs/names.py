@@ -1,8 +1,8 @@
 """Environment names: every common spelling of an Atari game resolves to one snake_case name.
 
 `pong`, `Pong`, `ALE/Pong-v5` and `atari:pong` are the same game; `ms_pacman`, `mspacman` and `MsPacman` too.
-`catch` and `reach` are the built-in games, `gym:<id>` any installed Gymnasium environment and `dmc:<domain>_<task>` a
-task of the DeepMind Control Suite.
+`catch`, `catch2` and `reach` are the built-in games, `gym:<id>` any installed Gymnasium environment and
+`dmc:<domain>_<task>` a task of the DeepMind Control Suite.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dreamctl.errors import UsageError
 from dreamctl.scores import table
 
-BUILTIN = ("catch", "reach")
+BUILTIN = ("catch", "catch2", "reach")
 
 # dm_control.suite.ALL_TASKS of dm-control 1.0.50 as (domain, task), kept here so that names resolve and `dreamctl
 # envs` lists them without the extra installed (a test compares them with the installed suite).

@@ -39,13 +39,14 @@ class TimeEstimate:
     """The timed costs of a config, and the same run's update cost in the other precision where it applies."""
 
     costs: Costs
+    copies: int  # env copies stepped per tick: the worlds times their agents
     precision: str  # the run's: float32, bf16 or float16
     other_precision: str | None = None  # bf16 where a float32 run on this machine could use it
     other_update: float | None = None
 
     def seconds(self, cfg: Config, env_steps: int = 0, updates: int = 0, update_cost: float | None = None) -> float:
         """Seconds from (`env_steps`, `updates`) to the end of the run (`cfg.train.steps`)."""
-        ticks_left = work_left(cfg, env_steps, updates)
+        ticks_left = work_left(cfg, self.copies, env_steps, updates)
         per_update = self.costs.update if update_cost is None else update_cost
         return (
             ticks_left["prefill"] * self.costs.prefill_tick
@@ -57,11 +58,11 @@ class TimeEstimate:
         return None if self.other_update is None else self.seconds(cfg, update_cost=self.other_update)
 
 
-def work_left(cfg: Config, env_steps: int, updates: int) -> dict[str, int]:
+def work_left(cfg: Config, copies: int, env_steps: int, updates: int) -> dict[str, int]:
     """Prefill ticks, policy ticks and updates still to come from (`env_steps`, `updates`): the trainer steps all
-    `num_envs` copies per tick, acts randomly below `prefill` agent steps, and then is due
+    `copies` per tick, acts randomly below `prefill` agent steps, and then is due
     `pretrain + (env_steps - prefill) // train_every` updates in all."""
-    t, n = cfg.train, cfg.env.num_envs
+    t, n = cfg.train, copies
     total_ticks = math.ceil(t.steps / n)
     prefill_ticks = min(math.ceil(t.prefill / n), total_ticks)
     done_ticks = math.ceil(env_steps / n)
@@ -80,12 +81,12 @@ def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
     """
     cfg = prepare(copy.deepcopy(cfg))
     t = cfg.train
-    # A small replay: enough rows for one batch; its size does not change what a tick or an update costs.
-    t.replay_capacity = cfg.env.num_envs * (t.batch_length + 2)
     cfg.run.replay_chunk = 2**62  # no chunk is ever complete, so none is handed out to be saved
     device = configure_torch(cfg)
     amp = resolve_precision(cfg.run.precision, device)
     env = make_env(cfg.env, t.seed)
+    # A small replay: enough rows for one batch; its size does not change what a tick or an update costs.
+    t.replay_capacity = env.num_envs * (t.batch_length + 2)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             trainer = Trainer(cfg, env, device, amp)
@@ -104,7 +105,8 @@ def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
                 other_update = _time(trainer._update, budget * 0.35, 1, sync)
     finally:
         env.close()
-    return TimeEstimate(Costs(prefill_tick, policy_tick, update), PRECISION_NAMES[amp], other, other_update)
+    costs = Costs(prefill_tick, policy_tick, update)
+    return TimeEstimate(costs, env.num_envs, PRECISION_NAMES[amp], other, other_update)
 
 
 def _time(work: Callable[[], None], budget: float, least: int, sync: Callable[[], None] | None) -> float:

@@ -157,6 +157,7 @@ def train(
                     "action_dim": spec.action_dim,
                     "discrete": spec.discrete,
                     "action_repeat": spec.action_repeat,
+                    "agents": spec.num_agents,
                 },
                 "parameters": params,
                 "checkpoints": [],

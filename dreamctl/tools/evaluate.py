@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dreamctl.config import from_dict
@@ -80,6 +81,12 @@ def evaluate(
     result["reward_threshold"] = None
     result["random"], result["optimal"] = random_and_optimal(meta["env"]) or (None, None)
     result["dreamerv2"] = dreamerv2_record(meta["env"])
+    result["agents"] = None
+    if len(playback.agent_returns[0]) > 1:
+        per_agent = np.array(playback.agent_returns).T  # (agents, episodes)
+        result["agents"] = [
+            {"agent": i, "mean": float(r.mean()), "returns": r.tolist()} for i, r in enumerate(per_agent)
+        ]
     if meta["env"].startswith("gym:"):
         from dreamctl.envs.gym_env import reward_threshold
 

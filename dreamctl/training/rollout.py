@@ -57,18 +57,20 @@ class EpisodeTracker:
 
 @dataclass
 class Playback:
-    returns: list[float]
+    returns: list[float]  # per episode; with several agents the team's (every agent receives the team reward)
     lengths: list[int]
     frames: np.ndarray | None  # the first episode of copy 0's image key, uint8 (T, H, W, C), when recorded
+    agent_returns: list[list[float]]  # per episode, each agent's return
 
 
 def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, record: str | None = None) -> Playback:
-    """Play `episodes` episodes over the env's copies, each copy its quota; `record` names an image key whose
-    frames of copy 0's first episode are kept."""
-    n = env.num_envs
-    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    done = np.zeros(n, int)
-    returns, lengths = [], []
+    """Play `episodes` episodes over the env's worlds, each world its quota; `record` names an image key whose
+    frames of copy 0's first episode are kept. A world of M agents is M adjacent copies that end together."""
+    n, m = env.num_envs, env.spec.num_agents
+    worlds = n // m
+    quota = np.array([episodes // worlds + (i < episodes % worlds) for i in range(worlds)])
+    done = np.zeros(worlds, int)
+    returns, lengths, agent_returns = [], [], []
     tracker = EpisodeTracker(n)
     state = agent.initial_act_state(n)
     step = env.reset()
@@ -81,12 +83,15 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
         if record is not None and recording:
             frames.append(step.obs[record][0])
             recording = not step.is_last[0]
-        for episode in finished:
-            if done[episode.env_index] < quota[episode.env_index]:
-                returns.append(episode.ret)
-                lengths.append(episode.length)
-                done[episode.env_index] += 1
-    return Playback(returns, lengths, np.stack(frames) if record else None)
+        for first in range(0, len(finished), m):
+            team = finished[first : first + m]  # one world's agents, in agent order
+            world = team[0].env_index // m
+            if done[world] < quota[world]:
+                agent_returns.append([episode.ret for episode in team])
+                returns.append(float(np.mean(agent_returns[-1])))
+                lengths.append(team[0].length)
+                done[world] += 1
+    return Playback(returns, lengths, np.stack(frames) if record else None, agent_returns)
 
 
 def greedy_episodes(agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: str | None = None) -> Playback:

@@ -184,6 +184,7 @@ def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(
         ("gym:CartPole-v1", ["--set", "env.render_pixels=true"], "pixels"),
         ("gym:pixelenvs:PixelGrid-v0", [], "pixels"),
         ("catch", [], "debug"),
+        ("catch2", [], "catch2"),
         ("reach", [], "pixels"),
     ],
 )

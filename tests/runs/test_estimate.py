@@ -19,18 +19,18 @@ CFG = load_config(
 
 def test_work_left_counts_ticks_and_updates_as_the_trainer_does():
     # 1000 / 4 = 250 ticks, ceil(100 / 4) = 25 of them random; 10 + (1000 - 100) // 5 = 190 updates.
-    assert work_left(CFG, 0, 0) == {"prefill": 25, "policy": 225, "updates": 190}
-    assert work_left(CFG, 120, 30) == {"prefill": 0, "policy": 220, "updates": 160}
-    assert work_left(CFG, 40, 0) == {"prefill": 15, "policy": 225, "updates": 190}
-    assert work_left(CFG, 1000, 190) == {"prefill": 0, "policy": 0, "updates": 0}
+    assert work_left(CFG, 4, 0, 0) == {"prefill": 25, "policy": 225, "updates": 190}
+    assert work_left(CFG, 4, 120, 30) == {"prefill": 0, "policy": 220, "updates": 160}
+    assert work_left(CFG, 4, 40, 0) == {"prefill": 15, "policy": 225, "updates": 190}
+    assert work_left(CFG, 4, 1000, 190) == {"prefill": 0, "policy": 0, "updates": 0}
 
 
 def test_seconds_weigh_each_kind_of_work_by_its_cost():
-    estimate = TimeEstimate(Costs(0.001, 0.01, 0.1), "float32", "bf16", 0.05)
+    estimate = TimeEstimate(Costs(0.001, 0.01, 0.1), 4, "float32", "bf16", 0.05)
     assert estimate.seconds(CFG) == pytest.approx(25 * 0.001 + 225 * 0.01 + 190 * 0.1)  # 21.275
     assert estimate.other_seconds(CFG) == pytest.approx(25 * 0.001 + 225 * 0.01 + 190 * 0.05)  # 11.775
     assert estimate_line(estimate, CFG) == "≈ 21 s of training here in float32, ≈ 12 s with --precision bf16"
-    same = TimeEstimate(Costs(0.001, 0.01, 0.1), "float32", "bf16", 0.098)
+    same = TimeEstimate(Costs(0.001, 0.01, 0.1), 4, "float32", "bf16", 0.098)
     assert estimate_line(same, CFG) == "≈ 21 s of training here in float32"
 
 
