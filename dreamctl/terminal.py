@@ -32,6 +32,7 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
 
 
 OBSERVED_ETA_AFTER = 20.0  # seconds of the training phase after which its observed rate replaces the estimate
+OBSERVED_ETA_ALONE = 5.0  # the same without an estimate (a resumed run): the observed rate is all there is
 
 
 class ProgressView:
@@ -39,7 +40,8 @@ class ProgressView:
     the trainer raises (a collapsed world model) is printed above it once when it appears.
 
     The time left comes from `remaining(progress)` (the run's time estimate, which knows that training is slower
-    than prefill) until the training phase has run `OBSERVED_ETA_AFTER` seconds, then from its observed rate.
+    than prefill) until the training phase has run `OBSERVED_ETA_AFTER` seconds, then from its observed rate;
+    without an estimate, from that rate once it has run `OBSERVED_ETA_ALONE` seconds.
     """
 
     def __init__(self, console: Console, remaining: Callable[[Any], float] | None = None):
@@ -103,7 +105,8 @@ class ProgressView:
         the estimate (None without one)."""
         if self.training_since is not None:
             t0, s0 = self.training_since
-            if now - t0 >= OBSERVED_ETA_AFTER and p.env_steps > s0:
+            wait = OBSERVED_ETA_AFTER if self.remaining is not None else OBSERVED_ETA_ALONE
+            if now - t0 >= wait and p.env_steps > s0:
                 return (p.total_steps - p.env_steps) * (now - t0) / (p.env_steps - s0)
         return None if self.remaining is None else self.remaining(p)
 

@@ -116,7 +116,7 @@ def show(
     name = f" ({s['name']})" if s["name"] else ""
     out.print(
         f"[bold]{s['id']}[/bold]{name} · {s['status']} · {s['env']} · preset {s['preset']} · seed {s['seed']} · "
-        f"{s['device']}, precision {s['precision']} · {s['parameters']:,} parameters"
+        f"{s['device']}, precision {s['precision']} · {s['parameters'] or 0:,} parameters"
     )
     out.print(f"folder {s['path']} ({size_label(s['disk_bytes'])})", markup=False)
     out.print(f"command: {s['command']}", markup=False, highlight=False)

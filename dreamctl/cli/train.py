@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -78,12 +79,13 @@ def train(
     from dreamctl.runs import (
         lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
     )
-    from dreamctl.runs.estimate import estimate_time
 
-    estimate = estimate_time(cfg)
-    out.print(estimate_line(estimate, cfg))
+    estimate = _estimate(cfg)
+    if estimate is not None:
+        out.print(estimate_line(estimate, cfg))
+    remaining = None if estimate is None else (lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
     caught, should_stop = stop_signals()
-    with ProgressView(out, lambda p: estimate.seconds(cfg, p.env_steps, p.updates)) as view:
+    with ProgressView(out, remaining) as view:
         outcome = runs.train(
             cfg,
             home=home,
@@ -120,15 +122,28 @@ def _dry_run(cfg, preset: str) -> None:
         reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
         out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
     mem = estimate_memory(cfg, seen, params)
-    from dreamctl.runs.estimate import estimate_time
-
-    out.print(f"# time {estimate_line(estimate_time(cfg), cfg)} (timed on this config just now)", markup=False)
     out.print(
         f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
         f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "
-        f"activations {mem['activations'] / 2**30:.2f}); nothing was created.",
+        f"activations {mem['activations'] / 2**30:.2f})",
         markup=False,
     )
+    estimate = _estimate(cfg)
+    timed = "timed on this config just now" if estimate else "could not be timed here"
+    line = estimate_line(estimate, cfg) if estimate else "unknown"
+    out.print(f"# time {line} ({timed}); nothing was created.", markup=False)
+
+
+def _estimate(cfg):
+    """The run's time estimate, or None where timing it failed: it only advises, so it never stops a run."""
+    from dreamctl.runs.estimate import estimate_time
+
+    try:
+        return estimate_time(cfg)
+    except Exception:
+        if os.environ.get("DREAMCTL_DEBUG") == "1":
+            raise
+        return None
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,13 +61,14 @@ class TimeEstimate:
 
 def work_left(cfg: Config, copies: int, env_steps: int, updates: int) -> dict[str, int]:
     """Prefill ticks, policy ticks and updates still to come from (`env_steps`, `updates`): the trainer steps all
-    `copies` per tick, acts randomly below `prefill` agent steps, and then is due
-    `pretrain + (env_steps - prefill) // train_every` updates in all."""
+    `copies` per tick (so it ends at the first multiple of `copies` from `steps` on), acts randomly below `prefill`
+    agent steps, and from there on is due `pretrain + (env_steps - prefill) // train_every` updates in all."""
     t, n = cfg.train, copies
     total_ticks = math.ceil(t.steps / n)
     prefill_ticks = min(math.ceil(t.prefill / n), total_ticks)
     done_ticks = math.ceil(env_steps / n)
-    total_updates = t.pretrain + max(0, t.steps - t.prefill) // t.train_every if t.steps > t.prefill else 0
+    final = total_ticks * n
+    total_updates = t.pretrain + (final - t.prefill) // t.train_every if final >= t.prefill else 0
     return {
         "prefill": max(0, prefill_ticks - done_ticks),
         "policy": max(0, total_ticks - max(done_ticks, prefill_ticks)),
@@ -77,7 +79,8 @@ def work_left(cfg: Config, copies: int, env_steps: int, updates: int) -> dict[st
 def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
     """Time this config's prefill ticks, policy ticks and updates for about `budget` seconds in all.
 
-    The global RNGs are left as they were, so a run that starts afterwards is the same as without the estimate.
+    The global RNGs (Python's, torch's) are left as they were, so a run that starts afterwards is the same as
+    without the estimate.
     """
     cfg = prepare(copy.deepcopy(cfg))
     t = cfg.train
@@ -87,8 +90,9 @@ def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
     env = make_env(cfg.env, t.seed)
     # A small replay: enough rows for one batch; its size does not change what a tick or an update costs.
     t.replay_capacity = env.num_envs * (t.batch_length + 2)
+    python_rng = random.getstate()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
             trainer = Trainer(cfg, env, device, amp)
             trainer.start()
             t.prefill = 10**12  # random actions, however long the timing takes
@@ -105,6 +109,7 @@ def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
                 other_update = _time(trainer._update, budget * 0.35, 1, sync)
     finally:
         env.close()
+        random.setstate(python_rng)
     costs = Costs(prefill_tick, policy_tick, update)
     return TimeEstimate(costs, env.num_envs, PRECISION_NAMES[amp], other, other_update)
 
@@ -112,7 +117,7 @@ def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
 def _time(work: Callable[[], None], budget: float, least: int, sync: Callable[[], None] | None) -> float:
     """Seconds per call of `work`: one untimed warm-up call (its first-call costs, such as oneDNN's kernel choices,
     would inflate the answer several-fold), then at least `least` timed calls and as many more as fit in `budget`
-    seconds (at most 50); `sync` waits for queued GPU work."""
+    seconds (no more once 50 are timed); `sync` waits for queued GPU work."""
     wait = sync or (lambda: None)
     work()
     wait()

@@ -23,11 +23,11 @@ def run_row(run: Run) -> dict[str, Any]:
     try:
         meta = run.meta()
     except DreamctlError as exc:
-        return {**_row(run, {}), "status": UNREADABLE, "reason": str(exc)}
-    return _row(run, meta)
+        return _row(run, {}, UNREADABLE, str(exc))
+    return _row(run, meta, run.status(meta), None)
 
 
-def _row(run: Run, meta: dict[str, Any]) -> dict[str, Any]:
+def _row(run: Run, meta: dict[str, Any], status: str, reason: str | None) -> dict[str, Any]:
     progress = meta.get("progress") or {}
     evals = meta.get("evals") or []
     last = evals[-1] if evals else {}
@@ -36,7 +36,7 @@ def _row(run: Run, meta: dict[str, Any]) -> dict[str, Any]:
         "name": meta.get("name"),
         "env": meta.get("env", "?"),
         "preset": meta.get("preset", "?"),
-        "status": run.status(meta) if meta else UNREADABLE,
+        "status": status,
         "env_steps": int(progress.get("env_steps", 0)),
         "updates": int(progress.get("updates", 0)),
         "time_trained_s": float(progress.get("wall_time", 0.0)),
@@ -47,5 +47,5 @@ def _row(run: Run, meta: dict[str, Any]) -> dict[str, Any]:
         "updated": str(meta.get("updated", "")),
         "disk_bytes": run.disk_bytes(),
         "path": str(run.path),
-        "reason": None,
+        "reason": reason,
     }

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dreamctl.errors import UsageError, did_you_mean
+from dreamctl.errors import DreamctlError, UsageError, did_you_mean
 from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.registry import Run
 from dreamctl.scores import dmc_reference, human_normalized, table
@@ -99,6 +99,10 @@ def auto_window(n: int) -> int:
 def panel_series(log: RunLog, panel: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of one panel of one run: episode returns for `RETURN`, else the metric's logged values."""
     if panel == RETURN:
+        if axis == "hours" and log.episodes and all("wall_time" in e for e in log.episodes):
+            # Each episode's own training time: a metrics line of the same step may have been logged a tick later.
+            hours = np.array([e["wall_time"] / 3600.0 for e in log.episodes])
+            return hours, np.array([e["return"] for e in log.episodes], np.float64)
         records = [(e["step"], e["return"]) for e in log.episodes]
     else:
         records = [(m["step"], m[panel]) for m in log.metrics if panel in m]
@@ -163,19 +167,23 @@ def plot(
         raise UsageError(f"--out must end in {', '.join(FORMATS)}, got '{out.name}'.")
     if window is not None and window < 1:
         raise UsageError(f"--smooth must be 1 or more, got {window}.")
+    if data is not None and (data.suffix.lower() != ".csv" or not data.parent.is_dir()):
+        raise UsageError(f"--data must be a .csv file in an existing folder, got '{data}'.")
     logs = [read_run(run) for run in runs]
+    for log in logs:
+        if not log.episodes and not log.evals:
+            raise UsageError(f"{log.ref} has no finished episode or evaluation yet; plot it once it has.")
     check_metrics(logs, metrics)
     groups = group_logs(logs, group)
     panels = [RETURN, *metrics]
 
     import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the Agg canvas, whatever backend the process uses
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 + 2.4 * len(metrics)), sharex=True, squeeze=False)
+    fig = Figure(figsize=(8, 3.2 + 2.4 * len(metrics)))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     rows: list[dict[str, Any]] = []
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (label, members) in enumerate(groups.items()):
         color = colors[index % len(colors)]
         for panel, ax in zip(panels, axes[:, 0], strict=True):
@@ -190,14 +198,16 @@ def plot(
     axes[-1, 0].set_xlabel(X_LABELS[x_axis])
     axes[0, 0].legend(fontsize="small", loc="best")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    if data is not None:
-        with open(data, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["panel", "series", "kind", "x", "y", "std"])
-            writer.writeheader()
-            writer.writerows(rows)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=100)
+        if data is not None:
+            with open(data, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=["panel", "series", "kind", "x", "y", "std"])
+                writer.writeheader()
+                writer.writerows(rows)
+    except OSError as exc:
+        raise DreamctlError(f"cannot write {exc.filename or out}: {exc.strerror or exc}.") from None
     return {"out": str(out), "panels": panels, "rows": rows, "references": references}
 
 
@@ -229,6 +239,11 @@ def _draw_group(
     if not curves:
         return
     x, mean, low, high = band(curves)
+    if not len(x):
+        raise UsageError(
+            f"the runs of '{label}' cover no common range of the x axis, so they have no mean; plot them without "
+            f"--group."
+        )
     ax.plot(x, mean, color=color, linewidth=2.0, label=label if panel == RETURN else None)
     ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
     for kind, values in (("mean", mean), ("min", low), ("max", high)):

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib import image
 
+from dreamctl.errors import UsageError
 from dreamctl.runs.registry import Registry
 from dreamctl.tools.plot import band, plot, smooth
 
@@ -44,7 +45,7 @@ def two_seeds(tmp_path_factory):
 
 
 def read_csv(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -143,6 +144,7 @@ def test_plot_without_out_writes_into_the_run(two_seeds):
         (["--group", "presett"], "did you mean 'preset'"),
         (["--out", "curves.jpg"], "must end in .png, .svg, .pdf"),
         (["--smooth", "0"], "--smooth must be 1 or more"),
+        (["--data", "/no/such/folder/points.csv"], "--data must be a .csv file in an existing folder"),
     ],
 )
 def test_plot_mistakes_get_one_sentence_and_exit_2(two_seeds, args, message, tmp_path):
@@ -309,8 +311,24 @@ def test_band_averages_where_every_curve_is_defined():
     ],
 )
 def test_plot_draws_the_reference_scores_dreamctl_knows(tmp_path, env, preset, reference):
-    run = Registry(tmp_path).create({"env": env, "preset": preset, "seed": 0, "env_spec": {"action_repeat": 4}}, None)
-    lines = [{"step": 10 * i, "return": float(i), "frame": 40 * i, "wall_time": i} for i in range(1, 30)]
-    (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = fake_run(tmp_path, env, preset, range(1, 30))
     result = plot([run], tmp_path / "p.png")
     assert result["references"] == ([reference] if reference else [])
+
+
+def fake_run(home, env, preset, steps, seed=0):
+    """A registry entry with hand-written episodes ending at 10 * s agent steps for s in `steps`."""
+    run = Registry(home).create({"env": env, "preset": preset, "seed": seed, "env_spec": {"action_repeat": 4}}, None)
+    lines = [{"step": 10 * i, "return": float(i), "frame": 40 * i, "wall_time": i} for i in steps]
+    (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run
+
+
+def test_plot_refuses_what_it_cannot_draw(tmp_path):
+    empty = fake_run(tmp_path, "catch", "debug", [])
+    with pytest.raises(UsageError, match="no finished episode or evaluation yet"):
+        plot([empty], tmp_path / "p.png")
+    early, late = fake_run(tmp_path, "catch", "debug", range(1, 5)), fake_run(tmp_path, "catch", "debug", range(9, 15))
+    with pytest.raises(UsageError, match="cover no common range"):
+        plot([early, late], tmp_path / "p.png", group=["env"])
+    assert not (tmp_path / "p.png").exists()

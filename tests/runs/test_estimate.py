@@ -23,6 +23,12 @@ def test_work_left_counts_ticks_and_updates_as_the_trainer_does():
     assert work_left(CFG, 4, 120, 30) == {"prefill": 0, "policy": 220, "updates": 160}
     assert work_left(CFG, 4, 40, 0) == {"prefill": 15, "policy": 225, "updates": 190}
     assert work_left(CFG, 4, 1000, 190) == {"prefill": 0, "policy": 0, "updates": 0}
+    # 1001 steps end at 1004: 251 ticks, 25 of them random, and 10 + (1004 - 100) // 4 = 236 updates.
+    odd = load_config("debug", ["train.steps=1001", "train.prefill=100", "train.train_every=4", "train.pretrain=10"])
+    assert work_left(odd, 4, 0, 0) == {"prefill": 25, "policy": 226, "updates": 10 + 904 // 4}
+    # Training exactly as long as prefill still does the pretraining updates.
+    short = load_config("debug", ["train.steps=100", "train.prefill=100", "train.pretrain=10"])
+    assert work_left(short, 4, 0, 0) == {"prefill": 25, "policy": 0, "updates": 10}
 
 
 def test_seconds_weigh_each_kind_of_work_by_its_cost():
