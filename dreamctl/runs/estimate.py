@@ -76,7 +76,7 @@ def work_left(cfg: Config, copies: int, env_steps: int, updates: int) -> dict[st
     }
 
 
-def estimate_time(cfg: Config, budget: float = 3.0) -> TimeEstimate:
+def estimate_time(cfg: Config, budget: float = 2.0) -> TimeEstimate:
     """Time this config's prefill ticks, policy ticks and updates for about `budget` seconds in all.
 
     The global RNGs (Python's, torch's) are left as they were, so a run that starts afterwards is the same as

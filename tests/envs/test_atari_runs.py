@@ -58,6 +58,12 @@ def test_run_yaml_of_a_pong_run_holds_every_protocol_setting(home):
         "reward_clip": False,
     }
     assert {k: env[k] for k in PROTOCOL_KEYS} == expected
-    assert meta["env_spec"] == {"obs": {"image": [64, 64, 1]}, "action_dim": 6, "discrete": True, "action_repeat": 4}
+    assert meta["env_spec"] == {
+        "obs": {"image": [64, 64, 1]},
+        "action_dim": 6,
+        "discrete": True,
+        "action_repeat": 4,
+        "agents": 1,
+    }
     assert meta["progress"]["env_steps"] == 200 and meta["progress"]["frames"] == 800
     assert meta["status"] == "finished"
