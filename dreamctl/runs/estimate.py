@@ -100,13 +100,13 @@ def estimate_time(cfg: Config, budget: float = 2.0) -> TimeEstimate:
             prefill_tick = _time(trainer.collect_step, budget * 0.1, t.batch_length + 1, sync)
             t.prefill = 0
             policy_tick = _time(trainer.collect_step, budget * 0.2, 3, sync)
-            update = _time(trainer._update, budget * 0.7 * (0.5 if amp is None else 1.0), 1, sync)
+            update = _time(trainer.update, budget * 0.7 * (0.5 if amp is None else 1.0), 1, sync)
             other, other_update = None, None
             if amp is None and (device.type == "cuda" or cpu_computes_bf16()):
                 other = "bf16"
                 agent = Agent(cfg, env.spec.obs_space, env.spec.action_dim, env.spec.discrete, device, torch.bfloat16)
                 trainer.agent = agent
-                other_update = _time(trainer._update, budget * 0.35, 1, sync)
+                other_update = _time(trainer.update, budget * 0.35, 1, sync)
     finally:
         env.close()
         random.setstate(python_rng)

@@ -139,7 +139,7 @@ class Trainer:
             before = self.env_steps
             self.collect_step()
             while self.updates < self._updates_due():
-                self._update()
+                self.update()
             self._after_tick(before, total_steps)
         return True
 
@@ -207,7 +207,8 @@ class Trainer:
             return 0
         return t.pretrain + (self.env_steps - t.prefill) // t.train_every
 
-    def _update(self) -> None:
+    def update(self) -> None:
+        """One update on a batch sampled from the replay, its metrics summed for the next flush."""
         t = self.cfg.train
         batch = self.replay.to_torch(self.replay.sample(t.batch_size, t.batch_length, self.rng), self.device)
         metrics = self.agent.train_step(batch)
