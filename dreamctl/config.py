@@ -153,6 +153,22 @@ class TrainConfig:
 
 
 @dataclass
+class MultiConfig:
+    """Several agents in one world (MAMBA's design, Egorov & Shpilman 2022); read only where an env has more
+    than one agent."""
+
+    communication: Literal["none", "attention"] = "none"
+    """none: each agent's dynamics see only its own latent and action; attention: self-attention across the
+    world's agents over their (z, a) embeddings before the GRU (MAMBA)."""
+    critic: Literal["local", "central"] = "local"
+    """local: the critic reads one agent's feature; central: it attends over every agent's feature of the world."""
+    attention_layers: int = 3
+    """Transformer encoder layers of the communication block (MAMBA's 3)."""
+    attention_heads: int = 8
+    """Heads of every attention; model.hidden (and model.mlp_units for the central critic) must be multiples."""
+
+
+@dataclass
 class RunConfig:
     """How the run is executed and recorded; none of it changes what is computed except precision and device."""
 
@@ -184,6 +200,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    multi: MultiConfig = field(default_factory=MultiConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +243,8 @@ POSITIVE_KEYS = (
     "run.eval_episodes",
     "run.log_every",
     "run.replay_chunk",
+    "multi.attention_layers",
+    "multi.attention_heads",
 )
 NON_NEGATIVE_KEYS = (
     "env.noop_max",
@@ -345,6 +364,13 @@ def validate(cfg: Config) -> Config:
             f"train.replay_capacity ({cfg.train.replay_capacity}) must hold at least "
             f"train.batch_length steps per env copy; raise it or lower env.num_envs."
         )
+    heads = cfg.multi.attention_heads
+    for used, key in (
+        (cfg.multi.communication == "attention", "model.hidden"),
+        (cfg.multi.critic == "central", "model.mlp_units"),
+    ):
+        if used and get_value(cfg, key) % heads:
+            raise UsageError(f"{key} ({get_value(cfg, key)}) must be a multiple of multi.attention_heads ({heads}).")
     if not (cfg.run.device in ("auto", "cpu") or cfg.run.device.startswith("cuda")):
         raise UsageError(f"run.device must be auto, cpu or cuda[:i], got '{cfg.run.device}'.")
     return cfg

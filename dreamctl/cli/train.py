@@ -103,7 +103,7 @@ def _dry_run(cfg, preset: str) -> None:
     import yaml
 
     from dreamctl.envs import encoder_of, make_env, no_key_selected
-    from dreamctl.runs.system import configure_torch, estimate_memory, parameter_count, prepare
+    from dreamctl.runs.system import configure_torch, parameter_count, preflight, prepare
 
     cfg = prepare(cfg)
     device = configure_torch(cfg)
@@ -114,14 +114,14 @@ def _dry_run(cfg, preset: str) -> None:
     seen = {key: shape for key, shape in spec.obs_space.items() if readers[key]}
     if not seen:
         raise no_key_selected(spec, cfg.env)
-    params = parameter_count(cfg, seen, spec.action_dim, spec.discrete)
+    params = parameter_count(cfg, seen, spec.action_dim, spec.discrete, spec.num_agents)
     out.print(f"# preset {preset}", markup=False)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
     for key, shape in spec.obs_space.items():
         kind = "uint8 image" if len(shape) == 3 else "float32 vector"
         reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
         out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
-    mem = estimate_memory(cfg, seen, params)
+    mem = preflight(cfg, seen, params, spec.num_agents)
     out.print(
         f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
         f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dreamctl.config import BehaviorConfig, ModelConfig
+from dreamctl.config import BehaviorConfig, ModelConfig, MultiConfig
 from dreamctl.layers.one_hot import Feature, OneHotColumns, OneHotFeature, gathers_active, stack_features
+from dreamctl.model.attention import CentralCritic, agents_adjacent
 from dreamctl.model.losses import actor_loss, critic_loss, lambda_return
 from dreamctl.model.networks import MLP, ActionHead
 from dreamctl.model.rssm import State
@@ -59,13 +60,28 @@ class ActorCritic(nn.Module):
         feat_dim: width of the feature concat(z, h) that both heads read.
         action_dim: width of the action vector.
         discrete: one-hot categorical actions (True) or a truncated normal over [-1, 1] (False).
+        agents: M, the agents of one world, adjacent in every batch (1: single-agent DreamerV2). Each agent's actor
+            reads only its own feature.
+        multi: the critic's kind (local or central); read only when agents > 1.
     """
 
-    def __init__(self, cfg: BehaviorConfig, model_cfg: ModelConfig, feat_dim: int, action_dim: int, discrete: bool):
+    def __init__(
+        self,
+        cfg: BehaviorConfig,
+        model_cfg: ModelConfig,
+        feat_dim: int,
+        action_dim: int,
+        discrete: bool,
+        agents: int = 1,
+        multi: MultiConfig | None = None,
+    ):
         super().__init__()
-        self.cfg, self.action_dim = cfg, action_dim
-        self.actor = ActionHead(feat_dim, action_dim, discrete, model_cfg.mlp_layers, model_cfg.mlp_units)
-        self.critic = MLP(feat_dim, 1, model_cfg.mlp_layers, model_cfg.mlp_units)
+        self.cfg, self.action_dim, self.agents = cfg, action_dim, agents
+        layers, units = model_cfg.mlp_layers, model_cfg.mlp_units
+        self.actor = ActionHead(feat_dim, action_dim, discrete, layers, units)
+        self.critic: nn.Module = MLP(feat_dim, 1, layers, units)
+        if agents > 1 and multi is not None and multi.critic == "central":
+            self.critic = CentralCritic(feat_dim, agents, layers, units, multi.attention_heads)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
         self._updates_seen: int | None = 0  # the buffer's value on the host; read from it once after loading
@@ -90,7 +106,7 @@ class ActorCritic(nn.Module):
         """
         through_dynamics = self.rho < 1.0 and torch.is_grad_enabled()
         rssm = world_model.rssm
-        state = start.map(lambda x: x.detach().flatten(0, 1))
+        state = start.map(lambda x: agents_adjacent(x.detach(), self.agents))
         gathers = not through_dynamics and gathers_active(state.deter)
 
         def feature(state: State) -> Feature:
@@ -116,13 +132,16 @@ class ActorCritic(nn.Module):
         return Imagination(stack_features(feats, 0), torch.stack(actions), torch.stack(outs))
 
     def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
-        """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step."""
+        """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step.
+
+        start_terminal: (B, T), whether each start state ended its episode, in the batch's order.
+        """
         with torch.set_grad_enabled(self.rho < 1.0 and torch.is_grad_enabled()):
             # Only the states whose outputs are read: rewards of s_0..s_{H-1}, predicted discounts of
             # s_1..s_{H-1} (s_0's discount comes from the data, s_H's is never used).
             reward = world_model.reward(traj.feat[:-1])
             discount = world_model.continuation(traj.feat[1:-1])
-            first = world_model.discount * (1.0 - start_terminal.float().flatten())
+            first = world_model.discount * (1.0 - agents_adjacent(start_terminal.float(), self.agents))
             discount = torch.cat([first[None], discount], 0)
             slow_value = self.slow_critic(traj.feat).squeeze(-1).float()
             target = lambda_return(reward, slow_value[:-1], discount, slow_value[-1], self.cfg.return_lambda)

@@ -42,6 +42,7 @@ class Agent(nn.Module):
         discrete: whether actions are discrete (one-hot) or continuous in [-1, 1].
         device: where the networks live.
         amp_dtype: the autocast dtype of training (bfloat16 or float16), or None for float32 throughout.
+        agents: the agents of one world (envs/agents.py), adjacent in every batch; 1 for single-agent envs.
     """
 
     def __init__(
@@ -52,13 +53,15 @@ class Agent(nn.Module):
         discrete: bool,
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
+        agents: int = 1,
     ):
         super().__init__()
         self.cfg, self.action_dim, self.discrete = cfg, action_dim, discrete
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
-        self.world_model = WorldModel(cfg.model, obs_space, action_dim, cfg.behavior.discount)
-        self.behavior = ActorCritic(cfg.behavior, cfg.model, self.world_model.rssm.feat_dim, action_dim, discrete)
+        self.world_model = WorldModel(cfg.model, obs_space, action_dim, cfg.behavior.discount, agents, cfg.multi)
+        feat = self.world_model.rssm.feat_dim
+        self.behavior = ActorCritic(cfg.behavior, cfg.model, feat, action_dim, discrete, agents, cfg.multi)
         self.to(self.device)
         t = cfg.train
         use_scaler = self.amp_dtype == torch.float16

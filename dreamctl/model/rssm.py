@@ -55,6 +55,8 @@ class RSSM(nn.Module):
         stoch: number of categorical latent variables in z.
         classes: classes per latent variable.
         norm_eps: the GRU's LayerNorm epsilon (Keras' 1e-3).
+        communication: where several agents share a world, a module mixing their GRU inputs (N, hidden) ->
+            (N, hidden) across each world's agents (MAMBA's attention, `attention.AgentAttention`); None: none.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class RSSM(nn.Module):
         stoch: int = 32,
         classes: int = 32,
         norm_eps: float = 1e-3,
+        communication: nn.Module | None = None,
     ):
         super().__init__()
         self.deter_dim, self.stoch, self.classes = deter, stoch, classes
@@ -76,6 +79,7 @@ class RSSM(nn.Module):
         self.prior_logits = Linear(hidden, latent)
         self.obs_out = Linear(deter + embed_dim, hidden)
         self.post_logits = Linear(hidden, latent)
+        self.communication = communication
         init_keras_(self)
 
     @property
@@ -92,7 +96,7 @@ class RSSM(nn.Module):
         )
 
     def recurrent(self, state: State, action: Tensor, ones: OneHotColumns | None = None) -> Tensor:
-        """h_t = GRU(elu(Linear(concat(z_{t-1}, a_{t-1}))), h_{t-1}): (...) -> (..., deter).
+        """h_t = GRU(x, h_{t-1}), x = communicate(elu(Linear(concat(z_{t-1}, a_{t-1})))): (...) -> (..., deter).
 
         `ones`, where given, locates the ones of concat(z, a)'s leading one-hot columns (z's, and a's too when
         they cover it), so that the input layer sums weight rows instead of multiplying by zeros.
@@ -102,7 +106,11 @@ class RSSM(nn.Module):
         else:
             rest = action[..., ones.width - state.stoch.shape[-1] :].to(state.deter.dtype)
             x = self.img_in(OneHotFeature(ones, rest))
-        return self.gru(F.elu(x), state.deter)
+        return self.gru(self.communicate(F.elu(x)), state.deter)
+
+    def communicate(self, x: Tensor) -> Tensor:
+        """The GRU's input of every agent, mixed across each world's agents where there is communication."""
+        return x if self.communication is None else self.communication(x)
 
     def prior(self, deter: Tensor) -> Tensor:
         """Logits of p(z_t | h_t): (..., deter) -> (..., stoch, classes)."""
@@ -159,7 +167,7 @@ class RSSM(nn.Module):
         posts = []
         for t in range(length):
             deter, stoch = deter * keep[:, t], stoch * keep[:, t]
-            x = F.elu(img_in(stoch))
+            x = self.communicate(F.elu(img_in(stoch)))
             deter = self.gru.gates(gru_in(torch.cat([x, deter.to(x.dtype)], -1)), deter)
             logits = self._logits(post_logits(F.elu(obs_out(deter))))
             stoch = OneHotDist(logits).sample().flatten(-2)

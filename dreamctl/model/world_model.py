@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dreamctl.config import ModelConfig
+from dreamctl.config import ModelConfig, MultiConfig
 from dreamctl.layers.one_hot import Feature
+from dreamctl.model.attention import AgentAttention
 from dreamctl.model.losses import discount_nll, image_nll, kl_balance, reward_nll, vector_nll
 from dreamctl.model.networks import MLP, Decoder, Encoder, VectorDecoder, VectorEncoder
 from dreamctl.model.rssm import RSSM, State
@@ -43,9 +44,19 @@ class WorldModel(nn.Module):
         float32 vector.
     action_dim: width of the action vector.
     discount: gamma, the discount the discount head learns (times the probability of continuing).
+    agents: M, the agents of one world, adjacent in every batch (1: single-agent DreamerV2).
+    multi: how several agents communicate; read only when agents > 1.
     """
 
-    def __init__(self, cfg: ModelConfig, obs_space: Mapping[str, tuple[int, ...]], action_dim: int, discount: float):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        obs_space: Mapping[str, tuple[int, ...]],
+        action_dim: int,
+        discount: float,
+        agents: int = 1,
+        multi: MultiConfig | None = None,
+    ):
         super().__init__()
         self.image_keys = [key for key, shape in obs_space.items() if len(shape) == 3]
         self.vector_keys = [key for key, shape in obs_space.items() if len(shape) == 1]
@@ -62,7 +73,10 @@ class WorldModel(nn.Module):
             VectorEncoder(sum(sizes.values()), cfg.mlp_layers, cfg.mlp_units) if self.vector_keys else None
         )
         embed = sum(e.out_dim for e in (self.encoder, self.vector_encoder) if e is not None)
-        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes)
+        communication = None
+        if agents > 1 and multi is not None and multi.communication == "attention":
+            communication = AgentAttention(cfg.hidden, agents, multi.attention_layers, multi.attention_heads)
+        self.rssm = RSSM(embed, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes, communication=communication)
         feat = self.rssm.feat_dim
         self.decoder = Decoder(feat, cfg.cnn_depth, sum(self.channels)) if self.image_keys else None
         self.vector_decoder = VectorDecoder(feat, sizes, cfg.mlp_layers, cfg.mlp_units) if self.vector_keys else None

@@ -104,7 +104,10 @@ def estimate_time(cfg: Config, budget: float = 2.0) -> TimeEstimate:
             other, other_update = None, None
             if amp is None and (device.type == "cuda" or cpu_computes_bf16()):
                 other = "bf16"
-                agent = Agent(cfg, env.spec.obs_space, env.spec.action_dim, env.spec.discrete, device, torch.bfloat16)
+                spec = env.spec
+                agent = Agent(
+                    cfg, spec.obs_space, spec.action_dim, spec.discrete, device, torch.bfloat16, spec.num_agents
+                )
                 trainer.agent = agent
                 other_update = _time(trainer.update, budget * 0.35, 1, sync)
     finally:

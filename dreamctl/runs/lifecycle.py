@@ -138,8 +138,8 @@ def train(
     env = make_env(cfg.env, cfg.train.seed)
     try:
         spec = env.spec
-        params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete)
-        preflight(cfg, spec.obs_space, params)
+        params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
+        preflight(cfg, spec.obs_space, params, spec.num_agents)
         trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device))
         run = Registry(home).create(
             {

@@ -86,15 +86,23 @@ def available_memory() -> int | None:
     return None
 
 
-def parameter_count(cfg: Config, obs_space: ObsSpace, action_dim: int, discrete: bool) -> int:
+def parameter_count(cfg: Config, obs_space: ObsSpace, action_dim: int, discrete: bool, agents: int = 1) -> int:
     """Trainable parameters plus the slow critic, counted on the meta device: nothing is allocated."""
     with torch.device("meta"):
-        world_model = WorldModel(cfg.model, obs_space, action_dim, cfg.behavior.discount)
-        behavior = ActorCritic(cfg.behavior, cfg.model, world_model.rssm.feat_dim, action_dim, discrete)
+        world_model = WorldModel(cfg.model, obs_space, action_dim, cfg.behavior.discount, agents, cfg.multi)
+        feat = world_model.rssm.feat_dim
+        behavior = ActorCritic(cfg.behavior, cfg.model, feat, action_dim, discrete, agents, cfg.multi)
     return sum(p.numel() for p in [*world_model.parameters(), *behavior.parameters()])
 
 
-def preflight(cfg: Config, obs_space: ObsSpace, params: int) -> dict[str, int]:
+def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1) -> dict[str, int]:
+    """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents, or more
+    memory than the machine has. Returns the memory estimate."""
+    if cfg.train.batch_size % agents:
+        raise UsageError(
+            f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the env's {agents} agents, "
+            "since every batch holds whole worlds."
+        )
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:

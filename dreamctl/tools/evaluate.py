@@ -34,6 +34,7 @@ def load_agent(run: Run, checkpoint: str | int, device: str = "auto") -> tuple[A
         spec["discrete"],
         dev,
         resolve_precision(cfg.run.precision, dev),
+        spec.get("agents", 1),
     )
     agent.load_state_dict({k[len("agent/") :]: v.to(dev) for k, v in tensors.items() if k.startswith("agent/")})
     agent.eval()

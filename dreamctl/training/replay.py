@@ -5,7 +5,8 @@ action that led to it, the reward received on arriving, and is_first / is_last /
 step yields exactly one row (see envs/base.py), the rings of all copies share one write cursor and a row's position
 is `t % rows_per_env`.
 
-Sampling draws an env copy and a window of `length` consecutive rows uniformly among the windows in memory.
+Sampling draws an env copy (a whole world's agents together, where it has several) and a window of `length`
+consecutive rows uniformly among the windows in memory.
 A window may span an episode boundary: `is_first` marks it and the RSSM restarts from zeros there, and
 `is_first` is forced at every window's start, as in DreamerV2's replay. Frames stay uint8 until the sampled batch
 is moved to the device.
@@ -33,11 +34,15 @@ class Replay:
     obs_space: the observation keys and their shapes (images uint8, vectors float32).
     action_dim: number of discrete actions (stored as an int32 index, -1 for none) or continuous dimensions.
     discrete: whether actions are discrete.
+    agents: M, the agents of one world, which are M adjacent env copies (envs/agents.py); a sample holds whole
+        worlds, the M agents of each in adjacent rows over one window.
     """
 
-    def __init__(self, capacity: int, num_envs: int, obs_space: ObsSpace, action_dim: int, discrete: bool):
+    def __init__(
+        self, capacity: int, num_envs: int, obs_space: ObsSpace, action_dim: int, discrete: bool, agents: int = 1
+    ):
         self.rows_per_env = capacity // num_envs
-        self.num_envs, self.action_dim, self.discrete = num_envs, action_dim, discrete
+        self.num_envs, self.action_dim, self.discrete, self.agents = num_envs, action_dim, discrete, agents
         shape = (self.rows_per_env, num_envs)
         # np.zeros is lazily committed, so memory grows with the rows actually written.
         self.data = {
@@ -88,9 +93,12 @@ class Replay:
         return self.cursor - self.first_row >= length
 
     def sample(self, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """(batch, length) windows, uniformly over env copies and over window starts in memory."""
-        envs = rng.integers(0, self.num_envs, size=batch)
-        starts = rng.integers(self.first_row, self.cursor - length + 1, size=batch)
+        """(batch, length) windows, uniformly over worlds and over window starts in memory; batch must be a
+        multiple of the agents per world, whose rows come out world-major."""
+        m = self.agents
+        worlds = rng.integers(0, self.num_envs // m, size=batch // m)
+        envs = (worlds[:, None] * m + np.arange(m)).reshape(-1)
+        starts = np.repeat(rng.integers(self.first_row, self.cursor - length + 1, size=batch // m), m)
         times = (starts[:, None] + np.arange(length)[None]) % self.rows_per_env
         out = {key: self.data[key][times, envs[:, None]] for key in self.data}
         out["is_first"][:, 0] = True

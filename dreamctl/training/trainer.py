@@ -105,8 +105,11 @@ class Trainer:
         self.hooks = hooks or Hooks()
         self.rng = seed_everything(cfg.train.seed)
         spec = env.spec
-        self.agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, device, amp_dtype)
-        self.replay = Replay(cfg.train.replay_capacity, env.num_envs, spec.obs_space, spec.action_dim, spec.discrete)
+        m = spec.num_agents
+        self.agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, device, amp_dtype, m)
+        self.replay = Replay(
+            cfg.train.replay_capacity, env.num_envs, spec.obs_space, spec.action_dim, spec.discrete, agents=m
+        )
         n = env.num_envs
         self.env_steps = self.updates = self.episodes = 0
         self.wall_time = 0.0

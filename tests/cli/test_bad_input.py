@@ -48,6 +48,13 @@ CASES = [
     ("gym id missing", ["train", "gym:NoSuchEnv-v0"], 2, "could not be made"),
     ("no key selected", ["train", "gym:CartPole-v1", "--set", "env.mlp_keys=^$"], 2, "no observation of gym:Cart"),
     ("unknown option", ["list", "--colour"], 2, "No such option"),
+    ("batch splits a world", ["train", "catch2", "--set", "train.batch_size=15"], 2, "multiple of the env's 2 agents"),
+    (
+        "heads do not divide",
+        ["train", "catch2", "--set", "multi.communication=attention", "--set", "multi.attention_heads=7"],
+        2,
+        "multiple of multi.attention_heads",
+    ),
     (
         "replay beyond memory",
         ["train", "catch", "--steps", "100000000000", "--set", "train.replay_capacity=100000000000"],

@@ -145,7 +145,7 @@ def test_returns_read_the_heads_only_where_the_equations_do():
     agent, traj, _ = _imagined_losses("reinforce")
     terminal = torch.zeros(traj.feat.shape[1])
     terminal[0] = 1
-    ret = agent.behavior.returns(agent.world_model, traj, terminal)
+    ret = agent.behavior.returns(agent.world_model, traj, terminal[:, None])  # (B, T) with T = 1
     wm, lam, feat = agent.world_model, agent.cfg.behavior.return_lambda, traj.feat.dense()
     reward, discount = wm.reward(feat), wm.continuation(feat)
     discount[0] = wm.discount * (1 - terminal)

@@ -1,0 +1,71 @@
+"""Attention across the agents of one world (MAMBA: Egorov & Shpilman, "Scalable Multi-Agent Model-Based
+Reinforcement Learning", AAMAS 2022).
+
+A world's M agents are M adjacent rows of every batch (envs/agents.py makes agent a of world w the env copy
+w * M + a, and the replay samples whole worlds). Attention runs within each group of M adjacent rows, with no
+positional encoding, so permuting a world's agents permutes the outputs and nothing else (the agents tell
+themselves apart by their one-hot `agent` observation, not by their place in the group).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dreamctl.layers import Linear
+from dreamctl.layers.one_hot import Feature
+from dreamctl.model.networks import MLP, init_keras_
+
+
+def agents_adjacent(x: Tensor, agents: int) -> Tensor:
+    """A world-major batch (W * M, T, ...) -> (W * T * M, ...): each world's M agents adjacent at every step.
+
+    With one agent this is x.flatten(0, 1), the order single-agent imagination starts from.
+    """
+    if agents == 1:
+        return x.flatten(0, 1)
+    return x.unflatten(0, (x.shape[0] // agents, agents)).transpose(1, 2).flatten(0, 2)
+
+
+class AgentAttention(nn.Module):
+    """Self-attention among each world's agents: (..., N, D) -> (..., N, D), N = worlds * agents, agents adjacent.
+
+    Args:
+        width: D, the width of each agent's vector.
+        agents: M, the agents of one world.
+        layers: transformer encoder layers (post-norm, a ReLU feed-forward block of width D, no dropout, as
+            MAMBA's attention encoder).
+        heads: attention heads; D must be a multiple of it.
+    """
+
+    def __init__(self, width: int, agents: int, layers: int, heads: int):
+        super().__init__()
+        self.agents = agents
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x.reshape(-1, self.agents, x.shape[-1])).reshape(x.shape)
+
+
+class CentralCritic(nn.Module):
+    """A critic that sees the whole team: each agent's feature is embedded (Linear + ELU), attends over its world's
+    agents (one encoder layer), and an MLP reads the result: (..., N, F) -> (..., N, 1), one value per agent.
+
+    Args:
+        feat_dim: F, the width of an agent's feature concat(z, h).
+        agents: M, the agents of one world.
+        layers: hidden layers of the MLP after the attention.
+        units: the embedding's width and the MLP's; a multiple of `heads`.
+        heads: attention heads.
+    """
+
+    def __init__(self, feat_dim: int, agents: int, layers: int, units: int, heads: int):
+        super().__init__()
+        self.embed = Linear(feat_dim, units)
+        self.attention = AgentAttention(units, agents, 1, heads)
+        self.head = MLP(units, 1, layers, units)
+        init_keras_(self)
+
+    def forward(self, feat: Feature) -> Tensor:
+        return self.head(self.attention(F.elu(self.embed(feat))))
