@@ -194,6 +194,8 @@ def _default_preset(game: str, sets: list[str]) -> str:
         return "debug"
     if game == "catch2":
         return "catch2"
+    if game.startswith("pz:"):
+        return "multiagent"
     if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
         return "vector"
     return "pixels"

@@ -46,7 +46,7 @@ def observes_images(cfg: EnvConfig) -> bool:
 
     env_id = name[len("gym:") :]
     _, space, _ = inspect(env_id, cfg)
-    return any(converter.kind == "image" for converter in layout(space, env_id, cfg).values())
+    return any(converter.kind == "image" for converter in layout(space, f"gym:{env_id}", cfg).values())
 
 
 def random_and_optimal(name: str) -> tuple[float, float] | None:
@@ -90,6 +90,10 @@ def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
         from dreamctl.envs.gym_env import GymEnv
 
         return GymEnv(name[len("gym:") :], cfg, num_envs, seed)
+    if name.startswith("pz:"):
+        from dreamctl.envs.pettingzoo_env import PettingZooEnv
+
+        return PettingZooEnv(name, cfg, num_envs, seed)
     if name.startswith("dmc:"):
         from dreamctl.envs.dmc import Dmc
         from dreamctl.envs.names import dmc_task

@@ -150,7 +150,7 @@ class Dmc(GymnasiumCopies):
             raise _renderer_error(exc) from None
         finally:
             probe.close()
-        keys = layout(probe.observation_space, f"{domain}_{task}", cfg)
+        keys = layout(probe.observation_space, f"dmc:{domain}_{task}", cfg)
         # Workers are spawned, not forked: this process has started a renderer, which a forked child cannot use.
         name = f"dmc:{domain}_{task}"
         super().__init__(name, keys, probe.action_space, make, cfg, num_envs, seed, start_method="spawn")

@@ -35,6 +35,7 @@ def _quiet() -> None:
     for variable in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):
         if not os.environ.get(variable):
             os.environ[variable] = "dummy"
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame's greeting would land on stdout
     gym.logger.min_level = gym.logger.ERROR
 
 
@@ -100,9 +101,10 @@ def _converter(space: gym.Space, source: str | None, cfg: EnvConfig, what: str) 
     )
 
 
-def layout(space: gym.Space, env_id: str, cfg: EnvConfig) -> dict[str, Converter]:
-    """Observation key -> converter, for the env's observation space (after any rendered frame is added)."""
-    what = f"the observation of gym:{env_id}"
+def layout(space: gym.Space, name: str, cfg: EnvConfig) -> dict[str, Converter]:
+    """Observation key -> converter, for the observation space of the env `name` (after any rendered frame is
+    added)."""
+    what = f"the observation of {name}"
     if not isinstance(space, gym.spaces.Dict):
         converter = _converter(space, None, cfg, what)
         return {"image" if converter.kind == "image" else "state": converter}
@@ -260,4 +262,5 @@ class GymEnv(GymnasiumCopies):
     def __init__(self, env_id: str, cfg: EnvConfig, num_envs: int, seed: int):
         render_key, obs_space, action_space = inspect(env_id, cfg)
         make = functools.partial(_make, env_id, render_key, cfg.action_repeat)
-        super().__init__(f"gym:{env_id}", layout(obs_space, env_id, cfg), action_space, make, cfg, num_envs, seed)
+        name = f"gym:{env_id}"
+        super().__init__(name, layout(obs_space, name, cfg), action_space, make, cfg, num_envs, seed)

@@ -56,11 +56,16 @@ def rom_id(game: str) -> str:
 
 
 def resolve(name: str) -> str:
-    """Canonical name: `catch`, a snake_case Atari game (`ms_pacman`), or `gym:<id>` unchanged."""
+    """Canonical name: `catch`, a snake_case Atari game (`ms_pacman`), `dmc:<domain>_<task>`, or `gym:<id>` and
+    `pz:<family>/<env>` unchanged."""
     text = name.strip()
     if text.startswith("gym:"):
         if len(text) == len("gym:"):
             raise UsageError("gym: needs a Gymnasium environment id after it, for example gym:CartPole-v1.")
+        return text
+    if text.startswith("pz:"):
+        if len(text) == len("pz:"):
+            raise UsageError("pz: needs a PettingZoo environment after it, for example pz:mpe2/simple_spread_v3.")
         return text
     if text.lower() in BUILTIN:
         return text.lower()

@@ -48,6 +48,10 @@ CASES = [
     ("gym id missing", ["train", "gym:NoSuchEnv-v0"], 2, "could not be made"),
     ("no key selected", ["train", "gym:CartPole-v1", "--set", "env.mlp_keys=^$"], 2, "no observation of gym:Cart"),
     ("unknown option", ["list", "--colour"], 2, "No such option"),
+    ("pz AEC-only", ["train", "pz:classic/tictactoe_v3"], 2, "only PettingZoo's AEC"),
+    ("pz unlike agents", ["train", "pz:mpe2/simple_adversary_v3"], 2, "different observation or action spaces"),
+    ("pz not installed", ["train", "pz:butterfly/nope_v1"], 2, "could not be imported"),
+    ("pz without env", ["train", "pz:mpe2"], 2, "must look like pz:<family>/<env>"),
     ("batch splits a world", ["train", "catch2", "--set", "train.batch_size=15"], 2, "multiple of the env's 2 agents"),
     (
         "heads do not divide",

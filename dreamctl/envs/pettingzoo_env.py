@@ -1,0 +1,185 @@
+"""PettingZoo's parallel API: `pz:<family>/<env>`, e.g. `pz:butterfly/cooperative_pong_v6`, `pz:mpe2/simple_spread_v3`.
+
+Each of the `num_envs` worlds is one PettingZoo parallel env, stepped in this process; its M agents are M adjacent
+env copies, as in envs/agents.py, so one world model with shared weights serves them all. Every agent must have the
+same observation and action spaces: its observation is converted as a Gymnasium env's is (an image to the configured
+size and colour under `image`, numbers to a float32 vector under `state`, one level of Dict by key), plus `agent`,
+the one-hot of its index. Each agent receives its own reward as the env gives it (a team reward where the env shares
+it). A world's episode ends when all its agents are done, and the next step starts a new one (base.py's autoreset).
+An agent that finishes before the others of its world is not supported yet and stops the run with one sentence.
+The families live in `pettingzoo.<family>`, except `mpe2` (its own package); `pip install -e '.[multiagent]'`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from dreamctl.config import EnvConfig
+from dreamctl.envs.agents import AGENT_KEY
+from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
+from dreamctl.envs.gym_env import layout
+from dreamctl.errors import DreamctlError, UsageError
+
+MODULE_OF_FAMILY = {"mpe2": "mpe2"}  # families outside the pettingzoo package and its registry
+
+
+def load_parallel_env(name: str) -> Callable[..., Any]:
+    """`pz:<family>/<env>` -> a constructor of its parallel env, or a UsageError in one sentence.
+
+    Envs in PettingZoo's registry (`butterfly/cooperative_pong-v6`; the module spelling `cooperative_pong_v6` works
+    too) are made through `pettingzoo.make`; others (the `mpe2` package) from their module's `parallel_env`.
+    """
+    family, _, env = name[len("pz:") :].partition("/")
+    if not family or not env or "/" in env:
+        raise UsageError(f"'{name}' must look like pz:<family>/<env>, for example pz:mpe2/simple_spread_v3.")
+    registered = family + "/" + re.sub(r"_v(\d+)$", r"-v\1", env)
+    if family not in MODULE_OF_FAMILY:
+        try:
+            import pettingzoo
+        except ImportError:
+            raise UsageError(
+                f"{name} needs PettingZoo; install the multi-agent extra: pip install -e '.[multiagent]'."
+            ) from None
+        if registered in pettingzoo.parallel_registry:
+            options = {}
+            if family == "atari":  # two-player Atari reads the ROMs that ale-py ships: nothing is downloaded
+                import ale_py
+
+                options["auto_rom_install_path"] = str(Path(ale_py.__file__).parent)
+            return functools.partial(pettingzoo.make, "parallel", registered, **options)
+        if registered in pettingzoo.aec_registry:
+            raise UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
+    module_name = f"{MODULE_OF_FAMILY.get(family, 'pettingzoo.' + family)}.{env}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"{name} could not be imported ({exc}); install the multi-agent extra (pip install -e '.[multiagent]') "
+            "and check the family and version, e.g. pz:butterfly/cooperative_pong_v6."
+        ) from None
+    if not hasattr(module, "parallel_env"):
+        raise UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
+    return module.parallel_env
+
+
+def _make_world(make: Callable[..., Any]) -> Any:
+    """One world, rendering to arrays where the env can: some draw their image observations only then (cooperative
+    pong's are black otherwise)."""
+    try:
+        return make(render_mode="rgb_array")
+    except TypeError:
+        return make()
+
+
+class PettingZooEnv(BatchedEnv):
+    """Args:
+    name: `pz:<family>/<env>`.
+    cfg: the env section (image size, colour, resize, action repeat, observation keys).
+    num_envs: worlds stepped together.
+    seed: world w is reset with seed + w at its first episode.
+    """
+
+    def __init__(self, name: str, cfg: EnvConfig, num_envs: int, seed: int):
+        make = load_parallel_env(name)
+        self.name, self.cfg, self.seed = name, cfg, seed
+        self.worlds = [_make_world(make) for _ in range(num_envs)]
+        world = self.worlds[0]
+        self.agents = list(world.possible_agents)
+        m = len(self.agents)
+        obs_spaces = {str(world.observation_space(a)) for a in self.agents}
+        action_spaces = {str(world.action_space(a)) for a in self.agents}
+        if len(obs_spaces) > 1 or len(action_spaces) > 1:
+            self.close()
+            raise UsageError(
+                f"{name}'s agents have different observation or action spaces; dreamctl shares one world model "
+                "among agents that observe and act alike."
+            )
+        action_space = world.action_space(self.agents[0])
+        if isinstance(action_space, gym.spaces.Discrete):
+            action_dim, discrete = int(action_space.n), True
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            action_dim, discrete = int(action_space.shape[0]), False
+        else:
+            self.close()
+            raise UsageError(
+                f"{name}'s action space {action_space} is not supported; dreamctl acts in Discrete and 1-D Box spaces."
+            )
+        self.action_space = action_space
+        try:
+            self.converters = layout(world.observation_space(self.agents[0]), name, cfg)
+        except UsageError:
+            self.close()
+            raise
+        obs_space = {key: c.shape for key, c in self.converters.items()}
+        self.spec = EnvSpec(name, {**obs_space, AGENT_KEY: (m,)}, action_dim, discrete, cfg.action_repeat, m)
+        self.num_envs = num_envs * m
+        self.identity = np.tile(np.eye(m, dtype=np.float32), (num_envs, 1))
+        self.ended = np.zeros(num_envs, bool)
+        self.last_obs: list[dict[str, Any]] = [{} for _ in self.worlds]
+
+    def reset(self) -> Step:
+        for w, world in enumerate(self.worlds):
+            self.last_obs[w], _ = world.reset(seed=self.seed + w)
+        self.ended[:] = False
+        return first_step(self._observations())
+
+    def step(self, action: np.ndarray) -> Step:
+        """action: (W * M,) ints or (W * M, A) floats in [-1, 1], world-major."""
+        m = len(self.agents)
+        action = np.asarray(action).reshape(len(self.worlds), m, *np.shape(action)[1:])
+        reward = np.zeros((len(self.worlds), m), np.float32)
+        is_first = np.zeros((len(self.worlds), m), bool)
+        is_last = np.zeros_like(is_first)
+        is_terminal = np.zeros_like(is_first)
+        for w, world in enumerate(self.worlds):
+            if self.ended[w]:
+                self.last_obs[w], _ = world.reset()
+                self.ended[w], is_first[w] = False, True
+                continue
+            acts = {agent: self._env_action(action[w, i]) for i, agent in enumerate(self.agents)}
+            for _ in range(self.cfg.action_repeat):
+                obs, rewards, terminated, truncated, _ = world.step(acts)
+                self.last_obs[w].update(obs)
+                reward[w] += [float(rewards.get(agent, 0.0)) for agent in self.agents]
+                done = [bool(terminated.get(a, False) or truncated.get(a, False)) for a in self.agents]
+                if any(done) or not world.agents:
+                    break
+            if any(done) or not world.agents:
+                if not all(done) and world.agents:
+                    raise DreamctlError(
+                        f"an agent of {self.name} finished before the others of its world, which dreamctl does not "
+                        "support yet (its agents must end their episodes together)."
+                    )
+                self.ended[w] = is_last[w] = True
+                is_terminal[w] = [bool(terminated.get(a, False)) for a in self.agents]
+        obs = self._observations()
+        return Step(obs, reward.reshape(-1), is_first.reshape(-1), is_last.reshape(-1), is_terminal.reshape(-1))
+
+    def close(self) -> None:
+        for world in getattr(self, "worlds", []):
+            world.close()
+
+    def _env_action(self, action: np.ndarray) -> Any:
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return int(action)
+        low, high = self.action_space.low, self.action_space.high
+        return (low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)).astype(self.action_space.dtype)
+
+    def _observations(self) -> dict[str, np.ndarray]:
+        """Every world's agents' last observations, world-major, plus the agents' one-hots."""
+        stacked = [self.last_obs[w][agent] for w in range(len(self.worlds)) for agent in self.agents]
+        if isinstance(stacked[0], dict):
+            batched: Any = {key: np.stack([o[key] for o in stacked]) for key in stacked[0]}
+        else:
+            batched = np.stack(stacked)
+        out = {key: converter.convert(batched, self.cfg) for key, converter in self.converters.items()}
+        out[AGENT_KEY] = self.identity
+        return out
