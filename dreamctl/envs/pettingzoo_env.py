@@ -7,7 +7,8 @@ size and colour under `image`, numbers to a float32 vector under `state`, one le
 the one-hot of its index. Each agent receives its own reward as the env gives it (a team reward where the env shares
 it). A world's episode ends when all its agents are done, and the next step starts a new one (base.py's autoreset).
 An agent that finishes before the others of its world is not supported yet and stops the run with one sentence.
-The families live in `pettingzoo.<family>`, except `mpe2` (its own package); `pip install -e '.[multiagent]'`.
+The families live in `pettingzoo.<family>`, except `mpe2` (its own package); two-player Atari (`pz:atari/boxing_v2`)
+reads the ROMs that ale-py ships. `pip install -e '.[multiagent]'`.
 """
 
 from __future__ import annotations

@@ -73,3 +73,14 @@ def test_trains_through_the_cli_and_eval_shows_each_agent(tmp_path, name, sets):
     np.testing.assert_allclose(result["returns"], team, rtol=1e-6)
     listed = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
     assert listed[0]["preset"] == "multiagent"
+
+
+def test_two_player_atari_reads_the_roms_that_ale_py_ships():
+    env = _env("pz:atari/boxing_v2", 1)
+    try:
+        assert env.spec.num_agents == 2 and env.spec.action_dim == 18
+        env.reset()
+        frames = env.step(np.array([1, 1])).obs["image"]
+        assert frames.shape == (2, 64, 64, 1) and frames.max() > frames.min()
+    finally:
+        env.close()
