@@ -103,7 +103,13 @@ def _dry_run(cfg, preset: str) -> None:
     import yaml
 
     from dreamctl.envs import encoder_of, make_env, no_key_selected
-    from dreamctl.runs.system import configure_torch, parameter_count, preflight, prepare
+    from dreamctl.runs.system import (
+        check_whole_worlds,
+        configure_torch,
+        estimate_memory,
+        parameter_count,
+        prepare,
+    )
 
     cfg = prepare(cfg)
     device = configure_torch(cfg)
@@ -121,7 +127,8 @@ def _dry_run(cfg, preset: str) -> None:
         kind = "uint8 image" if len(shape) == 3 else "float32 vector"
         reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
         out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
-    mem = preflight(cfg, seen, params, spec.num_agents)
+    check_whole_worlds(cfg, spec.num_agents)
+    mem = estimate_memory(cfg, seen, params)
     out.print(
         f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
         f"(replay {mem['replay'] / 2**30:.2f}, model {mem['model'] / 2**30:.2f}, "

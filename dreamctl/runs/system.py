@@ -95,14 +95,19 @@ def parameter_count(cfg: Config, obs_space: ObsSpace, action_dim: int, discrete:
     return sum(p.numel() for p in [*world_model.parameters(), *behavior.parameters()])
 
 
-def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1) -> dict[str, int]:
-    """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents, or more
-    memory than the machine has. Returns the memory estimate."""
+def check_whole_worlds(cfg: Config, agents: int) -> None:
+    """Every batch holds whole worlds: refuse, in one sentence, a batch size that would split a world's agents."""
     if cfg.train.batch_size % agents:
         raise UsageError(
             f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the env's {agents} agents, "
             "since every batch holds whole worlds."
         )
+
+
+def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1) -> dict[str, int]:
+    """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents, or more
+    memory than the machine has. Returns the memory estimate."""
+    check_whole_worlds(cfg, agents)
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:

@@ -50,9 +50,16 @@ CASES = [
     ("unknown option", ["list", "--colour"], 2, "No such option"),
     ("pz AEC-only", ["train", "pz:classic/tictactoe_v3"], 2, "only PettingZoo's AEC"),
     ("pz unlike agents", ["train", "pz:mpe2/simple_adversary_v3"], 2, "different observation or action spaces"),
-    ("pz not installed", ["train", "pz:butterfly/nope_v1"], 2, "could not be imported"),
+    ("pz unknown env", ["train", "pz:butterfly/nope_v1"], 2, "could not be imported"),
+    ("pz without version", ["train", "pz:butterfly/cooperative_pong"], 2, "needs the env's version"),
     ("pz without env", ["train", "pz:mpe2"], 2, "must look like pz:<family>/<env>"),
     ("batch splits a world", ["train", "catch2", "--set", "train.batch_size=15"], 2, "multiple of the env's 2 agents"),
+    (
+        "batch splits a world in a dry run",
+        ["train", "catch2", "--set", "train.batch_size=15", "--dry-run"],
+        2,
+        "multiple of the env's 2 agents",
+    ),
     (
         "heads do not divide",
         ["train", "catch2", "--set", "multi.communication=attention", "--set", "multi.attention_heads=7"],
