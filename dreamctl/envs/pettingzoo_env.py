@@ -58,26 +58,34 @@ def load_parallel_env(name: str) -> Callable[..., Any]:
             return functools.partial(pettingzoo.make, "parallel", registered, **options)
         if registered in pettingzoo.aec_registry:
             raise UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
+    if not re.search(r"_v\d+$", env):
+        raise UsageError(f"{name} needs the env's version, as PettingZoo names it, e.g. pz:mpe2/simple_spread_v3.")
     module_name = f"{MODULE_OF_FAMILY.get(family, 'pettingzoo.' + family)}.{env}"
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ImportError:
+        hint = " (the MPE envs are the mpe2 family)" if family == "mpe" else ""
         raise UsageError(
-            f"{name} could not be imported ({exc}); install the multi-agent extra (pip install -e '.[multiagent]') "
-            "and check the family and version, e.g. pz:butterfly/cooperative_pong_v6."
+            f"{name} could not be imported{hint}; install the multi-agent extra (pip install -e '.[multiagent]') "
+            "and check the family, name and version, e.g. pz:butterfly/cooperative_pong_v6."
         ) from None
     if not hasattr(module, "parallel_env"):
         raise UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
     return module.parallel_env
 
 
-def _make_world(make: Callable[..., Any]) -> Any:
-    """One world, rendering to arrays where the env can: some draw their image observations only then (cooperative
-    pong's are black otherwise)."""
+def _make_world(make: Callable[..., Any], name: str) -> Any:
+    """One world, rendering to arrays: some envs draw their image observations only then (cooperative pong's are
+    black otherwise). A missing dependency of the env is a UsageError in one sentence."""
+    from pettingzoo.env_registry.exceptions import FailedToImport
+
     try:
         return make(render_mode="rgb_array")
-    except TypeError:
-        return make()
+    except (ImportError, FailedToImport):
+        raise UsageError(
+            f"{name} needs packages that are not installed; install the multi-agent extra: pip install -e "
+            "'.[multiagent]'."
+        ) from None
 
 
 class PettingZooEnv(BatchedEnv):
@@ -89,9 +97,11 @@ class PettingZooEnv(BatchedEnv):
     """
 
     def __init__(self, name: str, cfg: EnvConfig, num_envs: int, seed: int):
+        if cfg.render_pixels:
+            raise UsageError(f"env.render_pixels is for gym: envs; {name} shows each agent what PettingZoo gives it.")
         make = load_parallel_env(name)
         self.name, self.cfg, self.seed = name, cfg, seed
-        self.worlds = [_make_world(make) for _ in range(num_envs)]
+        self.worlds = [_make_world(make, name) for _ in range(num_envs)]
         world = self.worlds[0]
         self.agents = list(world.possible_agents)
         m = len(self.agents)

@@ -57,7 +57,7 @@ class EpisodeTracker:
 
 @dataclass
 class Playback:
-    returns: list[float]  # per episode; with several agents the team's (every agent receives the team reward)
+    returns: list[float]  # per episode; with several agents the team's: the mean of the agents' returns
     lengths: list[int]
     frames: np.ndarray | None  # the first episode of copy 0's image key, uint8 (T, H, W, C), when recorded
     agent_returns: list[list[float]]  # per episode, each agent's return

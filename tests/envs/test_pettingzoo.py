@@ -27,7 +27,9 @@ def test_simple_spread_gives_each_agent_its_own_vector_and_ends_worlds_together(
         assert env.spec.obs_space == {"state": (18,), AGENT_KEY: (3,)}
         first = env.reset()
         assert first.is_first.all() and first.obs[AGENT_KEY].tolist() == np.tile(np.eye(3), (2, 1)).tolist()
-        same, _ = load_parallel_env("pz:mpe2/simple_spread_v3")().reset(seed=3)  # world 0's first observations
+        same_world = load_parallel_env("pz:mpe2/simple_spread_v3")()
+        same, _ = same_world.reset(seed=3)  # world 0's first observations, as PettingZoo shows them
+        same_world.close()
         expected = np.stack([same[agent] for agent in ("agent_0", "agent_1", "agent_2")])
         np.testing.assert_array_equal(first.obs["state"][:3], expected)
         assert not np.array_equal(first.obs["state"][0], first.obs["state"][1])
@@ -37,6 +39,7 @@ def test_simple_spread_gives_each_agent_its_own_vector_and_ends_worlds_together(
             lasts.append(step.is_last.copy())
             if t and lasts[-2].any():
                 assert (step.is_first == lasts[-2]).all() and (step.reward[step.is_first] == 0).all()
+            assert not step.is_terminal.any()  # spread's episodes end by its time limit only
         ended = np.array(lasts)
         assert ended[24].all() and ended.sum() == 2 * 6  # 25 cycles per episode, every agent of both worlds
     finally:

@@ -154,3 +154,23 @@ def test_replay_samples_whole_worlds_and_one_agent_samples_as_before():
     envs, starts = manual.integers(0, 6, size=4), manual.integers(0, 50 - 5 + 1, size=4)
     expected = replay.data["x"][(starts[:, None] + np.arange(5)) % single.rows_per_env, envs[:, None]]
     np.testing.assert_array_equal(single.sample(4, 5, rng)["x"], expected)
+
+
+def test_each_imagination_start_keeps_its_own_state_and_terminal_flag_with_several_agents():
+    """Starts are ordered world, time, agent (`agents_adjacent`): the start from batch row b = 2w + a at time t is
+    row (w * T + t) * 2 + a, and the terminal flag of exactly that start zeroes its first discount."""
+    cfg = tiny_config("train.batch_size=4", "multi.communication=attention")
+    torch.manual_seed(0)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=2)
+    batch = random_batch(cfg)
+    terminal = torch.zeros(4, cfg.train.batch_length)
+    terminal[1, 2] = 1.0  # world 0, agent 1, time 2
+    with torch.no_grad():
+        post = agent.world_model.loss(batch).post
+        traj = agent.behavior.imagine(agent.world_model, post)
+        ret = agent.behavior.returns(agent.world_model, traj, terminal)
+    row = (0 * cfg.train.batch_length + 2) * 2 + 1
+    first = traj.feat[0]
+    first = first if isinstance(first, torch.Tensor) else first.dense()
+    torch.testing.assert_close(first[row], post.feat()[1, 2])
+    assert torch.nonzero(ret.weight[1] == 0).flatten().tolist() == [row]
