@@ -17,6 +17,11 @@ from dreamctl.envs.base import BatchedEnv, EnvSpec, Step
 AGENT_KEY = "agent"
 
 
+def agent_one_hots(worlds: int, agents: int) -> np.ndarray:
+    """The `agent` observation of every copy, world-major: float32 (worlds * agents, agents)."""
+    return np.tile(np.eye(agents, dtype=np.float32), (worlds, 1))
+
+
 class AgentsAsCopies(BatchedEnv):
     """Args:
     world: a game of `world.num_envs` worlds with `world.num_agents` agents each, whose `step` takes int actions
@@ -35,7 +40,7 @@ class AgentsAsCopies(BatchedEnv):
             spec.action_repeat,
             num_agents,
         )
-        self.identity = np.tile(np.eye(num_agents, dtype=np.float32), (world.num_envs, 1))  # (W * M, M)
+        self.identity = agent_one_hots(world.num_envs, num_agents)
 
     @property
     def saveable(self) -> bool:  # type: ignore[override]

@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.agents import AGENT_KEY
+from dreamctl.envs.agents import AGENT_KEY, agent_one_hots
 from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
 from dreamctl.envs.gym_env import layout
 from dreamctl.errors import DreamctlError, UsageError
@@ -132,7 +132,7 @@ class PettingZooEnv(BatchedEnv):
         obs_space = {key: c.shape for key, c in self.converters.items()}
         self.spec = EnvSpec(name, {**obs_space, AGENT_KEY: (m,)}, action_dim, discrete, cfg.action_repeat, m)
         self.num_envs = num_envs * m
-        self.identity = np.tile(np.eye(m, dtype=np.float32), (num_envs, 1))
+        self.identity = agent_one_hots(num_envs, m)
         self.ended = np.zeros(num_envs, bool)
         self.last_obs: list[dict[str, Any]] = [{} for _ in self.worlds]
 
@@ -161,9 +161,10 @@ class PettingZooEnv(BatchedEnv):
                 self.last_obs[w].update(obs)
                 reward[w] += [float(rewards.get(agent, 0.0)) for agent in self.agents]
                 done = [bool(terminated.get(a, False) or truncated.get(a, False)) for a in self.agents]
-                if any(done) or not world.agents:
+                ended = any(done) or not world.agents
+                if ended:
                     break
-            if any(done) or not world.agents:
+            if ended:
                 if not all(done) and world.agents:
                     raise DreamctlError(
                         f"an agent of {self.name} finished before the others of its world, which dreamctl does not "
