@@ -1,8 +1,9 @@
 """Faster formulations of plain torch layers, each equal to the layer its name starts with.
 
-`Conv2d*` equal `nn.Conv2d`, `ConvTranspose2d*` equal `nn.ConvTranspose2d`, `Linear` equals `nn.Linear` (same
-parameters and state-dict names, so checkpoints do not depend on the formulation); float64 tests compare each with
-its plain layer. `plain_layers()` is the one switch back to torch's own layers, products and unrolls.
+`Conv2d*` equal `nn.Conv2d`, `ConvTranspose2d*` equal `nn.ConvTranspose2d`, `Linear` equals `nn.Linear`,
+`TransformerEncoderLayer` equals `nn.TransformerEncoderLayer` (same parameters and state-dict names, so checkpoints
+do not depend on the formulation); float64 tests compare each with its plain layer. `plain_layers()` is the one
+switch back to torch's own layers, products and unrolls.
 Nothing here knows about DreamerV2: `dreamctl.model` uses these layers, never the other way round.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from dreamctl.layers.attention import TransformerEncoderLayer
 from dreamctl.layers.conv import Conv2dByPatches, Conv2dChannelsLast, Conv2dSpaceToDepth
 from dreamctl.layers.deconv import ConvTranspose2dAfterElu, ConvTranspose2dBiasBySum, ConvTranspose2dOn1x1
 from dreamctl.layers.linear import Linear, use_onednn
@@ -25,6 +27,7 @@ REFORMULATED_LAYERS = (
     ConvTranspose2dBiasBySum,
     ConvTranspose2dAfterElu,
     Linear,
+    TransformerEncoderLayer,
 )
 """Every layer class computed by a formulation of a plain torch layer's maths."""
 
@@ -37,6 +40,7 @@ __all__ = [
     "ConvTranspose2dBiasBySum",
     "ConvTranspose2dOn1x1",
     "Linear",
+    "TransformerEncoderLayer",
     "plain_layers",
     "reformulated",
     "reformulations",

@@ -1,0 +1,51 @@
+"""The small-group encoder layer equals nn.TransformerEncoderLayer: outputs and gradients in float64."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dreamctl.layers import TransformerEncoderLayer, reformulations
+
+
+def _outputs_and_grads(layer, x, blocked, probe):
+    x = x.clone().requires_grad_()
+    y = layer(x, blocked)
+    grads = torch.autograd.grad((y * probe).sum(), [x, *layer.parameters()])
+    return y.detach(), grads
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=st.integers(1, 6),
+    agents=st.integers(1, 5),
+    heads=st.sampled_from([1, 2, 4]),
+    head_width=st.integers(1, 4),
+    masked=st.booleans(),
+)
+def test_small_group_layer_equals_torchs_encoder_layer(groups, agents, heads, head_width, masked):
+    torch.manual_seed(groups * 100 + agents * 10 + heads)
+    width = heads * head_width
+    layer = TransformerEncoderLayer(width, heads, feedforward=width + 3).double()
+    x = torch.randn(groups, agents, width, dtype=torch.float64)
+    blocked = None
+    if masked:  # random keys blocked, never a query's own
+        blocked = (torch.rand(groups, agents, agents) < 0.5) & ~torch.eye(agents, dtype=torch.bool)
+    probe = torch.randn(groups, agents, width, dtype=torch.float64)
+    fast = _outputs_and_grads(layer, x, blocked, probe)
+    with reformulations(False):
+        plain = _outputs_and_grads(layer, x, blocked, probe)
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-10, atol=1e-10)
+    for got, expected in zip(fast[1], plain[1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_a_blocked_key_changes_nothing_for_the_queries_it_is_blocked_from():
+    torch.manual_seed(0)
+    layer = TransformerEncoderLayer(8, 2, feedforward=8).double()
+    x = torch.randn(1, 3, 8, dtype=torch.float64)
+    blocked = torch.zeros(1, 3, 3, dtype=torch.bool)
+    blocked[0, :2, 2] = True  # agents 0 and 1 may not see agent 2
+    changed = x.clone()
+    changed[0, 2] += 5.0
+    torch.testing.assert_close(layer(changed, blocked)[0, :2], layer(x, blocked)[0, :2])
+    assert not torch.allclose(layer(changed)[0, :2], layer(x)[0, :2])
