@@ -17,16 +17,17 @@ from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_sig
 def train(
     env: str = typer.Argument(
         ...,
-        help="catch, catch2, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task> or gym:<id>.",
+        help="catch, catch2, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task>, gym:<id> or "
+        "pz:<family>/<env> (PettingZoo, several agents).",
     ),
     preset: Optional[str] = typer.Option(
         None,
         "--preset",
         "-p",
         show_default=False,
-        help="Preset name (atari, atari100k, catch2, debug, dmc, humanoid, pixels, vector) or a YAML file. Default: "
-        "atari for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, catch2 for "
-        "catch2, vector for envs without images, pixels otherwise.",
+        help="Preset name (atari, atari100k, catch2, debug, dmc, humanoid, multiagent, pixels, vector) or a YAML file. "
+        "Default: atari for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, "
+        "catch2 for catch2, multiagent for pz: envs, vector for envs without images, pixels otherwise.",
     ),
     steps: Optional[int] = typer.Option(
         None,

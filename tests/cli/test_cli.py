@@ -172,8 +172,13 @@ def test_every_command_explains_itself(command, home):
     assert "Example" in proc.stdout and "--home" in proc.stdout
 
 
-def test_steps_help_says_how_many_frames(home):
-    assert "frames" in run_cli("train", "--help", home=home, check=True).stdout
+def test_train_help_names_every_preset_and_every_kind_of_env(home):
+    from dreamctl.config import preset_names
+
+    text = " ".join(run_cli("train", "--help", home=home, check=True, env={"COLUMNS": "300"}).stdout.split())
+    assert "frames" in text
+    assert all(name in text for name in preset_names()), preset_names()
+    assert all(kind in text for kind in ("catch2", "atari:", "dmc:", "gym:", "pz:"))
 
 
 LIGHT = {
