@@ -19,7 +19,7 @@ import numpy as np
 ObsSpace = dict[str, tuple[int, ...]]
 """Observation key -> shape of one copy's array: (H, W, C) for a uint8 image, (size,) for a float32 vector."""
 
-RESERVED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
+RESERVED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal", "is_present")
 """Names a replay row already uses; no observation key may take them."""
 
 
@@ -44,6 +44,10 @@ class Step(NamedTuple):
     is_first: np.ndarray  # bool (N,)
     is_last: np.ndarray  # bool (N,)
     is_terminal: np.ndarray  # bool (N,): ended by the game, not by a time limit
+    # bool (N,), or None where every copy is: whether each agent is still in its world's episode. An agent that
+    # finishes before the others of its world (its last step has is_terminal, not is_last) is absent from then on
+    # until the world's episode ends: its rows are padding, masked from every loss.
+    is_present: np.ndarray | None = None
 
 
 class BatchedEnv(ABC):

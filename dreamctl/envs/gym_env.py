@@ -164,15 +164,7 @@ def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Spa
         render_modes = probe.metadata.get("render_modes", [])
     finally:
         probe.close()
-    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
-        raise UsageError(
-            f"gym:{env_id} has a {action_space.shape}-shaped Box action space; dreamctl supports "
-            f"Discrete and 1-D Box actions."
-        )
-    if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        raise UsageError(
-            f"gym:{env_id} has {type(action_space).__name__} actions; dreamctl supports Discrete and 1-D Box actions."
-        )
+    action_size(action_space, f"gym:{env_id}")
     if not cfg.render_pixels:
         return None, obs_space, action_space
     if "rgb_array" not in render_modes:
@@ -187,6 +179,24 @@ def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Spa
     except Exception as exc:  # a renderer whose package is missing, a display it cannot open, ...
         raise UsageError(f"gym:{env_id} could not render its frames ({exc}).") from None
     return render_key, space, action_space
+
+
+def action_size(space: gym.Space, name: str) -> tuple[int, bool]:
+    """(action_dim, discrete) of a Discrete or 1-D Box action space; any other is a UsageError in one sentence."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n), True
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return int(space.shape[0]), False
+    raise UsageError(f"{name}'s action space {space} is not supported; dreamctl acts in Discrete and 1-D Box spaces.")
+
+
+def env_action(space: gym.Space, action: np.ndarray) -> np.ndarray:
+    """The agent's action as `space` takes it: an index for Discrete, and for a Box the vector in [-1, 1] rescaled
+    to the box's bounds. action: (...) indices or (..., A) vectors."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.asarray(action, np.int64)
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    return low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (high - low)
 
 
 class GymnasiumCopies(VectorEnvAdapter):
@@ -224,15 +234,10 @@ class GymnasiumCopies(VectorEnvAdapter):
         else:
             self.env = gym.vector.SyncVectorEnv(copies, autoreset_mode=mode)
         self.saveable = True  # until a copy's state turns out not to be saveable
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        if isinstance(action_space, gym.spaces.Discrete):
-            action_dim = int(action_space.n)
-        else:
-            assert isinstance(action_space, gym.spaces.Box)  # `inspect` refuses every other kind of action space
-            action_dim = int(action_space.shape[0])
-            self.low, self.high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
+        self.action_space = action_space
+        action_dim, discrete = action_size(action_space, name)
         obs = {key: converter.shape for key, converter in self.layout.items()}
-        self.spec = EnvSpec(name, obs, action_dim, self.discrete, cfg.action_repeat)
+        self.spec = EnvSpec(name, obs, action_dim, discrete, cfg.action_repeat)
 
     def get_state(self) -> dict[str, np.ndarray]:
         if not self.saveable:
@@ -248,9 +253,7 @@ class GymnasiumCopies(VectorEnvAdapter):
         self.last[:] = state["last"]
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
-        if self.discrete:
-            return np.asarray(action, np.int64)
-        return self.low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low)
+        return env_action(self.action_space, action)
 
     def _observations(self, obs: Any) -> dict[str, np.ndarray]:
         return {key: converter.convert(obs, self.cfg) for key, converter in self.layout.items()}

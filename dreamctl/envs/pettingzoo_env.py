@@ -6,7 +6,9 @@ same observation and action spaces: its observation is converted as a Gymnasium 
 size and colour under `image`, numbers to a float32 vector under `state`, one level of Dict by key), plus `agent`,
 the one-hot of its index. Each agent receives its own reward as the env gives it (a team reward where the env shares
 it). A world's episode ends when all its agents are done, and the next step starts a new one (base.py's autoreset).
-An agent that finishes before the others of its world is not supported yet and stops the run with one sentence.
+An agent that finishes before the others of its world (a unit killed in a battle) reports its last step with
+is_terminal (when the env terminated it) and is absent from then on (Step.is_present): it receives no actions, its
+rows are padding that no loss reads and no other agent attends to, until the world's episode ends.
 The families live in `pettingzoo.<family>`, except `mpe2` (its own package); two-player Atari (`pz:atari/boxing_v2`)
 reads the ROMs that ale-py ships. `pip install -e '.[multiagent]'`.
 """
@@ -20,14 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
 from dreamctl.envs.agents import AGENT_KEY, agent_one_hots
 from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
-from dreamctl.envs.gym_env import layout
-from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.envs.gym_env import action_size, env_action, layout
+from dreamctl.errors import UsageError
 
 MODULE_OF_FAMILY = {"mpe2": "mpe2"}  # families outside the pettingzoo package and its registry
 
@@ -57,7 +58,7 @@ def load_parallel_env(name: str) -> Callable[..., Any]:
                 options["auto_rom_install_path"] = str(Path(ale_py.__file__).parent)
             return functools.partial(pettingzoo.make, "parallel", registered, **options)
         if registered in pettingzoo.aec_registry:
-            raise UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
+            raise _aec_only(name)
     if not re.search(r"_v\d+$", env):
         raise UsageError(f"{name} needs the env's version, as PettingZoo names it, e.g. pz:mpe2/simple_spread_v3.")
     module_name = f"{MODULE_OF_FAMILY.get(family, 'pettingzoo.' + family)}.{env}"
@@ -70,8 +71,12 @@ def load_parallel_env(name: str) -> Callable[..., Any]:
             "and check the family, name and version, e.g. pz:butterfly/cooperative_pong_v6."
         ) from None
     if not hasattr(module, "parallel_env"):
-        raise UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
+        raise _aec_only(name)
     return module.parallel_env
+
+
+def _aec_only(name: str) -> UsageError:
+    return UsageError(f"{name} has only PettingZoo's AEC (turn-based) API; dreamctl trains parallel envs.")
 
 
 def _make_world(make: Callable[..., Any], name: str) -> Any:
@@ -113,18 +118,9 @@ class PettingZooEnv(BatchedEnv):
                 f"{name}'s agents have different observation or action spaces; dreamctl shares one world model "
                 "among agents that observe and act alike."
             )
-        action_space = world.action_space(self.agents[0])
-        if isinstance(action_space, gym.spaces.Discrete):
-            action_dim, discrete = int(action_space.n), True
-        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-            action_dim, discrete = int(action_space.shape[0]), False
-        else:
-            self.close()
-            raise UsageError(
-                f"{name}'s action space {action_space} is not supported; dreamctl acts in Discrete and 1-D Box spaces."
-            )
-        self.action_space = action_space
+        self.action_space = world.action_space(self.agents[0])
         try:
+            action_dim, discrete = action_size(self.action_space, name)
             self.converters = layout(world.observation_space(self.agents[0]), name, cfg)
         except UsageError:
             self.close()
@@ -134,12 +130,14 @@ class PettingZooEnv(BatchedEnv):
         self.num_envs = num_envs * m
         self.identity = agent_one_hots(num_envs, m)
         self.ended = np.zeros(num_envs, bool)
+        self.present = np.ones((num_envs, m), bool)  # agents still in each world's episode
+        self.terminated = np.zeros((num_envs, m), bool)  # agents the env terminated in each world's episode
         self.last_obs: list[dict[str, Any]] = [{} for _ in self.worlds]
 
     def reset(self) -> Step:
         for w, world in enumerate(self.worlds):
             self.last_obs[w], _ = world.reset(seed=self.seed + w)
-        self.ended[:] = False
+        self.ended[:], self.present[:], self.terminated[:] = False, True, False
         return first_step(self._observations())
 
     def step(self, action: np.ndarray) -> Step:
@@ -150,40 +148,45 @@ class PettingZooEnv(BatchedEnv):
         is_first = np.zeros((len(self.worlds), m), bool)
         is_last = np.zeros_like(is_first)
         is_terminal = np.zeros_like(is_first)
+        is_present = self.present.copy()  # an agent finishing in this step is present in it
         for w, world in enumerate(self.worlds):
             if self.ended[w]:
                 self.last_obs[w], _ = world.reset()
-                self.ended[w], is_first[w] = False, True
+                self.ended[w], is_first[w], self.present[w], self.terminated[w] = False, True, True, False
+                is_present[w] = True
                 continue
-            acts = {agent: self._env_action(action[w, i]) for i, agent in enumerate(self.agents)}
             for _ in range(self.cfg.action_repeat):
+                live = set(world.agents)  # some envs keep a finished agent here until the world's episode ends
+                acts = {a: self._env_action(action[w, i]) for i, a in enumerate(self.agents) if a in live}
                 obs, rewards, terminated, truncated, _ = world.step(acts)
                 self.last_obs[w].update(obs)
                 reward[w] += [float(rewards.get(agent, 0.0)) for agent in self.agents]
-                done = [bool(terminated.get(a, False) or truncated.get(a, False)) for a in self.agents]
-                ended = any(done) or not world.agents
-                if ended:
+                ends = np.array([bool(terminated.get(a, False)) for a in self.agents])
+                self.terminated[w] |= ends & self.present[w]
+                is_terminal[w] |= ends & self.present[w]
+                stays = [not truncated.get(a, False) and a in world.agents for a in self.agents]
+                self.present[w] &= ~ends & np.array(stays)
+                if not world.agents or not self.present[w].any():
+                    self.ended[w] = is_last[w] = True
+                    is_terminal[w] = self.terminated[w]
                     break
-            if ended:
-                if not all(done) and world.agents:
-                    raise DreamctlError(
-                        f"an agent of {self.name} finished before the others of its world, which dreamctl does not "
-                        "support yet (its agents must end their episodes together)."
-                    )
-                self.ended[w] = is_last[w] = True
-                is_terminal[w] = [bool(terminated.get(a, False)) for a in self.agents]
         obs = self._observations()
-        return Step(obs, reward.reshape(-1), is_first.reshape(-1), is_last.reshape(-1), is_terminal.reshape(-1))
+        return Step(
+            obs,
+            reward.reshape(-1),
+            is_first.reshape(-1),
+            is_last.reshape(-1),
+            is_terminal.reshape(-1),
+            is_present.reshape(-1),
+        )
 
     def close(self) -> None:
         for world in getattr(self, "worlds", []):
             world.close()
 
     def _env_action(self, action: np.ndarray) -> Any:
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            return int(action)
-        low, high = self.action_space.low, self.action_space.high
-        return (low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)).astype(self.action_space.dtype)
+        converted = env_action(self.action_space, action)
+        return int(converted) if converted.ndim == 0 else converted.astype(self.action_space.dtype)
 
     def _observations(self) -> dict[str, np.ndarray]:
         """Every world's agents' last observations, world-major, plus the agents' one-hots."""

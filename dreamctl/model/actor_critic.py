@@ -29,6 +29,7 @@ class Imagination:
     feat: Feature  # (H+1, N, F): concat(z, h) of s_0..s_H
     action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
     policy: Tensor  # (H, N, ...): the actor's raw output in states 0..H-1, with the actor's graph
+    present: Tensor | None  # (N,): 0 where the start's agent had finished before its world; None: all present
 
 
 @dataclass
@@ -95,8 +96,10 @@ class ActorCritic(nn.Module):
             return 1.0 if discrete else 0.0
         return {"reinforce": 1.0, "dynamics": 0.0, "both": cfg.actor_grad_mix}[cfg.actor_grad]
 
-    def imagine(self, world_model: WorldModel, start: State) -> Imagination:
-        """Roll the prior forward `horizon` steps from detached start states, the actor choosing actions.
+    def imagine(self, world_model: WorldModel, start: State, present: Tensor | None = None) -> Imagination:
+        """Roll the prior forward `horizon` steps from detached start states (B, T, ...), the actor choosing actions.
+        present: (B, T) or None, whether each start's agent was still in its world's episode; absent starts stay
+        absent, unseen by the others' attention, and their trajectories get the weight 0 (`returns`).
 
         With rho = 1 no gradient is needed through the rollout (the actor loss uses only log-probabilities
         of the imagined actions), so the dynamics run without autograd, and the features can travel as
@@ -107,6 +110,8 @@ class ActorCritic(nn.Module):
         through_dynamics = self.rho < 1.0 and torch.is_grad_enabled()
         rssm = world_model.rssm
         state = start.map(lambda x: agents_adjacent(x.detach(), self.agents))
+        if present is not None:
+            present = agents_adjacent(present.float(), self.agents)
         gathers = not through_dynamics and gathers_active(state.deter)
 
         def feature(state: State) -> Feature:
@@ -125,11 +130,11 @@ class ActorCritic(nn.Module):
                 ones = last.ones if isinstance(last, OneHotFeature) else None
                 if ones is not None and self.actor.discrete:
                     ones = ones.then(OneHotColumns.of(action, self.action_dim))
-                state = rssm.img_step(state, action, ones)
+                state = rssm.img_step(state, action, ones, present)
             feats.append(feature(state))
             actions.append(action)
             outs.append(out)
-        return Imagination(stack_features(feats, 0), torch.stack(actions), torch.stack(outs))
+        return Imagination(stack_features(feats, 0), torch.stack(actions), torch.stack(outs), present)
 
     def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
         """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step.
@@ -143,9 +148,11 @@ class ActorCritic(nn.Module):
             discount = world_model.continuation(traj.feat[1:-1])
             first = world_model.discount * (1.0 - agents_adjacent(start_terminal.float(), self.agents))
             discount = torch.cat([first[None], discount], 0)
-            slow_value = self.slow_critic(traj.feat).squeeze(-1).float()
+            slow_value = self._value(self.slow_critic, traj.feat, traj.present)
             target = lambda_return(reward, slow_value[:-1], discount, slow_value[-1], self.cfg.return_lambda)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount], 0), 0).detach()
+        if traj.present is not None:
+            weight = weight * traj.present
         return Returns(target, weight, slow_value, reward)
 
     def actor_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
@@ -165,7 +172,7 @@ class ActorCritic(nn.Module):
 
     def critic_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
         """`losses.critic_loss` over the states s_0..s_{H-1}, read from detached features."""
-        value = self.critic(traj.feat[:-1].detach()).squeeze(-1).float()
+        value = self._value(self.critic, traj.feat[:-1].detach(), traj.present)
         loss = critic_loss(value, ret.target, ret.weight[:-1])
         return loss, {
             "loss/critic": loss.detach(),
@@ -173,6 +180,11 @@ class ActorCritic(nn.Module):
             "train/lambda_return": ret.target.detach().mean(),
             "train/imagined_reward": ret.reward.detach().mean(),
         }
+
+    def _value(self, critic: nn.Module, feat: Feature, present: Tensor | None) -> Tensor:
+        """(H, N, F) -> (H, N) values; a central critic's attention skips absent agents."""
+        value = critic(feat, present) if isinstance(critic, CentralCritic) else critic(feat)
+        return value.squeeze(-1).float()
 
     def update_slow_critic(self) -> None:
         """Hard copy critic -> slow critic after updates 0, N, 2N, ... (DreamerV2's update_slow_target).

@@ -92,17 +92,23 @@ class Agent(nn.Module):
 
     @torch.inference_mode()
     def policy(
-        self, obs: Mapping[str, Tensor], is_first: Tensor, state: ActState, greedy: bool = False
+        self,
+        obs: Mapping[str, Tensor],
+        is_first: Tensor,
+        state: ActState,
+        greedy: bool = False,
+        present: Tensor | None = None,
     ) -> tuple[Tensor, ActState]:
         """One batched decision for all env copies: training samples the actor, evaluation takes its mode.
-        The latent is sampled in both, as in DreamerV2. obs: key -> (N, ...), is_first: (N,).
+        The latent is sampled in both, as in DreamerV2. obs: key -> (N, ...), is_first: (N,), present: (N,) or
+        None, 0 for agents that finished before the others of their world (the others do not attend to them).
 
         On the CPU the policy runs in float32 whatever the training precision: autocast would cast every weight
         again at each step, which costs more than bfloat16 saves at acting's batch sizes (docs/performance.md).
         """
         with self.autocast() if self.device.type != "cpu" else contextlib.nullcontext():
             embed = self.world_model.embed(self.world_model.preprocess(obs))
-            latent = self.world_model.rssm.obs_step(state.latent, state.action, embed, is_first)
+            latent = self.world_model.rssm.obs_step(state.latent, state.action, embed, is_first, present)
             dist = self.behavior.actor(latent.feat())
             action = (dist.mode() if greedy else dist.sample()).float()
         return action, ActState(latent, action)
@@ -119,7 +125,7 @@ class Agent(nn.Module):
             metrics["grad/model"] = self.optimizers["model"].step(model.loss)
         with frozen(self.world_model):
             with phase("imagine"), self.autocast():
-                traj = self.behavior.imagine(self.world_model, model.post)
+                traj = self.behavior.imagine(self.world_model, model.post, batch.get("is_present"))
                 ret = self.behavior.returns(self.world_model, traj, batch["is_terminal"])
             with phase("actor"):
                 with self.autocast():

@@ -9,10 +9,12 @@ themselves apart by their one-hot `agent` observation, not by their place in the
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamctl.layers import Linear
+from dreamctl.layers.attention import TransformerEncoderLayer
 from dreamctl.layers.one_hot import Feature
 from dreamctl.model.networks import MLP, init_keras_
 
@@ -41,11 +43,19 @@ class AgentAttention(nn.Module):
     def __init__(self, width: int, agents: int, layers: int, heads: int):
         super().__init__()
         self.agents = agents
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=width, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(TransformerEncoderLayer(width, heads, feedforward=width) for _ in range(layers))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.encoder(x.reshape(-1, self.agents, x.shape[-1])).reshape(x.shape)
+    def forward(self, x: Tensor, present: Tensor | None = None) -> Tensor:
+        """x: (..., N, D). present: None, or (...) up to broadcasting to x's leading axes, 0 for agents that finished
+        their episode before the others of their world: no agent attends to them (they attend to themselves)."""
+        groups = x.reshape(-1, self.agents, x.shape[-1])
+        blocked = None
+        if present is not None:
+            absent = present.expand(x.shape[:-1]).reshape(-1, 1, self.agents) <= 0  # (G, 1, M): keys
+            blocked = absent & ~torch.eye(self.agents, dtype=torch.bool, device=x.device)
+        for layer in self.layers:
+            groups = layer(groups, blocked)
+        return groups.reshape(x.shape)
 
 
 class CentralCritic(nn.Module):
@@ -67,5 +77,6 @@ class CentralCritic(nn.Module):
         self.head = MLP(units, 1, layers, units)
         init_keras_(self)
 
-    def forward(self, feat: Feature) -> Tensor:
-        return self.head(self.attention(F.elu(self.embed(feat))))
+    def forward(self, feat: Feature, present: Tensor | None = None) -> Tensor:
+        """present: None, or (N,) 0 for agents that finished early, whom the others do not attend to."""
+        return self.head(self.attention(F.elu(self.embed(feat)), present))

@@ -9,6 +9,9 @@ Behaviour (paper Eqs. 4-6), over trajectories imagined from every posterior stat
     L_critic = mean_t w_t 0.5 (v(s_t) - sg(V_t))^2
 Index convention (DreamerV2's code): state s_t carries the reward r_t received on arriving in it and the discount
 d_t; the action a_t chosen in s_t is stored at index t + 1; w_t = prod_{k<t} d_k.
+Where several agents share a world and one finished before the others, its rows until the world's episode ends are
+padding: the world model's terms average over the present rows only (`present`, (B, T), 1 or 0), and imagination
+gives the starts of absent rows the weight w = 0.
 """
 
 from __future__ import annotations
@@ -18,28 +21,37 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def image_nll(mean: Tensor, image: Tensor) -> Tensor:
-    """-log N(image; mean, 1) up to its constant: 0.5 (x - mean)^2 summed over the pixels, averaged over the rest.
+def present_mean(x: Tensor, present: Tensor | None = None) -> Tensor:
+    """The mean of x (B, T) over the rows where present (B, T) is 1; over all rows where present is None."""
+    if present is None:
+        return x.mean()
+    return (x * present).sum() / present.sum().clamp_min(1.0)
+
+
+def image_nll(mean: Tensor, image: Tensor, present: Tensor | None = None) -> Tensor:
+    """-log N(image; mean, 1) up to its constant: 0.5 (x - mean)^2 summed over the pixels, averaged over the
+    present rows.
 
     mean, image: (B, T, C, H, W) -> scalar. The sum over pixels (not a mean) sets the image's weight against the KL.
     """
-    return 0.5 * (mean.float() - image).square().sum((-3, -2, -1)).mean()
+    return present_mean(0.5 * (mean.float() - image).square().sum((-3, -2, -1)), present)
 
 
-def vector_nll(mean: Tensor, target: Tensor) -> Tensor:
+def vector_nll(mean: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
     """-log N(target; mean, 1) up to its constant for a vector observation: 0.5 (x - mean)^2 summed over the
-    vector, averaged over the rest. mean, target: (B, T, size) -> scalar."""
-    return 0.5 * (mean.float() - target).square().sum(-1).mean()
+    vector, averaged over the present rows. mean, target: (B, T, size) -> scalar."""
+    return present_mean(0.5 * (mean.float() - target).square().sum(-1), present)
 
 
-def reward_nll(pred: Tensor, target: Tensor) -> Tensor:
-    """-log N(target; pred, 1) up to its constant, averaged: pred, target (B, T) -> scalar."""
-    return 0.5 * (pred - target).square().mean()
+def reward_nll(pred: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
+    """-log N(target; pred, 1) up to its constant, averaged over the present rows: pred, target (B, T) -> scalar."""
+    return present_mean(0.5 * (pred - target).square(), present)
 
 
-def discount_nll(logits: Tensor, target: Tensor) -> Tensor:
-    """Bernoulli cross-entropy against the soft target gamma (1 - is_terminal): logits, target (B, T) -> scalar."""
-    return F.binary_cross_entropy_with_logits(logits, target)
+def discount_nll(logits: Tensor, target: Tensor, present: Tensor | None = None) -> Tensor:
+    """Bernoulli cross-entropy against the soft target gamma (1 - is_terminal), averaged over the present rows:
+    logits, target (B, T) -> scalar."""
+    return present_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"), present)
 
 
 def categorical_kl(post_logits: Tensor, prior_logits: Tensor) -> Tensor:
@@ -50,17 +62,18 @@ def categorical_kl(post_logits: Tensor, prior_logits: Tensor) -> Tensor:
 
 
 def kl_balance(
-    post_logits: Tensor, prior_logits: Tensor, balance: float = 0.8, free: float = 0.0
+    post_logits: Tensor, prior_logits: Tensor, balance: float = 0.8, free: float = 0.0, present: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """KL balancing (paper Eq. 2, Algorithm 2): balance * max(KL[sg(q) || p], free) + (1 - balance) *
-    max(KL[q || sg(p)], free), each KL averaged over the batch before the free-nats floor (`free_avg`).
+    max(KL[q || sg(p)], free), each KL averaged over the batch's present rows before the free-nats floor
+    (`free_avg`).
 
     With balance 0.8 the prior is trained toward the posterior with 4 times the weight (0.8 / 0.2) with which the
     posterior is regularised toward the prior. post_logits, prior_logits: (B, T, stoch, classes).
     Returns (loss, the mean KL's value).
     """
-    kl_prior = categorical_kl(post_logits.detach(), prior_logits).mean()
-    kl_post = categorical_kl(post_logits, prior_logits.detach()).mean()
+    kl_prior = present_mean(categorical_kl(post_logits.detach(), prior_logits), present)
+    kl_post = present_mean(categorical_kl(post_logits, prior_logits.detach()), present)
     loss = balance * kl_prior.clamp_min(free) + (1.0 - balance) * kl_post.clamp_min(free)
     return loss, kl_prior.detach()
 

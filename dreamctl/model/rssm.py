@@ -95,22 +95,26 @@ class RSSM(nn.Module):
             torch.zeros(batch, self.stoch, self.classes, device=device, dtype=dtype),
         )
 
-    def recurrent(self, state: State, action: Tensor, ones: OneHotColumns | None = None) -> Tensor:
+    def recurrent(
+        self, state: State, action: Tensor, ones: OneHotColumns | None = None, present: Tensor | None = None
+    ) -> Tensor:
         """h_t = GRU(x, h_{t-1}), x = communicate(elu(Linear(concat(z_{t-1}, a_{t-1})))): (...) -> (..., deter).
 
         `ones`, where given, locates the ones of concat(z, a)'s leading one-hot columns (z's, and a's too when
-        they cover it), so that the input layer sums weight rows instead of multiplying by zeros.
+        they cover it), so that the input layer sums weight rows instead of multiplying by zeros. `present` (...),
+        where given, says which agents are still in their world's episode (see `communicate`).
         """
         if ones is None:
             x = self.img_in(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1))
         else:
             rest = action[..., ones.width - state.stoch.shape[-1] :].to(state.deter.dtype)
             x = self.img_in(OneHotFeature(ones, rest))
-        return self.gru(self.communicate(F.elu(x)), state.deter)
+        return self.gru(self.communicate(F.elu(x), present), state.deter)
 
-    def communicate(self, x: Tensor) -> Tensor:
-        """The GRU's input of every agent, mixed across each world's agents where there is communication."""
-        return x if self.communication is None else self.communication(x)
+    def communicate(self, x: Tensor, present: Tensor | None = None) -> Tensor:
+        """The GRU's input of every agent (..., hidden), mixed across each world's agents where there is
+        communication; agents whose `present` (...) is 0 finished early, and the others do not attend to them."""
+        return x if self.communication is None else self.communication(x, present)
 
     def prior(self, deter: Tensor) -> Tensor:
         """Logits of p(z_t | h_t): (..., deter) -> (..., stoch, classes)."""
@@ -120,25 +124,37 @@ class RSSM(nn.Module):
         """Logits of q(z_t | h_t, e_t): (..., deter), (..., embed) -> (..., stoch, classes)."""
         return self._logits(self.post_logits(F.elu(self.obs_out(torch.cat([deter, embed.to(deter.dtype)], -1)))))
 
-    def img_step(self, state: State, action: Tensor, ones: OneHotColumns | None = None) -> State:
+    def img_step(
+        self, state: State, action: Tensor, ones: OneHotColumns | None = None, present: Tensor | None = None
+    ) -> State:
         """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t)."""
-        deter = self.recurrent(state, action, ones)
+        deter = self.recurrent(state, action, ones, present)
         logits = self.prior(deter)
         return State(deter, OneHotDist(logits).sample().flatten(-2), logits)
 
-    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> State:
+    def obs_step(
+        self, state: State, action: Tensor, embed: Tensor, is_first: Tensor, present: Tensor | None = None
+    ) -> State:
         """Posterior step: (z_{t-1}, a_{t-1}, h_{t-1}), e_t -> h_t and a sample of q(z_t | h_t, e_t).
 
         Where `is_first` (...) is set an episode starts: the previous state and action are taken as zeros.
         """
         keep = (1.0 - is_first.float()).unsqueeze(-1)
         state = State(state.deter * keep, state.stoch * keep, state.logits)
-        deter = self.recurrent(state, action * keep)
+        deter = self.recurrent(state, action * keep, present=present)
         logits = self.posterior(deter, embed)
         return State(deter, OneHotDist(logits).sample().flatten(-2), logits)
 
-    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None) -> State:
-        """`obs_step` over the T steps of a (B, T) batch; returns the posterior states (B, T, ...).
+    def observe(
+        self,
+        embed: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        state: State | None = None,
+        present: Tensor | None = None,
+    ) -> State:
+        """`obs_step` over the T steps of a (B, T) batch; returns the posterior states (B, T, ...). present: (B, T)
+        or None, see `communicate`.
 
         Computed in an unrolled form with the same maths (tests compare it with the loop of `obs_step`): only
         what depends on the previous step runs in the loop; the action's and the embedding's shares of the layer
@@ -153,7 +169,8 @@ class RSSM(nn.Module):
         if not reformulated():
             steps = []
             for t in range(length):
-                state = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+                at = None if present is None else present[:, t]
+                state = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], at)
                 steps.append(state)
             return State.stack(steps, 1)
         keep = (1.0 - is_first.float()).unsqueeze(-1)
@@ -167,7 +184,7 @@ class RSSM(nn.Module):
         posts = []
         for t in range(length):
             deter, stoch = deter * keep[:, t], stoch * keep[:, t]
-            x = self.communicate(F.elu(img_in(stoch)))
+            x = self.communicate(F.elu(img_in(stoch)), None if present is None else present[:, t])
             deter = self.gru.gates(gru_in(torch.cat([x, deter.to(x.dtype)], -1)), deter)
             logits = self._logits(post_logits(F.elu(obs_out(deter))))
             stoch = OneHotDist(logits).sample().flatten(-2)

@@ -121,18 +121,21 @@ class WorldModel(nn.Module):
         return torch.sigmoid(self.discount_head(feat).squeeze(-1).float())
 
     def loss(self, batch: dict[str, Tensor]) -> WorldModelOutput:
-        """batch: every observation key (B, T, ...), action (B, T, A), reward, is_first, is_terminal (B, T)."""
+        """batch: every observation key (B, T, ...), action (B, T, A), reward, is_first, is_terminal (B, T), and
+        where agents may finish before the others of their world, is_present (B, T): absent rows add no loss, and
+        the other agents do not attend to them."""
         cfg = self.cfg
+        present = batch.get("is_present")
         inputs = self.preprocess(batch)
-        post = self.rssm.observe(self.embed(inputs), batch["action"], batch["is_first"])
+        post = self.rssm.observe(self.embed(inputs), batch["action"], batch["is_first"], present=present)
         prior_logits = self.rssm.prior(post.deter)
         feat = post.feat()
 
         means = self.decode(feat)
-        nll = {key: image_nll(means[key], inputs[key]) for key in self.image_keys}
-        nll.update({key: vector_nll(means[key], inputs[key]) for key in self.vector_keys})
-        reward = reward_nll(self.reward(feat), self.reward_target(batch["reward"].float()))
-        kl_loss, kl = kl_balance(post.logits, prior_logits, cfg.kl_balance, cfg.free_nats)
+        nll = {key: image_nll(means[key], inputs[key], present) for key in self.image_keys}
+        nll.update({key: vector_nll(means[key], inputs[key], present) for key in self.vector_keys})
+        reward = reward_nll(self.reward(feat), self.reward_target(batch["reward"].float()), present)
+        kl_loss, kl = kl_balance(post.logits, prior_logits, cfg.kl_balance, cfg.free_nats, present)
         observations = sum(
             (cfg.image_scale if key in self.image_keys else cfg.vector_scale) * value for key, value in nll.items()
         )
@@ -140,7 +143,7 @@ class WorldModel(nn.Module):
         metrics = {**{f"loss/{key}": value for key, value in nll.items()}, "loss/reward": reward, "loss/kl": kl}
         if self.discount_head is not None:
             target = self.discount * (1.0 - batch["is_terminal"].float())
-            discount = discount_nll(self.discount_head(feat).squeeze(-1).float(), target)
+            discount = discount_nll(self.discount_head(feat).squeeze(-1).float(), target, present)
             loss = loss + cfg.discount_scale * discount
             metrics["loss/discount"] = discount
         metrics["loss/model"] = loss

@@ -1,7 +1,8 @@
 """Sequence replay: preallocated rings per env copy, written in lockstep, sampled uniformly.
 
 Row t holds one step of every env copy: each observation key in its own dtype (uint8 images, float32 vectors), the
-action that led to it, the reward received on arriving, and is_first / is_last / is_terminal. Because every env
+action that led to it, the reward received on arriving, and is_first / is_last / is_terminal (and, where a world
+has several agents, is_present: see envs/base.py's Step). Because every env
 step yields exactly one row (see envs/base.py), the rings of all copies share one write cursor and a row's position
 is `t % rows_per_env`.
 
@@ -25,6 +26,11 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from dreamctl.envs.base import ObsSpace, is_image
+
+
+ABSENT_MEANS = {"is_present": True}
+"""Fields a row may leave out, and what they hold then: agents are present unless a row says otherwise (rows and
+chunks written before the field was kept, envs whose agents end together)."""
 
 
 class Replay:
@@ -56,6 +62,8 @@ class Replay:
             "is_last": np.zeros(shape, bool),
             "is_terminal": np.zeros(shape, bool),
         }
+        if agents > 1:
+            self.data["is_present"] = np.zeros(shape, bool)
         self.cursor = 0  # rows ever written
 
     def __len__(self) -> int:
@@ -68,10 +76,11 @@ class Replay:
         return max(0, self.cursor - self.rows_per_env)
 
     def add(self, row: dict[str, np.ndarray]) -> None:
-        """One step of every env copy: each field has leading axis num_envs."""
+        """One step of every env copy: each field has leading axis num_envs (fields the replay does not keep are
+        ignored, and those of `ABSENT_MEANS` may be left out)."""
         pos = self.cursor % self.rows_per_env
         for key in self.data:
-            self.data[key][pos] = row[key]
+            self.data[key][pos] = row[key] if key in row else ABSENT_MEANS[key]
         self.cursor += 1
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -86,7 +95,7 @@ class Replay:
         count = len(rows["reward"])
         index = np.arange(start, start + count) % self.rows_per_env
         for key in self.data:
-            self.data[key][index] = rows[key]
+            self.data[key][index] = rows[key] if key in rows else ABSENT_MEANS[key]
         self.cursor = max(self.cursor, start + count)
 
     def can_sample(self, length: int) -> bool:
@@ -120,8 +129,9 @@ class Replay:
             index = out["action"].long()
             one_hot = torch.nn.functional.one_hot(index.clamp_min(0), self.action_dim).float()
             out["action"] = one_hot * (index >= 0).unsqueeze(-1)
-        for key in ("reward", "is_first", "is_last", "is_terminal"):
-            out[key] = out[key].float()
+        for key in ("reward", "is_first", "is_last", "is_terminal", "is_present"):
+            if key in out:
+                out[key] = out[key].float()
         return out
 
     def nbytes_per_step(self) -> dict[str, int]:

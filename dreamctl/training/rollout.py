@@ -27,7 +27,8 @@ def act(agent: Agent, step: Step, state: ActState, greedy: bool = False) -> tupl
     """
     obs = {key: torch.from_numpy(value).to(agent.device) for key, value in step.obs.items()}
     first = torch.from_numpy(step.is_first).to(agent.device)
-    action, state = agent.policy(obs, first, state, greedy=greedy)
+    present = None if step.is_present is None else torch.from_numpy(step.is_present).to(agent.device)
+    action, state = agent.policy(obs, first, state, greedy=greedy, present=present)
     env_action = (action.argmax(-1) if agent.discrete else action).cpu().numpy()
     return env_action, action, state
 

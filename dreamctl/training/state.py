@@ -41,7 +41,8 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         for key, array in trainer.obs.obs.items():
             tensors[f"obs/obs/{key}"] = torch.from_numpy(np.ascontiguousarray(array))
         for field in Step._fields[1:]:
-            tensors[f"obs/{field}"] = torch.from_numpy(np.ascontiguousarray(getattr(trainer.obs, field)))
+            if getattr(trainer.obs, field) is not None:  # is_present is None where every agent is present
+                tensors[f"obs/{field}"] = torch.from_numpy(np.ascontiguousarray(getattr(trainer.obs, field)))
     tensors["episode/return"] = torch.from_numpy(trainer.episodes_running.ret)
     tensors["episode/length"] = torch.from_numpy(trainer.episodes_running.length)
     chunk = trainer.cfg.run.replay_chunk
@@ -94,7 +95,8 @@ def restore_trainer(
     env_state = {k[len("env/") :]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
     if trainer.env.saveable and env_state and info["env_saved"]:
         trainer.env.set_state(env_state)
-        trainer.obs = Step(_observation(tensors), *(tensors[f"obs/{field}"].numpy() for field in Step._fields[1:]))
+        fields = (tensors[f"obs/{f}"].numpy() if f"obs/{f}" in tensors else None for f in Step._fields[1:])
+        trainer.obs = Step(_observation(tensors), *fields)
         latent = State(*(tensors[f"act/{key}"].to(device) for key in ("deter", "stoch", "logits")))
         trainer.act_state = ActState(latent, tensors["act/action"].to(device))
         trainer.episodes_running.ret = tensors["episode/return"].numpy().copy()

@@ -176,6 +176,7 @@ class Trainer:
                 "is_first": step.is_first,
                 "is_last": step.is_last,
                 "is_terminal": step.is_terminal,
+                **({} if step.is_present is None else {"is_present": step.is_present}),
             }
         )
         self.obs = step

@@ -96,8 +96,10 @@ def test_agents_are_adjacent_copies_with_their_index_and_the_team_reward():
 
 
 def test_600_steps_in_one_go_equal_300_then_resume(tmp_path: Path):
-    """The checkpoint at 300 agent steps (150 per agent: mid-episode) must continue both agents' games bit for bit."""
-    args = ["train", "catch2", "--seed", "2", *fast_args()]
+    """The checkpoint at 300 agent steps (150 per agent: mid-episode) must continue both agents' games bit for bit,
+    with attention across the agents and the central critic (the model's every multi-agent part)."""
+    multi = ["--set", "multi.communication=attention", "--set", "multi.critic=central"]
+    args = ["train", "catch2", "--seed", "2", *fast_args(), *multi]
     whole, split = tmp_path / "whole", tmp_path / "split"
     run_cli(*args, "--steps", "600", home=whole, check=True)
     run_cli(*args, "--steps", "300", home=split, check=True)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import fast_args, run_cli
+from conftest import FAST, fast_args, run_cli
 
 pytest.importorskip("pettingzoo")
 pytest.importorskip("mpe2")
@@ -87,3 +87,48 @@ def test_two_player_atari_reads_the_roms_that_ale_py_ships():
         assert frames.shape == (2, 64, 64, 1) and frames.max() > frames.min()
     finally:
         env.close()
+
+
+@pytest.fixture
+def dying_family(monkeypatch):
+    """`pz:testing/dying_v0` names tests/envs/dying_world.py's env, whose agents finish at different times."""
+    import sys
+
+    import dying_world
+
+    from dreamctl.envs import pettingzoo_env
+
+    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
+    monkeypatch.setitem(sys.modules, "dreamctl_testing.dying_v0", dying_world)
+    return "pz:testing/dying_v0"
+
+
+def test_an_agent_that_finishes_early_is_absent_until_its_world_ends(dying_family):
+    env = _env(dying_family, 2)
+    try:
+        env.reset()
+        steps = [env.step(np.zeros(6, np.int64)) for _ in range(7)]  # the env raises if a finished agent acts
+    finally:
+        env.close()
+    present = np.array([s.is_present[:3] for s in steps[:6]])  # world 0's agents a, b, c at steps 1..6
+    assert present.tolist() == [[True] * 3] * 2 + [[True, False, True]] * 2 + [[True, False, False]] * 2
+    terminal = np.array([s.is_terminal[:3] for s in steps[:6]])
+    assert terminal[1].tolist() == [False, True, False]  # b's last step: terminated, and not the world's last
+    assert not steps[1].is_last.any() and steps[5].is_last.all()  # the world ends for every agent together
+    assert terminal[5].tolist() == [False, True, False]  # ... with each agent's own end: b terminated, c truncated
+    reward = np.array([s.reward[:3] for s in steps[:6]])
+    assert reward.sum(0).tolist() == [6.0, 4.0, 12.0]  # a 6 steps x 1, b 2 x 2, c 4 x 3
+    assert steps[6].is_first.all() and steps[6].is_present.all()  # a new episode: everyone is back
+    np.testing.assert_array_equal(steps[6].is_present[3:], steps[6].is_present[:3])
+
+
+def test_training_with_agents_that_finish_early_stores_their_absence(dying_family, tmp_path):
+    from dreamctl import load_config, train
+    from dreamctl.training.replay import decode_chunk
+
+    sets = [f"env.name={dying_family}", "train.steps=300", "multi.critic=central", *FAST, "train.batch_size=6"]
+    outcome = train(load_config("multiagent", sets), home=tmp_path / "home")
+    chunks = sorted((outcome.run.path / "replay").glob("*"))
+    rows = decode_chunk(chunks[0].read_bytes())
+    world0 = rows["is_present"][:, :3]
+    assert (~world0).any() and world0[rows["is_first"][:, :3].all(1)].all()

@@ -76,7 +76,7 @@ def test_central_critic_is_equivariant_over_a_worlds_agents():
 def _losses(agent: Agent, batch: dict) -> dict:
     torch.manual_seed(1)
     model = agent.world_model.loss(batch)
-    traj = agent.behavior.imagine(agent.world_model, model.post)
+    traj = agent.behavior.imagine(agent.world_model, model.post, batch.get("is_present"))
     ret = agent.behavior.returns(agent.world_model, traj, batch["is_terminal"])
     return {
         "model": model.loss,
@@ -174,3 +174,44 @@ def test_each_imagination_start_keeps_its_own_state_and_terminal_flag_with_sever
     first = first if isinstance(first, torch.Tensor) else first.dense()
     torch.testing.assert_close(first[row], post.feat()[1, 2])
     assert torch.nonzero(ret.weight[1] == 0).flatten().tolist() == [row]
+
+
+def _rows_changed(batch: dict, rows: torch.Tensor, seed: int) -> dict:
+    """The batch with the observation, action, reward and terminal flag of the rows where `rows` (B, T) is True
+    replaced by other values."""
+    other = random_batch(tiny_config("train.batch_size=4"), seed)
+    out = dict(batch)
+    for key in ("image", "action", "reward", "is_terminal"):
+        out[key] = batch[key].clone()
+        out[key][rows] = other[key][rows]
+    out["reward"][rows] += 10.0
+    return out
+
+
+def _gradients(agent: Agent, batch: dict) -> list[torch.Tensor]:
+    losses = _losses(agent, batch)
+    params = [p for p in agent.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(sum(losses.values()), params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+def test_agents_that_finished_early_contribute_no_loss_and_are_not_attended_to():
+    """Agent 1 of world 0 finished at step 2: whatever its later rows hold, every loss and gradient stays the same
+    (nothing reads them: no loss term, no other agent's attention, no imagined trajectory's weight); changing the
+    same steps of a present agent does change them."""
+    cfg = tiny_config("train.batch_size=4", "multi.communication=attention", "multi.critic=central")
+    torch.manual_seed(0)
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=2)
+    batch = random_batch(cfg)
+    batch["is_present"] = torch.ones(4, cfg.train.batch_length)
+    batch["is_present"][1, 3:] = 0.0  # its last present step is 2
+    absent = batch["is_present"] == 0
+    expected = _losses(agent, batch)
+    changed = _rows_changed(batch, absent, seed=5)
+    for name, value in _losses(agent, changed).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+    for got, want in zip(_gradients(agent, changed), _gradients(agent, batch), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    present_agent = absent.roll(-1, 0)  # row 0: agent 0 of world 0, the same steps
+    differ = _losses(agent, _rows_changed(batch, present_agent, seed=5))
+    assert all(differ[name] != expected[name] for name in expected)

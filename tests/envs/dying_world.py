@@ -1,0 +1,54 @@
+"""A PettingZoo parallel env whose agents finish at different times, for the masking tests: three agents, each
+observing (its index, the step, 1.0); agent `b` is terminated after step 2, `c` truncated after step 4, and the
+episode ends after step 6. Each agent is rewarded its index + 1 per step. An action for an agent that has finished
+is an error, as in envs that remove finished agents."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+TERMINATED_AFTER = {"b": 2}
+TRUNCATED_AFTER = {"c": 4}
+LENGTH = 6
+
+
+class DyingWorld(ParallelEnv):
+    metadata: ClassVar[dict] = {"name": "dying_v0", "render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode: str | None = None):
+        self.possible_agents = ["a", "b", "c"]
+        self.agents: list[str] = []
+        self.render_mode = render_mode
+        self.t = 0
+
+    def observation_space(self, agent: str) -> spaces.Box:
+        return spaces.Box(-np.inf, np.inf, (3,), np.float32)
+
+    def action_space(self, agent: str) -> spaces.Discrete:
+        return spaces.Discrete(2)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {a: np.array([self.possible_agents.index(a), self.t, 1.0], np.float32) for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        self.agents, self.t = list(self.possible_agents), 0
+        return self._obs(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        if set(actions) != set(self.agents):
+            raise ValueError(f"actions for {sorted(actions)}, agents {self.agents}")
+        self.t += 1
+        rewards = {a: float(self.possible_agents.index(a) + 1) for a in self.agents}
+        terminated = {a: self.t == TERMINATED_AFTER.get(a) for a in self.agents}
+        truncated = {a: self.t == TRUNCATED_AFTER.get(a, LENGTH) for a in self.agents}
+        obs = self._obs()
+        self.agents = [a for a in self.agents if not (terminated[a] or truncated[a])]
+        return obs, rewards, terminated, truncated, {a: {} for a in obs}
+
+
+def parallel_env(render_mode: str | None = None) -> DyingWorld:
+    return DyingWorld(render_mode)
