@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
+from dreamctl.envs.base import ACTION_MASK_KEY, BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
 from dreamctl.envs.names import is_atari, resolve
 from dreamctl.errors import UsageError
 
@@ -34,6 +34,14 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: 
     if not keys:
         env.close()
         raise no_key_selected(env.spec, cfg)
+    mask = space.get(ACTION_MASK_KEY)
+    if mask is not None and ACTION_MASK_KEY in keys and (not env.spec.discrete or mask != (env.spec.action_dim,)):
+        env.close()
+        raise UsageError(
+            f"{env.spec.name}'s {ACTION_MASK_KEY} has shape {mask} for {env.spec.action_dim} "
+            f"{'discrete' if env.spec.discrete else 'continuous'} actions; dreamctl masks discrete actions with one "
+            "flag per action."
+        )
     return env if len(keys) == len(space) else SelectedKeys(env, keys)
 
 

@@ -195,6 +195,7 @@ def env_action(space: gym.Space, action: np.ndarray) -> np.ndarray:
     to the box's bounds. action: (...) indices or (..., A) vectors."""
     if isinstance(space, gym.spaces.Discrete):
         return np.asarray(action, np.int64)
+    assert isinstance(space, gym.spaces.Box)  # `action_size` refuses every other kind
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
     return low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (high - low)
 

@@ -30,6 +30,7 @@ class Imagination:
     action: Tensor  # (H+1, N, A); action[t+1] was chosen in state t, action[0] is a zero placeholder
     policy: Tensor  # (H, N, ...): the actor's raw output in states 0..H-1, with the actor's graph
     present: Tensor | None  # (N,): 0 where the start's agent had finished before its world; None: all present
+    available: Tensor | None  # bool (H, N, A): the actions the model expects allowed in states 0..H-1; None: all
 
 
 @dataclass
@@ -99,7 +100,8 @@ class ActorCritic(nn.Module):
     def imagine(self, world_model: WorldModel, start: State, present: Tensor | None = None) -> Imagination:
         """Roll the prior forward `horizon` steps from detached start states (B, T, ...), the actor choosing actions.
         present: (B, T) or None, whether each start's agent was still in its world's episode; absent starts stay
-        absent, unseen by the others' attention, and their trajectories get the weight 0 (`returns`).
+        absent, unseen by the others' attention, and their trajectories get the weight 0 (`returns`). Where the env
+        restricts actions, the actor chooses in each imagined state among those the world model expects allowed.
 
         With rho = 1 no gradient is needed through the rollout (the actor loss uses only log-probabilities
         of the imagined actions), so the dynamics run without autograd, and the features can travel as
@@ -121,11 +123,13 @@ class ActorCritic(nn.Module):
 
         feats: list[Feature] = [feature(state)]
         actions = [torch.zeros(state.deter.shape[0], self.action_dim, device=state.deter.device)]
-        outs = []
+        outs, masks = [], []
         for _ in range(self.cfg.horizon):
             out = self.actor.net(feats[-1].detach()).float()
+            with torch.no_grad():
+                masks.append(world_model.available(feats[-1].detach()))
             with torch.set_grad_enabled(through_dynamics):
-                action = self.actor.dist(out if through_dynamics else out.detach()).sample()
+                action = self.actor.dist(out if through_dynamics else out.detach(), masks[-1]).sample()
                 last = feats[-1]
                 ones = last.ones if isinstance(last, OneHotFeature) else None
                 if ones is not None and self.actor.discrete:
@@ -134,7 +138,8 @@ class ActorCritic(nn.Module):
             feats.append(feature(state))
             actions.append(action)
             outs.append(out)
-        return Imagination(stack_features(feats, 0), torch.stack(actions), torch.stack(outs), present)
+        available = None if masks[0] is None else torch.stack([m for m in masks if m is not None])
+        return Imagination(stack_features(feats, 0), torch.stack(actions), torch.stack(outs), present, available)
 
     def returns(self, world_model: WorldModel, traj: Imagination, start_terminal: Tensor) -> Returns:
         """Lambda-returns from the slow critic, and the cumulative-discount weights of each imagined step.
@@ -157,7 +162,7 @@ class ActorCritic(nn.Module):
 
     def actor_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
         """`losses.actor_loss` over the states s_0..s_{H-2}, whose actions have a return target."""
-        policy = self.actor.dist(traj.policy[:-1])
+        policy = self.actor.dist(traj.policy[:-1], None if traj.available is None else traj.available[:-1])
         entropy = policy.entropy()
         loss = actor_loss(
             policy.log_prob(traj.action[1:-1].detach()),

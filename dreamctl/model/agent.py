@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import Config
+from dreamctl.envs.base import ACTION_MASK_KEY
 from dreamctl.model.actor_critic import ActorCritic, frozen
 from dreamctl.model.optim import Optimizer
 from dreamctl.model.rssm import State
@@ -102,6 +103,7 @@ class Agent(nn.Module):
         """One batched decision for all env copies: training samples the actor, evaluation takes its mode.
         The latent is sampled in both, as in DreamerV2. obs: key -> (N, ...), is_first: (N,), present: (N,) or
         None, 0 for agents that finished before the others of their world (the others do not attend to them).
+        Where the env restricts actions (obs `action_mask`), the actor chooses only among those it allows.
 
         On the CPU the policy runs in float32 whatever the training precision: autocast would cast every weight
         again at each step, which costs more than bfloat16 saves at acting's batch sizes (docs/performance.md).
@@ -109,7 +111,8 @@ class Agent(nn.Module):
         with self.autocast() if self.device.type != "cpu" else contextlib.nullcontext():
             embed = self.world_model.embed(self.world_model.preprocess(obs))
             latent = self.world_model.rssm.obs_step(state.latent, state.action, embed, is_first, present)
-            dist = self.behavior.actor(latent.feat())
+            mask = obs.get(ACTION_MASK_KEY)
+            dist = self.behavior.actor(latent.feat(), None if mask is None else mask > 0.5)
             action = (dist.mode() if greedy else dist.sample()).float()
         return action, ActState(latent, action)
 

@@ -159,10 +159,14 @@ class VectorDecoder(nn.Module):
         self.heads = nn.ModuleList(Linear(units if layers else feat_dim, sizes[key]) for key in self.keys)
         init_keras_(self)
 
-    def forward(self, feat: Tensor) -> dict[str, Tensor]:
-        """feat: (..., feat_dim) -> key -> mean (..., size), in float32."""
+    def forward(self, feat: Feature, only: str | None = None) -> dict[str, Tensor]:
+        """feat: (..., feat_dim) -> key -> mean (..., size), in float32; just the key `only` where given."""
         hidden = self.body(feat)
-        return {key: head(hidden).float() for key, head in zip(self.keys, self.heads, strict=True)}
+        return {
+            key: head(hidden).float()
+            for key, head in zip(self.keys, self.heads, strict=True)
+            if only is None or key == only
+        }
 
 
 class LayerNormGRUCell(nn.Module):
@@ -200,12 +204,20 @@ class ActionHead(nn.Module):
         self.discrete = discrete
         self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units)
 
-    def forward(self, feat: Feature) -> OneHotDist | TruncNormalDist:
-        return self.dist(self.net(feat).float())
+    def forward(self, feat: Feature, available: Tensor | None = None) -> OneHotDist | TruncNormalDist:
+        return self.dist(self.net(feat).float(), available)
 
-    def dist(self, out: Tensor) -> OneHotDist | TruncNormalDist:
-        """The action distribution from the network's raw output (logits, or raw mean and std)."""
+    def dist(self, out: Tensor, available: Tensor | None = None) -> OneHotDist | TruncNormalDist:
+        """The action distribution from the network's raw output (logits, or raw mean and std).
+
+        available: bool (..., action_dim) or None, the discrete actions allowed now (`envs.base.ACTION_MASK_KEY`):
+        the others get probability 0 (a logit of -1e9, so that log-probabilities and the entropy stay finite). A row
+        that allows nothing is taken to allow everything.
+        """
         if self.discrete:
+            if available is not None:
+                allowed = available | ~available.any(-1, keepdim=True)
+                out = out.masked_fill(~allowed, -1e9)
             return OneHotDist(out)
         raw_mean, raw_std = out.chunk(2, -1)
         return TruncNormalDist(torch.tanh(raw_mean), 2 * torch.sigmoid(raw_std / 2) + 0.1)

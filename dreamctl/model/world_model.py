@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import ModelConfig, MultiConfig
+from dreamctl.envs.base import ACTION_MASK_KEY
 from dreamctl.layers.one_hot import Feature
 from dreamctl.model.attention import AgentAttention
 from dreamctl.model.losses import discount_nll, image_nll, kl_balance, reward_nll, vector_nll
@@ -107,6 +108,15 @@ class WorldModel(nn.Module):
         if self.vector_decoder is not None:
             out.update(self.vector_decoder(feat))
         return out
+
+    def available(self, feat: Feature) -> Tensor | None:
+        """The actions the model expects to be allowed in each state, bool (..., action_dim): its reconstruction of
+        the env's `action_mask` above one half (MAMBA's availability head, here the vector decoder's). None where
+        the env does not restrict actions."""
+        if ACTION_MASK_KEY not in self.vector_keys:
+            return None
+        assert self.vector_decoder is not None
+        return self.vector_decoder(feat, only=ACTION_MASK_KEY)[ACTION_MASK_KEY] > 0.5
 
     def reward_target(self, reward: Tensor) -> Tensor:
         return torch.tanh(reward) if self.cfg.reward_transform == "tanh" else reward

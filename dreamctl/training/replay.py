@@ -27,7 +27,6 @@ from safetensors.numpy import save as st_save
 
 from dreamctl.envs.base import ObsSpace, is_image
 
-
 ABSENT_MEANS = {"is_present": True}
 """Fields a row may leave out, and what they hold then: agents are present unless a row says otherwise (rows and
 chunks written before the field was kept, envs whose agents end together)."""

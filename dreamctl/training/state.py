@@ -95,8 +95,8 @@ def restore_trainer(
     env_state = {k[len("env/") :]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
     if trainer.env.saveable and env_state and info["env_saved"]:
         trainer.env.set_state(env_state)
-        fields = (tensors[f"obs/{f}"].numpy() if f"obs/{f}" in tensors else None for f in Step._fields[1:])
-        trainer.obs = Step(_observation(tensors), *fields)
+        fields = {f: tensors[f"obs/{f}"].numpy() for f in Step._fields[1:] if f"obs/{f}" in tensors}
+        trainer.obs = Step(_observation(tensors), **fields)
         latent = State(*(tensors[f"act/{key}"].to(device) for key in ("deter", "stoch", "logits")))
         trainer.act_state = ActState(latent, tensors["act/action"].to(device))
         trainer.episodes_running.ret = tensors["episode/return"].numpy().copy()
