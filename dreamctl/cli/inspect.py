@@ -80,7 +80,7 @@ def list_(
             f"{r['env_steps']:,}",
             f"{r['updates']:,}",
             duration_label(r["time_trained_s"]),
-            "" if r["eval_mean"] is None else f"{r['eval_mean']:.2f}",
+            _eval_label(r["eval_mean"], r["win_rate"]),
             "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
             _reference_label(r["dreamerv2"]),
             r["updated"][:16].replace("T", " "),
@@ -88,6 +88,13 @@ def list_(
         )
     # A pipe has no width; do not squeeze the table into rich's default of 80 columns.
     (out if out.is_terminal else Console(width=240)).print(table)
+
+
+def _eval_label(mean: float | None, win_rate: float | None) -> str:
+    """The last evaluation's mean return, and the share of battles won where there are battles."""
+    if mean is None:
+        return ""
+    return f"{mean:.2f}" + ("" if win_rate is None else f", {100 * win_rate:.0f}% won")
 
 
 @app.command()
@@ -201,13 +208,16 @@ def envs(home: Optional[Path] = Home) -> None:
     Example: [bold]dreamctl envs[/bold]
     """
     from dreamctl.envs.names import DMC_TASKS
+    from dreamctl.envs.smax import MAPS
     from dreamctl.scores import table as scores
 
     out.print(
         "catch, catch2 (two agents) and reach (built in), gym:<id> (any installed Gymnasium env with image, vector "
-        "or Dict observations), "
+        "or Dict observations), pz:<family>/<env> (PettingZoo's parallel envs, the multiagent extra), "
         "the DeepMind Control Suite's tasks (the dmc extra):"
     )
     out.print(", ".join(f"dmc:{domain}_{task}" for domain, task in DMC_TASKS), highlight=False)
+    out.print("SMAX's battles against its heuristic enemy (the smax extra):")
+    out.print(", ".join(f"smax:{name}" for name in MAPS), highlight=False)
     out.print("and the Atari games:")
     out.print(", ".join(sorted(scores())), highlight=False)

@@ -48,6 +48,7 @@ def eval_(
             "optimal",
             "dreamerv2",
             "agents",
+            "win_rate",
         )
         print(json.dumps({k: result[k] for k in keys}))
         return
@@ -57,6 +58,8 @@ def eval_(
     )
     for agent in result["agents"] or []:
         out.print(f"agent {agent['agent']}: return {agent['mean']:.2f}")
+    if result["win_rate"] is not None:
+        out.print(f"battles won: {100 * result['win_rate']:.0f}%")
     if result["human_normalized"] is not None:
         out.print(f"gamer-normalised score: {result['human_normalized']:.3f}")
     if result["reward_threshold"] is not None:

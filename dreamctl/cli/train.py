@@ -18,16 +18,17 @@ def train(
     env: str = typer.Argument(
         ...,
         help="catch, catch2, reach, an Atari game (pong, ALE/Pong-v5, atari:pong), dmc:<domain>_<task>, gym:<id> or "
-        "pz:<family>/<env> (PettingZoo, several agents).",
+        "pz:<family>/<env> (PettingZoo, several agents) or smax:<map> (SMAC-style battles).",
     ),
     preset: Optional[str] = typer.Option(
         None,
         "--preset",
         "-p",
         show_default=False,
-        help="Preset name (atari, atari100k, catch2, debug, dmc, humanoid, multiagent, pixels, vector) or a YAML file. "
-        "Default: atari for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, "
-        "catch2 for catch2, multiagent for pz: envs, vector for envs without images, pixels otherwise.",
+        help="Preset name (atari, atari100k, catch2, debug, dmc, humanoid, multiagent, pixels, smax, vector) or a YAML "
+        "file. Default: atari for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, "
+        "catch2 for catch2, multiagent for pz: envs, smax for smax: battles, vector for envs without images, pixels "
+        "otherwise.",
     ),
     steps: Optional[int] = typer.Option(
         None,
@@ -204,6 +205,8 @@ def _default_preset(game: str, sets: list[str]) -> str:
         return "catch2"
     if game.startswith("pz:"):
         return "multiagent"
+    if game.startswith("smax:"):
+        return "smax"
     if game.startswith("gym:") and not observes_images(load_config("vector", sets).env):
         return "vector"
     return "pixels"

@@ -102,6 +102,10 @@ def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
         from dreamctl.envs.pettingzoo_env import PettingZooEnv
 
         return PettingZooEnv(name, cfg, num_envs, seed)
+    if name.startswith("smax:"):
+        from dreamctl.envs.smax import Smax
+
+        return Smax(name[len("smax:") :], cfg, num_envs, seed)
     if name.startswith("dmc:"):
         from dreamctl.envs.dmc import Dmc
         from dreamctl.envs.names import dmc_task

@@ -73,6 +73,11 @@ class BatchedEnv(ABC):
     def get_state(self) -> dict[str, np.ndarray]:
         return {}
 
+    @property
+    def won(self) -> np.ndarray | None:
+        """Envs of battles (smax:): bool (worlds,), whether each world's last battle to end was won; None elsewhere."""
+        return None
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
@@ -110,6 +115,10 @@ class SelectedKeys(BatchedEnv):
     @property
     def saveable(self) -> bool:  # type: ignore[override]
         return self.env.saveable
+
+    @property
+    def won(self) -> np.ndarray | None:
+        return self.env.won
 
     def reset(self) -> Step:
         return self._select(self.env.reset())

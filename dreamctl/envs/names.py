@@ -2,7 +2,8 @@
 
 `pong`, `Pong`, `ALE/Pong-v5` and `atari:pong` are the same game; `ms_pacman`, `mspacman` and `MsPacman` too.
 `catch`, `catch2` and `reach` are the built-in games, `gym:<id>` any installed Gymnasium environment and
-`dmc:<domain>_<task>` a task of the DeepMind Control Suite.
+`dmc:<domain>_<task>` a task of the DeepMind Control Suite, `pz:<family>/<env>` a PettingZoo parallel env and
+`smax:<map>` a SMAX battle (SMAC and SMACv2 scenarios).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def resolve(name: str) -> str:
         return text.lower()
     if text.lower().startswith("dmc:"):
         return _resolve_dmc(text)
+    if text.lower().startswith("smax:"):
+        return _resolve_smax(text)
     bare = text.split(":", 1)[1] if text.lower().startswith("atari:") else text
     if bare.startswith("ALE/"):
         bare = bare[len("ALE/") :].rsplit("-v", 1)[0]
@@ -86,6 +89,17 @@ def resolve(name: str) -> str:
 
 def is_atari(name: str) -> bool:
     return name in table()
+
+
+def _resolve_smax(text: str) -> str:
+    from dreamctl.envs.smax import MAPS
+
+    map_name = text[len("smax:") :]
+    if map_name in MAPS:
+        return f"smax:{map_name}"
+    close = difflib.get_close_matches(map_name, MAPS, n=1, cutoff=0.6)
+    hint = f"; did you mean 'smax:{close[0]}'?" if close else "; run `dreamctl envs` to list SMAX's maps."
+    raise UsageError(f"unknown SMAX map '{text}'{hint}")
 
 
 def _resolve_dmc(text: str) -> str:

@@ -83,6 +83,7 @@ def evaluate(
     result["random"], result["optimal"] = random_and_optimal(meta["env"]) or (None, None)
     result["dreamerv2"] = dreamerv2_record(meta["env"])
     result["agents"] = None
+    result["win_rate"] = None if playback.wins is None else float(np.mean(playback.wins))
     if len(playback.agent_returns[0]) > 1:
         per_agent = np.array(playback.agent_returns).T  # (agents, episodes)
         result["agents"] = [

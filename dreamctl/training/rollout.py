@@ -62,6 +62,7 @@ class Playback:
     lengths: list[int]
     frames: np.ndarray | None  # the first episode of copy 0's image key, uint8 (T, H, W, C), when recorded
     agent_returns: list[list[float]]  # per episode, each agent's return
+    wins: list[bool] | None  # per episode, whether the battle was won (envs of battles); None elsewhere
 
 
 def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, record: str | None = None) -> Playback:
@@ -71,7 +72,7 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
     worlds = n // m
     quota = np.array([episodes // worlds + (i < episodes % worlds) for i in range(worlds)])
     done = np.zeros(worlds, int)
-    returns, lengths, agent_returns = [], [], []
+    returns, lengths, agent_returns, wins = [], [], [], []
     tracker = EpisodeTracker(n)
     state = agent.initial_act_state(n)
     step = env.reset()
@@ -91,8 +92,11 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
                 agent_returns.append([episode.ret for episode in team])
                 returns.append(float(np.mean(agent_returns[-1])))
                 lengths.append(team[0].length)
+                if env.won is not None:
+                    wins.append(bool(env.won[world]))
                 done[world] += 1
-    return Playback(returns, lengths, np.stack(frames) if record else None, agent_returns)
+    frames_kept = np.stack(frames) if record else None
+    return Playback(returns, lengths, frames_kept, agent_returns, wins if env.won is not None else None)
 
 
 def greedy_episodes(agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: str | None = None) -> Playback:

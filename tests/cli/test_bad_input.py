@@ -54,6 +54,8 @@ CASES = [
     ("pz without version", ["train", "pz:butterfly/cooperative_pong"], 2, "needs the env's version"),
     ("pz without env", ["train", "pz:mpe2"], 2, "must look like pz:<family>/<env>"),
     ("batch splits a world", ["train", "catch2", "--set", "train.batch_size=15"], 2, "multiple of the env's 2 agents"),
+    ("smax unknown map", ["train", "smax:smacv2_5_unit"], 2, "did you mean 'smax:smacv2_5_units'?"),
+    ("smax action repeat", ["train", "smax:3m", "--set", "env.action_repeat=2"], 2, "set env.action_repeat=1"),
     (
         "batch splits a world in a dry run",
         ["train", "catch2", "--set", "train.batch_size=15", "--dry-run"],

@@ -1,0 +1,114 @@
+"""SMAX battles (`smax:<map>`): allies as adjacent copies with their unit lists and action masks, units that die
+absent until the battle ends, won battles, exact continuation from saved state, and the real CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fast_args, run_cli
+from resume_checks import assert_identical
+
+pytest.importorskip("jaxmarl")
+
+from dreamctl.config import load_config
+from dreamctl.envs import make_env
+from dreamctl.envs.agents import AGENT_KEY
+from dreamctl.envs.base import ACTION_MASK_KEY
+from dreamctl.envs.smax import MAPS
+
+
+def _env(name: str, battles: int, seed: int = 0):
+    return make_env(load_config("smax", [f"env.name={name}"]).env, seed=seed, num_envs=battles)
+
+
+def _random_available(step, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random available action for every ally."""
+    return (rng.random(step.obs[ACTION_MASK_KEY].shape) * step.obs[ACTION_MASK_KEY]).argmax(-1)
+
+
+def test_the_maps_are_smaxs_own():
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+
+    assert sorted(MAPS) == sorted(MAP_NAME_TO_SCENARIO)
+
+
+def test_battles_step_together_and_units_that_die_are_absent_until_the_battle_ends():
+    env = _env("smax:3m", 4)
+    rng = np.random.default_rng(0)
+    try:
+        assert env.spec.num_agents == 3 and env.num_envs == 12 and env.spec.discrete and env.spec.action_dim == 8
+        assert env.spec.obs_space == {"state": (75,), ACTION_MASK_KEY: (8,), AGENT_KEY: (3,)}
+        step = env.reset()
+        assert step.is_first.all() and step.obs[AGENT_KEY].tolist() == np.tile(np.eye(3), (4, 1)).tolist()
+        gone = np.zeros(12, bool)  # allies that died in the current battle
+        ends = wins = deaths = 0
+        for _ in range(400):
+            step = env.step(_random_available(step, rng))
+            battle = step.reward.reshape(4, 3)
+            assert (battle == battle[:, :1]).all()  # the team reward
+            if step.is_first.any():
+                assert (step.is_present[step.is_first]).all() and (step.reward[step.is_first] == 0).all()
+                gone[step.is_first] = False
+            playing = ~step.is_first
+            assert (step.is_present[playing] == ~gone[playing]).all()  # present until its death step, absent after
+            died = step.is_present & step.is_terminal & ~step.is_last
+            deaths += died.sum()
+            mask = step.obs[ACTION_MASK_KEY]
+            assert (mask[died] == np.eye(8)[4]).all()  # a dead unit can only stop
+            gone |= died
+            last = step.is_last.reshape(4, 3)
+            assert (last == last[:, :1]).all()  # a battle ends for all its allies together
+            ends += last[:, 0].sum()
+            wins += (last[:, 0] & env.won).sum()
+            gone[step.is_last] = False
+        assert ends >= 4 and deaths > 0
+        assert wins < ends  # random allies rarely win against the heuristic enemy
+    finally:
+        env.close()
+
+
+def test_a_saved_state_continues_the_battles_bit_for_bit():
+    rng = np.random.default_rng(1)
+    env, copy = _env("smax:2s3z", 3, seed=5), _env("smax:2s3z", 3, seed=9)
+    try:
+        step = env.reset()
+        for _ in range(30):
+            step = env.step(_random_available(step, rng))
+        saved = env.get_state()
+        copy.reset()
+        copy.set_state(saved)
+        actions = [rng.integers(0, 5, env.num_envs) for _ in range(150)]  # moves and stop: always available
+        for action in actions:
+            a, b = env.step(action), copy.step(action)
+            for key in a.obs:
+                np.testing.assert_array_equal(a.obs[key], b.obs[key])
+            for field in ("reward", "is_first", "is_last", "is_terminal", "is_present"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+            np.testing.assert_array_equal(env.won, copy.won)
+    finally:
+        env.close()
+        copy.close()
+
+
+def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp_path: Path):
+    home = tmp_path / "home"
+    sets = ["--set", "train.batch_size=5"]
+    run_cli("train", "smax:smacv2_5_units", "--steps", "300", *fast_args(), *sets, home=home, check=True)
+    result = json.loads(run_cli("eval", "latest", "--episodes", "2", "--json", home=home, check=True).stdout)
+    assert [a["agent"] for a in result["agents"]] == list(range(5))
+    assert all(len(a["returns"]) == 2 for a in result["agents"])
+    assert result["win_rate"] in (0.0, 0.5, 1.0)
+    listed = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
+    assert listed[0]["preset"] == "smax" and listed[0]["win_rate"] == result["win_rate"]
+    assert "% won" in run_cli("list", home=home, check=True).stdout
+
+
+def test_600_steps_in_one_go_equal_300_then_resume(tmp_path: Path):
+    """Mid-battle at 300 agent steps: the battles, the PRNG key and the units' presence continue bit for bit."""
+    args = ["train", "smax:3m", "--seed", "4", *fast_args(), "--set", "train.batch_size=6"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_cli(*args, "--steps", "600", home=whole, check=True)
+    run_cli(*args, "--steps", "300", home=split, check=True)
+    run_cli("resume", "run-1", "--steps", "600", home=split, check=True)
+    assert_identical(whole, split)
