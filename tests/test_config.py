@@ -13,7 +13,7 @@ def test_bundled_presets_set_every_key():
 
     from dreamctl.config import find_preset
 
-    names = ("atari", "atari100k", "catch2", "debug", "dmc", "humanoid", "multiagent", "pixels", "vector")
+    names = ("atari", "atari100k", "catch2", "debug", "dmc", "humanoid", "multiagent", "pixels", "smax", "vector")
     assert set(names) == set(preset_names())
     for name in names:
         data = yaml.safe_load(find_preset(name).read_text())

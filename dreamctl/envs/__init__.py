@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import ACTION_MASK_KEY, BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
+from dreamctl.envs.base import BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
 from dreamctl.envs.names import is_atari, resolve
 from dreamctl.errors import UsageError
+from dreamctl.keys import ACTION_MASK_KEY
 
 __all__ = [
     "BatchedEnv",

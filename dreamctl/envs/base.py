@@ -19,12 +19,6 @@ import numpy as np
 ObsSpace = dict[str, tuple[int, ...]]
 """Observation key -> shape of one copy's array: (H, W, C) for a uint8 image, (size,) for a float32 vector."""
 
-ACTION_MASK_KEY = "action_mask"
-"""The observation of envs that restrict the actions from state to state (SMAC's available actions, PettingZoo's
-`action_mask`): float32 (action_dim,), 1 for each action allowed now. The actor never chooses an action it marks 0:
-acting reads it from the env, imagination from the world model, which reconstructs it as it does every vector
-(MAMBA's availability head)."""
-
 RESERVED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal", "is_present")
 """Names a replay row already uses; no observation key may take them."""
 

@@ -4,7 +4,7 @@
 The allies are the agents, against SMAX's heuristic enemy (what JaxMARL's own SMAX baselines play against). All
 `num_envs` battles step together in one jit-compiled, vmapped JAX call; a battle's A allies are A adjacent env
 copies (envs/agents.py's layout). Each ally observes SMAX's unit list (`state`, float32: the other units it sees and
-itself), its available actions (`action_mask`, see envs/base.py: move in four directions, stop, attack enemy j) and
+itself), its available actions (`action_mask`, see dreamctl/keys.py: move in four directions, stop, attack enemy j) and
 its one-hot index (`agent`). Every ally receives the team reward: the enemies' health lost (normalised so that a
 battle's total is at most 1) and 1 more for a won battle. A unit that dies reports that step as terminal for it and
 is absent from then on (Step.is_present). A battle ends when one side is dead (terminal for every ally) or after
@@ -25,8 +25,9 @@ import numpy as np
 
 from dreamctl.config import EnvConfig
 from dreamctl.envs.agents import AGENT_KEY, agent_one_hots
-from dreamctl.envs.base import ACTION_MASK_KEY, BatchedEnv, EnvSpec, Step, first_step
+from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
 from dreamctl.errors import UsageError
+from dreamctl.keys import ACTION_MASK_KEY
 
 MAPS = (
     "2s3z",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import Config
-from dreamctl.envs.base import ACTION_MASK_KEY
+from dreamctl.keys import ACTION_MASK_KEY
 from dreamctl.model.actor_critic import ActorCritic, frozen
 from dreamctl.model.optim import Optimizer
 from dreamctl.model.rssm import State

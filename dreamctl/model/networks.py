@@ -210,7 +210,7 @@ class ActionHead(nn.Module):
     def dist(self, out: Tensor, available: Tensor | None = None) -> OneHotDist | TruncNormalDist:
         """The action distribution from the network's raw output (logits, or raw mean and std).
 
-        available: bool (..., action_dim) or None, the discrete actions allowed now (`envs.base.ACTION_MASK_KEY`):
+        available: bool (..., action_dim) or None, the discrete actions allowed now (`dreamctl.keys.ACTION_MASK_KEY`):
         the others get probability 0 (a logit of -1e9, so that log-probabilities and the entropy stay finite). A row
         that allows nothing is taken to allow everything.
         """

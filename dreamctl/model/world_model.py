@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamctl.config import ModelConfig, MultiConfig
-from dreamctl.envs.base import ACTION_MASK_KEY
+from dreamctl.keys import ACTION_MASK_KEY
 from dreamctl.layers.one_hot import Feature
 from dreamctl.model.attention import AgentAttention
 from dreamctl.model.losses import discount_nll, image_nll, kl_balance, reward_nll, vector_nll

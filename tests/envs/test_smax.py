@@ -14,8 +14,8 @@ pytest.importorskip("jaxmarl")
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
 from dreamctl.envs.agents import AGENT_KEY
-from dreamctl.envs.base import ACTION_MASK_KEY
 from dreamctl.envs.smax import MAPS
+from dreamctl.keys import ACTION_MASK_KEY
 
 
 def _env(name: str, battles: int, seed: int = 0):
