@@ -162,8 +162,9 @@ class PettingZooEnv(BatchedEnv):
                 self.last_obs[w].update(obs)
                 reward[w] += [float(rewards.get(agent, 0.0)) for agent in self.agents]
                 ends = np.array([bool(terminated.get(a, False)) for a in self.agents])
-                self.terminated[w] |= ends & self.present[w]
-                is_terminal[w] |= ends & self.present[w]
+                ended_now = ends & self.present[w]
+                self.terminated[w] |= ended_now
+                is_terminal[w] |= ended_now
                 stays = [not truncated.get(a, False) and a in world.agents for a in self.agents]
                 self.present[w] &= ~ends & np.array(stays)
                 if not world.agents or not self.present[w].any():

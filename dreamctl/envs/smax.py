@@ -169,7 +169,7 @@ class Smax(BatchedEnv):
         present = np.where(restart[:, None], True, self.present)  # who played this step
         died = present & out["dead"]
         done = out["done"]
-        self.present = np.where(restart[:, None], True, present & ~out["dead"])
+        self.present = present & ~out["dead"]  # `dead` is never set where a battle restarts
         self.ended = done
         self.battle_won = np.where(done, out["won"], self.battle_won)
         is_terminal = died | (done & out["decided"])[:, None]
