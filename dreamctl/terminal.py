@@ -16,15 +16,17 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def stop_signals() -> tuple[dict[str, int | None], Any]:
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once."""
+def stop_signals(announce: bool = True) -> tuple[dict[str, int | None], Any]:
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. `announce`:
+    say so (data-parallel ranks other than 0 leave that to rank 0)."""
     caught: dict[str, int | None] = {"signal": None}
 
     def handler(signum, _frame):
         if caught["signal"] is not None:
             raise KeyboardInterrupt
         caught["signal"] = signum
-        err.print("[yellow]stopping after the current step and writing a checkpoint...[/yellow]")
+        if announce:
+            err.print("[yellow]stopping after the current step and writing a checkpoint...[/yellow]")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
@@ -114,6 +116,10 @@ class ProgressView:
 def finish(outcome, caught, verb: str) -> None:
     """Say how a train or resume ended: what comes next, or (stopped by a signal) how to continue, exit 130/143."""
     run = outcome.run
+    if run is None:  # a rank other than 0: rank 0 says how the job ended
+        if not outcome.finished:
+            raise typer.Exit(130 if caught["signal"] == signal.SIGINT else 143)
+        return
     if not outcome.finished:
         code = 130 if caught["signal"] == signal.SIGINT else 143
         err.print(

@@ -82,6 +82,25 @@ def test_debug_preset_learns_catch(tmp_path, precision):
     assert "warnings" not in yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())  # a healthy model
 
 
+def test_debug_preset_learns_catch_with_two_ranks(tmp_path):
+    """`--nproc 2`: two gloo ranks on this machine's cores, each with its own catch copy and replay shard and half of
+    every batch, compute the single-process algorithm; 20 greedy episodes then average at least 8 (of 10). The
+    time limit is the single-process check's: 2 ranks share the same 2 cores."""
+    limit = learning_time_limit()
+    home = tmp_path / "home"
+    began = time.monotonic()
+    run_cli(
+        "train", "catch", "--preset", "debug", "--seed", "1", "--nproc", "2", home=home, timeout=limit + 300, check=True
+    )
+    result = json.loads(run_cli("eval", "latest", "--episodes", "20", "--json", home=home, check=True).stdout)
+    elapsed = time.monotonic() - began
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    print(f"2 ranks: mean return {result['mean']:.2f} over 20 episodes in {elapsed:.0f} s (limit {limit:.0f} s)")
+    assert meta["ranks"]["world_size"] == 2
+    assert result["mean"] >= 8.0, result["returns"]
+    assert elapsed <= limit
+
+
 def _train_with_vector_preset(home, env: str, steps: int, limit: float, *sets: str) -> tuple[dict, float]:
     """Train `env` seed 1 with its default preset (it must be `vector`) and `--set` overrides, then 20 greedy
     episodes: (eval result, seconds of training)."""

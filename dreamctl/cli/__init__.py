@@ -8,7 +8,8 @@ import sys
 from typer.exceptions import Abort, TyperException
 
 from dreamctl.cli.app import app
-from dreamctl.errors import DreamctlError
+from dreamctl.cli.launch import is_follower
+from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.terminal import err
 
 # Each module registers its commands on `app`, in the order `--help` lists them.
@@ -25,7 +26,8 @@ def main() -> None:
     except DreamctlError as exc:
         if debug:
             raise
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        if not (is_follower() and isinstance(exc, UsageError)):  # rank 0 refuses the same command itself
+            err.print(f"error: {exc}", markup=False, highlight=False)
         code = exc.exit_code
     except TyperException as exc:  # the command line itself is wrong: bad option, missing argument, bad value
         ctx = getattr(exc, "ctx", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,16 @@ from typing import List, Optional
 import typer
 
 from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
+from dreamctl.cli.launch import is_follower, is_ranked, launch, without_nproc
 from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
+
+NPROC = typer.Option(
+    1,
+    "--nproc",
+    min=1,
+    help="Data-parallel ranks on this machine (torch.distributed: gloo on CPUs, nccl with one GPU each); the batch "
+    "is split among them. Across machines, start `torchrun ... -m dreamctl train ...` instead (docs/distributed.md).",
+)
 
 
 @app.command()
@@ -47,6 +57,7 @@ def train(
     ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, 32, bf16 or 16.", show_default=False),
+    nproc: int = NPROC,
     home: Optional[Path] = Home,
     dry_run: bool = typer.Option(
         False,
@@ -57,6 +68,7 @@ def train(
     """Train a new run.
 
     Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
+    or [bold]dreamctl train catch --preset debug --nproc 2[/bold]
     """
     from dreamctl.config import load_config
     from dreamctl.envs import resolve
@@ -78,16 +90,18 @@ def train(
     if dry_run:
         _dry_run(cfg, preset_label)
         return
+    if nproc > 1:
+        raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
     from dreamctl.runs import (
         lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
     )
 
-    estimate = _estimate(cfg)
+    estimate = None if is_ranked() else _estimate(cfg)  # ranks: rank 0 shows the job's observed speed
     if estimate is not None:
         out.print(estimate_line(estimate, cfg))
     remaining = None if estimate is None else (lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
-    caught, should_stop = stop_signals()
-    with ProgressView(out, remaining) as view:
+    caught, should_stop = stop_signals(announce=not is_follower())
+    with ProgressView(out, remaining) if not is_follower() else contextlib.nullcontext() as view:
         outcome = runs.train(
             cfg,
             home=home,
@@ -166,19 +180,23 @@ def resume(
         None, "--set", help="Safe overrides only: run.device, run.checkpoint_every, run.log_every, ..."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda[:i].", show_default=False),
+    nproc: int = NPROC,
     home: Optional[Path] = Home,
 ) -> None:
-    """Continue a run exactly where its checkpoint left it.
+    """Continue a run exactly where its checkpoint left it (with as many ranks as trained it).
 
-    Example: [bold]dreamctl resume run-3 --steps 20000[/bold]
+    Example: [bold]dreamctl resume run-3 --steps 20000[/bold] or [bold]dreamctl resume run-4 --nproc 2[/bold]
     """
     which = checkpoint_ref(checkpoint)
-    check_run(run, home)
+    if not is_follower():  # the run's files are rank 0's: the other ranks may be on machines without them
+        check_run(run, home)
+    if nproc > 1:
+        raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
     from dreamctl.runs import lifecycle as runs
 
     sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
-    caught, should_stop = stop_signals()
-    with ProgressView(out) as view:
+    caught, should_stop = stop_signals(announce=not is_follower())
+    with ProgressView(out) if not is_follower() else contextlib.nullcontext() as view:
         outcome = runs.resume(
             run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view, should_stop=should_stop
         )

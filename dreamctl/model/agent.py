@@ -7,7 +7,7 @@ trajectories imagined from that batch's posterior states. Each optimiser touches
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from typing import NamedTuple
 
@@ -44,6 +44,7 @@ class Agent(nn.Module):
         device: where the networks live.
         amp_dtype: the autocast dtype of training (bfloat16 or float16), or None for float32 throughout.
         agents: the agents of one world (envs/agents.py), adjacent in every batch; 1 for single-agent envs.
+        average_gradients: the data-parallel ranks' gradient averaging (training/ranks.py), or None.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class Agent(nn.Module):
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
         agents: int = 1,
+        average_gradients: Callable[[Sequence[Tensor]], None] | None = None,
     ):
         super().__init__()
         self.cfg, self.action_dim, self.discrete = cfg, action_dim, discrete
@@ -74,6 +76,7 @@ class Agent(nn.Module):
                 t.grad_clip,
                 t.weight_decay,
                 torch.amp.GradScaler(self.device.type) if use_scaler else None,
+                average_gradients,
             )
             for name, module, lr in [
                 ("model", self.world_model, t.model_lr),

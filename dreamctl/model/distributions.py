@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from dreamctl.model.noise import uniform_like
+
 
 def at_least_float32(x: Tensor) -> Tensor:
     """x in float32, or in float64 where it is (the tests check the maths in float64)."""
@@ -39,7 +41,7 @@ class OneHotDist:
 
     def sample(self) -> Tensor:
         cdf = self.probs.detach().cumsum(-1)
-        u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+        u = uniform_like(cdf[..., :1]) * cdf[..., -1:]
         index = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1)
         return self._straight_through(index)
 
@@ -77,7 +79,7 @@ class TruncNormalDist:
         self.mass = (torch.special.ndtr(self.beta) - self.cdf_alpha).clamp_min(1e-12)
 
     def sample(self) -> Tensor:
-        u = torch.rand_like(self.mean)
+        u = uniform_like(self.mean)
         p = (self.cdf_alpha + u * self.mass).clamp(1e-7, 1 - 1e-7)
         x = self.mean + self.std * torch.special.ndtri(p)
         clipped = x.clamp(self.low + self.clip, self.high - self.clip)

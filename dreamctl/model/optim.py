@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -16,6 +18,8 @@ class Optimizer:
         clip: the global gradient norm is clipped to this.
         weight_decay: the factor (1 - weight_decay) applied to every parameter before each step.
         scaler: float16 loss scaling (GPUs without bfloat16), or None.
+        average_gradients: replaces each parameter's gradient by its mean over data-parallel ranks
+            (training/ranks.py), before unscaling and clipping; None in a single process.
     """
 
     def __init__(
@@ -26,17 +30,20 @@ class Optimizer:
         clip: float,
         weight_decay: float,
         scaler: torch.amp.GradScaler | None = None,
+        average_gradients: Callable[[Sequence[Tensor]], None] | None = None,
     ):
         self.named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.params: list[Tensor] = [p for _, p in self.named]
         self.clip, self.weight_decay, self.scaler = clip, weight_decay, scaler
+        self.average_gradients = average_gradients
         self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, fused=True)
 
     def step(self, loss: Tensor) -> Tensor:
-        if self.scaler is None:
-            loss.backward()
-        else:
-            self.scaler.scale(loss).backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.average_gradients is not None:
+            # Still scaled: every rank then unscales the same numbers and agrees on skipping a step.
+            self.average_gradients(self.params)
+        if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
         if self.weight_decay:

@@ -2,6 +2,10 @@
 
 They glue the registry to the trainer: create or lock the run, build env and trainer, stream chunks,
 checkpoints, logs and evaluations into the run folder, and record how the run ended in run.yaml.
+
+A process that torchrun started as one of N ranks (`dreamctl train --nproc N`) joins the others here: rank 0
+does all of the above for the whole job, the other ranks train beside it and pass their chunks and state through
+it (runs/sharded.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dreamctl.envs import make_env
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry, Run, now
+from dreamctl.runs.sharded import chunk_reader, env_seed, follow, gather_state, resume_follower, scatter_state
 from dreamctl.runs.system import (
     configure_torch,
     parameter_count,
@@ -29,6 +34,7 @@ from dreamctl.runs.system import (
     versions,
 )
 from dreamctl.scores import summarize
+from dreamctl.training.ranks import RankLost, Ranks, host_name, join, launched_ranks
 from dreamctl.training.rollout import greedy_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
@@ -36,7 +42,7 @@ from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
 
 @dataclass
 class Outcome:
-    run: Run
+    run: Run | None  # None on ranks other than 0, which know no run
     finished: bool  # False when stopped early (signal)
     env_steps: int
     last_return: float | None
@@ -45,8 +51,15 @@ class Outcome:
 class RunHooks(Hooks):
     """Streams what the trainer produces into the run folder."""
 
-    def __init__(self, run: Run, cfg: Config, logger: MetricsLogger, progress: Callable[[Progress], None] | None):
-        self.run, self.cfg, self.logger, self.progress = run, cfg, logger, progress
+    def __init__(
+        self,
+        run: Run,
+        cfg: Config,
+        logger: MetricsLogger,
+        progress: Callable[[Progress], None] | None,
+        ranks: Ranks | None = None,
+    ):
+        self.run, self.cfg, self.logger, self.progress, self.ranks = run, cfg, logger, progress, ranks
         self.latest: Progress | None = None
         self.warned = False
 
@@ -84,7 +97,10 @@ class RunHooks(Hooks):
         )
 
     def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
-        self.run.write_chunk(index, rows)
+        every_rank = [rows] if self.ranks is None else self.ranks.gather(rows)
+        assert every_rank is not None
+        for rank, rank_rows in enumerate(every_rank):
+            self.run.write_chunk(index, rank_rows, rank)
 
     def on_checkpoint(self, trainer: Trainer) -> None:
         save_checkpoint(self.run, trainer, self.cfg)
@@ -103,6 +119,10 @@ class RunHooks(Hooks):
 
 def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
     tensors, metadata = trainer_state(trainer)
+    if trainer.ranks is not None:
+        merged = gather_state(trainer.ranks, tensors)
+        assert merged is not None, "rank 0 alone saves checkpoints"
+        tensors = merged
     first_chunk = trainer.chunks_needed(trainer.replay.cursor).start
     run.save_checkpoint(tensors, metadata, trainer.env_steps, {"updates": trainer.updates, "first_chunk": first_chunk})
     run.update(lambda m: m.update(progress=progress_of(trainer)))
@@ -132,15 +152,21 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     on_created: Callable[[Run], None] | None = None,
 ) -> Outcome:
-    """Create a run in the registry and train it to cfg.train.steps agent steps."""
+    """Create a run in the registry and train it to cfg.train.steps agent steps (as one of torchrun's ranks when
+    it started this process)."""
     cfg = prepare(cfg)
     device = configure_torch(cfg)
-    env = make_env(cfg.env, cfg.train.seed)
+    ranks = join() if launched_ranks() else None
+    rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
+    env = make_env(cfg.env, env_seed(cfg, 0, False, rank))
     try:
         spec = env.spec
         params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
-        preflight(cfg, spec.obs_space, params, spec.num_agents)
-        trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device))
+        preflight(cfg, spec.obs_space, params, spec.num_agents, world)
+        trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+        hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
+        if ranks is not None and not ranks.is_root:
+            return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
         run = Registry(home).create(
             {
                 "env": cfg.env.name,
@@ -150,6 +176,7 @@ def train(
                 "versions": versions(),
                 "device": str(device),
                 "precision": precision_label(cfg, device),
+                "ranks": {"world_size": world, "hosts": hosts},
                 "target_steps": cfg.train.steps,
                 "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
                 "env_spec": {
@@ -172,10 +199,12 @@ def train(
             on_created(run)
         with run.locked():
             logger = MetricsLogger(run.path)
-            trainer.hooks = RunHooks(run, cfg, logger, progress)
+            trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
             return _execute(run, cfg, trainer, logger, should_stop)
     finally:
         env.close()
+        if ranks is not None:
+            ranks.close()
 
 
 def resume(
@@ -187,34 +216,76 @@ def resume(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Outcome:
-    """Continue a run from a checkpoint (default: its latest) to `steps` total agent steps."""
-    run = Registry(home).resolve(ref)
-    unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
-    if unsafe:
-        raise UsageError(
-            f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
-            f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead."
-        )
-    with run.locked():
-        run.remove_temp_files()
-        meta = run.meta()
-        cfg = apply_overrides(from_dict(meta["config"], source=f"{run.ref}'s run.yaml"), overrides)
-        # A run killed before its first checkpoint restarts from step 0, which computes the same run again.
-        entry = run.find_checkpoint(checkpoint, meta) if meta.get("checkpoints") or checkpoint != "latest" else None
-        start = entry["step"] if entry else 0
-        target = steps if steps is not None else int(meta.get("target_steps", cfg.train.steps))
-        if target <= start:
+    """Continue a run from a checkpoint (default: its latest) to `steps` total agent steps, with as many ranks as
+    trained it."""
+    ranks = join() if launched_ranks() else None
+    try:
+        if ranks is not None and not ranks.is_root:
+            trainer, finished = resume_follower(ranks, should_stop)
+            return Outcome(None, finished, trainer.env_steps, trainer.last_return)
+        return _resume(ref, home, steps, overrides, checkpoint, progress, should_stop, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _resume(
+    ref: str,
+    home: str | Path | None,
+    steps: int | None,
+    overrides: Sequence[str],
+    checkpoint: str | int,
+    progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool],
+    ranks: Ranks | None,
+) -> Outcome:
+    world = 1 if ranks is None else ranks.world
+    try:
+        run = Registry(home).resolve(ref)
+        unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
+        if unsafe:
             raise UsageError(
-                f"{run.ref} is already at {start} agent steps; pass --steps above that to train it further."
+                f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
+                f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead."
             )
-        cfg.train.steps = target
-        cfg = prepare(cfg)
-        tensors, metadata = run.load_checkpoint(entry) if entry else ({}, {})
-        device = configure_torch(cfg)
-        resumes = sum(1 for h in meta.get("history", []) if h.get("event") == "resumed")
-        env = make_env(cfg.env, cfg.train.seed + resumes + 1 if entry else cfg.train.seed)
+    except DreamctlError as exc:
+        _tell_followers(ranks, exc)
+        raise
+    with run.locked():
         try:
-            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device))
+            run.remove_temp_files()
+            meta = run.meta()
+            trained_by = int(meta.get("ranks", {}).get("world_size", 1))
+            if trained_by != world:
+                how = "without --nproc" if trained_by == 1 else f"with --nproc {trained_by}"
+                raise UsageError(
+                    f"{run.ref} was trained by {trained_by} rank{'s' * (trained_by > 1)} and each rank's replay "
+                    f"and envs are in its checkpoints, so it resumes only {how}."
+                )
+            cfg = apply_overrides(from_dict(meta["config"], source=f"{run.ref}'s run.yaml"), overrides)
+            # A run killed before its first checkpoint restarts from step 0, which computes the same run again.
+            listed = meta.get("checkpoints") or checkpoint != "latest"
+            entry = run.find_checkpoint(checkpoint, meta) if listed else None
+            start = entry["step"] if entry else 0
+            target = steps if steps is not None else int(meta.get("target_steps", cfg.train.steps))
+            if target <= start:
+                raise UsageError(
+                    f"{run.ref} is already at {start} agent steps; pass --steps above that to train it further."
+                )
+            cfg.train.steps = target
+            cfg = prepare(cfg)
+            tensors, metadata = run.load_checkpoint(entry) if entry else ({}, {})
+        except DreamctlError as exc:
+            _tell_followers(ranks, exc)
+            raise
+        resumes = sum(1 for h in meta.get("history", []) if h.get("event") == "resumed")
+        plan = {"config": cfg.to_dict(), "resumes": resumes, "restore": entry is not None, "metadata": metadata}
+        if ranks is not None:
+            ranks.broadcast(plan)
+        device = configure_torch(cfg)
+        env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0))
+        try:
+            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
             event = {
                 "event": "resumed",
                 "time": now(),
@@ -224,7 +295,9 @@ def resume(
                 "device": str(device),
             }
             if entry:
-                event["env_restored"] = restore_trainer(trainer, tensors, metadata, run.read_chunk)
+                if ranks is not None:
+                    tensors = scatter_state(ranks, tensors)
+                event["env_restored"] = restore_trainer(trainer, tensors, metadata, chunk_reader(run, ranks))
                 if not event["env_restored"]:
                     event["note"] = "the env cannot save its state, so new episodes were started"
             else:
@@ -232,7 +305,7 @@ def resume(
                 for chunk in run.replay_dir.glob("chunk-*.bin"):
                     chunk.unlink()
             logger = MetricsLogger(run.path, resume_step=start)
-            trainer.hooks = RunHooks(run, cfg, logger, progress)
+            trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
             run.drop_checkpoints_after(start)
 
             def mark(m: dict[str, Any]) -> None:
@@ -243,6 +316,12 @@ def resume(
             return _execute(run, cfg, trainer, logger, should_stop)
         finally:
             env.close()
+
+
+def _tell_followers(ranks: Ranks | None, exc: DreamctlError) -> None:
+    """Send rank 0's refusal to the other ranks, which raise it too (and stay silent: rank 0 says it)."""
+    if ranks is not None:
+        ranks.broadcast({"error": exc})
 
 
 def _execute(
@@ -262,7 +341,8 @@ def _execute(
         return Outcome(run, finished, trainer.env_steps, trainer.last_return)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, DreamctlError) else f"{type(exc).__name__}: {exc}"
-        run.update(lambda m: m.update(status="failed", error=message, progress=progress_of(trainer)))
+        status = "interrupted" if isinstance(exc, RankLost) else "failed"  # a lost rank is no fault of the run's
+        run.update(lambda m: m.update(status=status, error=message, progress=progress_of(trainer)))
         raise
     finally:
         logger.close()

@@ -264,16 +264,20 @@ class Run:
 
     # ------------------------------------------------------------------ replay chunks
 
-    def write_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
+    def chunk_path(self, index: int, rank: int = 0) -> Path:
+        """Replay chunk `index` of data-parallel rank `rank` (runs/sharded.py); rank 0 is a single process's."""
+        return self.replay_dir / (f"chunk-{index}.bin" if rank == 0 else f"chunk-{index}-rank{rank}.bin")
+
+    def write_chunk(self, index: int, rows: dict[str, np.ndarray], rank: int = 0) -> None:
         from dreamctl.training.replay import encode_chunk
 
         self.replay_dir.mkdir(exist_ok=True)
-        atomic_write_bytes(self.replay_dir / f"chunk-{index}.bin", encode_chunk(rows))
+        atomic_write_bytes(self.chunk_path(index, rank), encode_chunk(rows))
 
-    def read_chunk(self, index: int) -> dict[str, np.ndarray]:
+    def read_chunk(self, index: int, rank: int = 0) -> dict[str, np.ndarray]:
         from dreamctl.training.replay import decode_chunk
 
-        path = self.replay_dir / f"chunk-{index}.bin"
+        path = self.chunk_path(index, rank)
         try:
             return decode_chunk(path.read_bytes())
         except FileNotFoundError:

@@ -6,6 +6,7 @@ never trains.
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -95,19 +96,19 @@ def parameter_count(cfg: Config, obs_space: ObsSpace, action_dim: int, discrete:
     return sum(p.numel() for p in [*world_model.parameters(), *behavior.parameters()])
 
 
-def check_whole_worlds(cfg: Config, agents: int) -> None:
-    """Every batch holds whole worlds: refuse, in one sentence, a batch size that would split a world's agents."""
-    if cfg.train.batch_size % agents:
-        raise UsageError(
-            f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the env's {agents} agents, "
-            "since every batch holds whole worlds."
-        )
+def check_whole_worlds(cfg: Config, agents: int, ranks: int = 1) -> None:
+    """Every batch holds whole worlds, and each data-parallel rank an equal share of them: refuse, in one
+    sentence, a batch size that would split a world's agents or not divide among the ranks."""
+    if cfg.train.batch_size % (agents * ranks):
+        among = f"the env's {agents} agents" if ranks == 1 else f"{agents * ranks} ({agents} agents x {ranks} ranks)"
+        why = "every batch holds whole worlds" + ("" if ranks == 1 else ", an equal number on each rank")
+        raise UsageError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of {among}, since {why}.")
 
 
-def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1) -> dict[str, int]:
-    """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents, or more
-    memory than the machine has. Returns the memory estimate."""
-    check_whole_worlds(cfg, agents)
+def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1, ranks: int = 1) -> dict[str, int]:
+    """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents or do not divide
+    among the data-parallel ranks, or more memory than the machine has. Returns the memory estimate."""
+    check_whole_worlds(cfg, agents, ranks)
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:
@@ -154,10 +155,21 @@ def keep_freed_memory() -> bool:
 
 
 def configure_torch(cfg: Config) -> torch.device:
+    """Threads, allocator and device of this process. A process that torchrun started as one of several ranks
+    on a machine takes its share of the CPU's threads (unless run.threads says otherwise) and, on CUDA, the GPU
+    of its local rank."""
+    from dreamctl.training.ranks import launched_ranks
+
     keep_freed_memory()
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    launched = launched_ranks()
+    threads = cfg.run.threads
+    if not threads and launched is not None:
+        threads = max(1, (os.cpu_count() or 1) // launched[2])
+    if threads:
+        torch.set_num_threads(threads)
     device = resolve_device(cfg.run.device)
+    if launched is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if (
         resolve_precision(cfg.run.precision, device) == torch.bfloat16
         and device.type == "cpu"

@@ -32,8 +32,8 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         tensors["rng/cuda"] = torch.cuda.get_rng_state(trainer.device)
     tensors["rng/numpy"] = torch.from_numpy(rng_state_bytes(trainer.rng))
     tensors["rng/python"] = _bytes_tensor(json.dumps(random.getstate()))
-    for key, array in trainer.env.get_state().items():
-        tensors[f"env/{key}"] = torch.from_numpy(np.ascontiguousarray(array))
+    for key, array in trainer.env.get_state().items():  # copied where read-only (JAX's arrays are)
+        tensors[f"env/{key}"] = torch.from_numpy(np.require(array, requirements=["C", "W"]))
     for key, value in zip(("deter", "stoch", "logits"), trainer.act_state.latent, strict=True):
         tensors[f"act/{key}"] = value
     tensors["act/action"] = trainer.act_state.action

@@ -4,6 +4,10 @@ Nothing here knows about files, Typer or rich: the caller passes `Hooks` that re
 finished episodes, filled replay chunks and checkpoint requests. Every stateful part of the loop (agent,
 optimisers, RNGs, envs, acting state, the replay tail) round-trips through `training.state`, so a resumed run
 continues bit for bit where the checkpoint left it.
+
+With several data-parallel ranks (training/ranks.py) every rank runs this loop in step with the others: agent steps
+and updates count the whole job's, each rank samples its share of the batch, the ranks stop together, and rank 0's
+hooks hear of every rank's episodes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from dreamctl.config import Config
 from dreamctl.envs.base import BatchedEnv, Step
 from dreamctl.model.agent import Agent
+from dreamctl.training.ranks import Ranks
 from dreamctl.training.replay import Replay
 from dreamctl.training.rollout import EpisodeTracker, act
 
@@ -78,10 +83,12 @@ class Hooks:
     def on_eval(self, trainer: Trainer) -> None: ...
 
 
-def seed_everything(seed: int) -> np.random.Generator:
+def seed_everything(seed: int, rank: int = 0) -> np.random.Generator:
+    """Seed Python and torch alike on every rank (the ranks' networks start equal and draw their noise in step,
+    see model/noise.py); the numpy generator, which picks prefill actions and replay samples, is the rank's own."""
     random.seed(seed)
     torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+    return np.random.default_rng(seed if rank == 0 else [seed, rank])
 
 
 class Trainer:
@@ -91,6 +98,7 @@ class Trainer:
     device: where the agent trains.
     amp_dtype: the autocast dtype of training (bfloat16, float16) or None for float32.
     hooks: receivers of progress, metrics, episodes, replay chunks and checkpoint requests.
+    ranks: this process's place among data-parallel ranks, or None for a single process.
     """
 
     def __init__(
@@ -100,15 +108,19 @@ class Trainer:
         device: torch.device,
         amp_dtype: torch.dtype | None = None,
         hooks: Hooks | None = None,
+        ranks: Ranks | None = None,
     ):
         self.cfg, self.env, self.device = cfg, env, device
         self.hooks = hooks or Hooks()
-        self.rng = seed_everything(cfg.train.seed)
+        self.ranks = ranks
+        self.world = 1 if ranks is None else ranks.world
+        self.rng = seed_everything(cfg.train.seed, 0 if ranks is None else ranks.rank)
         spec = env.spec
         m = spec.num_agents
-        self.agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, device, amp_dtype, m)
-        self.replay = Replay(
-            cfg.train.replay_capacity, env.num_envs, spec.obs_space, spec.action_dim, spec.discrete, agents=m
+        average = None if ranks is None else ranks.average_gradients
+        self.agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, device, amp_dtype, m, average)
+        self.replay = Replay(  # this rank's shard: the job's replay holds replay_capacity rows in all
+            cfg.train.replay_capacity // self.world, env.num_envs, spec.obs_space, spec.action_dim, spec.discrete, m
         )
         n = env.num_envs
         self.env_steps = self.updates = self.episodes = 0
@@ -117,6 +129,7 @@ class Trainer:
         self.act_state = self.agent.initial_act_state(n)
         self.episodes_running = EpisodeTracker(n)
         self.obs: Step | None = None
+        self._unshared: list[Episode] = []  # this rank's episodes that rank 0 has not heard of yet
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
         # Updates in a row whose KL was below COLLAPSE_KL, counted on the device (read at each metrics flush).
@@ -137,7 +150,11 @@ class Trainer:
             self.start()
         self._clock = time.perf_counter()
         while self.env_steps < total_steps:
-            if should_stop():
+            stop = should_stop()
+            if self.ranks is not None:
+                stop = self.ranks.any(stop)
+            if stop:
+                self.share_episodes()
                 return False
             before = self.env_steps
             self.collect_step()
@@ -180,7 +197,7 @@ class Trainer:
             }
         )
         self.obs = step
-        self.env_steps += n
+        self.env_steps += n * self.world
         self._track_episodes(step)
         chunk = self.cfg.run.replay_chunk
         if self.replay.cursor % chunk == 0:
@@ -190,20 +207,37 @@ class Trainer:
     def _track_episodes(self, step: Step) -> None:
         repeat = self.env.spec.action_repeat
         for done in self.episodes_running.update(step):
-            self.episodes += 1
-            self.last_return = done.ret
-            self.hooks.on_episode(
-                Episode(
-                    done.env_index,
-                    done.ret,
-                    done.length,
-                    done.length * repeat,
-                    bool(not step.is_terminal[done.env_index]),
-                    self.env_steps,
-                    self.env_steps * repeat,
-                    self.wall_time,
-                )
+            episode = Episode(
+                done.env_index,
+                done.ret,
+                done.length,
+                done.length * repeat,
+                bool(not step.is_terminal[done.env_index]),
+                self.env_steps,
+                self.env_steps * repeat,
+                self.wall_time,
             )
+            if self.ranks is None:
+                self._count_episode(episode)
+            else:
+                self._unshared.append(episode)
+
+    def _count_episode(self, episode: Episode) -> None:
+        self.episodes += 1
+        self.last_return = episode.ret
+        self.hooks.on_episode(episode)
+
+    def share_episodes(self) -> None:
+        """Every rank counts every rank's finished episodes (env indices numbered across the ranks, rank-major)
+        and rank 0's hooks hear of them; called by all ranks at the same step, before metrics and checkpoints."""
+        if self.ranks is None:
+            return
+        n = self.env.num_envs
+        for rank, episodes in enumerate(self.ranks.all_gather(self._unshared)):
+            for episode in episodes:
+                episode.env_index += rank * n
+                self._count_episode(episode)
+        self._unshared = []
 
     def _updates_due(self) -> int:
         t = self.cfg.train
@@ -214,7 +248,8 @@ class Trainer:
     def update(self) -> None:
         """One update on a batch sampled from the replay, its metrics summed for the next flush."""
         t = self.cfg.train
-        batch = self.replay.to_torch(self.replay.sample(t.batch_size, t.batch_length, self.rng), self.device)
+        rows = t.batch_size // self.world  # this rank's share of the batch
+        batch = self.replay.to_torch(self.replay.sample(rows, t.batch_length, self.rng), self.device)
         metrics = self.agent.train_step(batch)
         self.updates += 1
         self.low_kl_updates = torch.where(metrics["loss/kl"].detach() < COLLAPSE_KL, self.low_kl_updates + 1, 0)
@@ -229,6 +264,11 @@ class Trainer:
         self.wall_time += now - self._clock
         self._clock = now
         flush = _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps
+        saves = _crossed(before, self.env_steps, run.eval_every) or _crossed(
+            before, self.env_steps, run.checkpoint_every
+        )
+        if flush or saves:
+            self.share_episodes()
         scalars = self.flush_metrics() if flush else None  # first, so that the progress carries its warning
         self.hooks.on_progress(
             Progress(
@@ -257,7 +297,10 @@ class Trainer:
         """Means of the update metrics since the last flush, plus speeds; one host sync per flush."""
         steps0, updates0, time0 = self._log_mark
         now = time.perf_counter()
-        scalars = {k: float(v) / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
+        sums = self._metric_sums
+        if self.ranks is not None and sums:  # every rank flushes at the same step, after the same updates
+            sums = dict(zip(sums, self.ranks.mean(torch.stack(list(sums.values()))), strict=True))
+        scalars = {k: float(v) / self._metric_count for k, v in sums.items()} if self._metric_count else {}
         scalars["train/updates"] = float(self.updates)
         scalars["train/wall_time"] = self.wall_time
         low_kl_updates = int(self.low_kl_updates)

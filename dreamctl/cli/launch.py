@@ -1,0 +1,80 @@
+"""`--nproc N`: run the same command as N data-parallel ranks on this machine through torch.distributed's elastic
+launcher, the machinery behind `torchrun` (`torchrun --nnodes M --nproc-per-node N ... -m dreamctl train ...` spans
+machines with the same code: each process finds its rank in the environment torchrun sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+
+SHUTDOWN_SECONDS = 120
+"""How long the launcher waits, once stopped, for the ranks to write their last checkpoint before killing them."""
+
+
+def is_ranked() -> bool:
+    """Whether torchrun or `--nproc` started this process as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_follower() -> bool:
+    """Whether this process is a rank other than 0, which prints nothing unless it fails on its own."""
+    return is_ranked() and int(os.environ.get("RANK", "0")) > 0
+
+
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """The command line with its `--nproc N` / `--nproc=N` removed: what each rank runs."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m dreamctl <argv>` as `nproc` ranks here; returns the exit status for the whole job: 0; rank 0's
+    status where it failed (it says why in one sentence; a rank killed by a signal is named here), else 1 where a
+    rank failed; or 128 + the signal that stopped the launcher (130 for SIGINT, after the ranks wrote one last
+    checkpoint)."""
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # torch's elastic agent logs every shutdown as a warning
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` picks
+        max_restarts=0,  # a failed rank stops the job; `dreamctl resume` continues it from its last checkpoint
+        monitor_interval=0.5,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "dreamctl", *argv)
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        for rank, failure in sorted(exc.failures.items()):
+            if rank != 0 and failure.exitcode < 0:  # rank 0 says itself why it stopped, a killed rank cannot
+                print(
+                    f"error: rank {rank} of {nproc} was killed by {signal.Signals(-failure.exitcode).name}.",
+                    file=sys.stderr,
+                )
+        own = exc.failures.get(0)
+        return own.exitcode if own is not None and own.exitcode > 0 else 1
+    return 0

@@ -1,0 +1,129 @@
+"""A run trained by several data-parallel ranks: what passes through rank 0, which alone touches the run's files.
+
+Ranks 1 ... N-1 never read or write the registry, so ranks on other machines need no shared file system. Rank 0
+receives their replay chunks as they fill and their per-rank state at each checkpoint, and sends them back on
+resume:
+
+- a checkpoint holds the networks and optimisers once (equal on every rank) and each rank's own state (RNGs,
+  envs, acting state, last observation, running episodes, replay tail): rank 0's under the single-process names,
+  rank r's under `rank<r>/`; so eval, imagine and export read it like any other checkpoint;
+- rank r's replay chunk k is `replay/chunk-<k>-rank<r>.bin` (rank 0's keeps the single-process name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from dreamctl.config import Config, from_dict
+from dreamctl.envs import make_env
+from dreamctl.runs.system import configure_torch, prepare, resolve_precision
+from dreamctl.training.ranks import Ranks
+from dreamctl.training.state import restore_trainer, trainer_state
+from dreamctl.training.trainer import Hooks, Trainer
+
+if TYPE_CHECKING:
+    from dreamctl.runs.registry import Run
+
+SHARED_PREFIXES = ("agent/", "optim/")
+"""Checkpoint entries that are the same on every rank, stored once."""
+
+
+def rank_prefix(rank: int) -> str:
+    return "" if rank == 0 else f"rank{rank}/"
+
+
+def gather_state(ranks: Ranks, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Every rank's checkpoint tensors merged into one dict on rank 0 (None on the others)."""
+    own = {k: v for k, v in tensors.items() if not k.startswith(SHARED_PREFIXES)}
+    gathered = ranks.gather(own)
+    if gathered is None:
+        return None
+    merged = dict(tensors)
+    for rank, state in enumerate(gathered[1:], start=1):
+        merged.update({rank_prefix(rank) + k: v for k, v in state.items()})
+    return merged
+
+
+def scatter_state(ranks: Ranks, merged: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The inverse of `gather_state`: each rank receives the shared entries and its own under the plain names."""
+    views = None
+    if merged is not None:
+        views = [_view(merged, rank, ranks.world) for rank in range(ranks.world)]
+    return ranks.scatter(views)
+
+
+def _view(merged: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+    others = tuple(rank_prefix(r) for r in range(1, world))
+    view = {k: v for k, v in merged.items() if k.startswith(SHARED_PREFIXES)}
+    if rank == 0:
+        view.update({k: v for k, v in merged.items() if not k.startswith(SHARED_PREFIXES + others)})
+    else:
+        prefix = rank_prefix(rank)
+        view.update({k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)})
+    return view
+
+
+class FollowerHooks(Hooks):
+    """The hooks of ranks 1 ... N-1: they take part in rank 0's collectives (chunks, checkpoints) and write
+    nothing; progress, metrics and episodes are rank 0's to report."""
+
+    def __init__(self, ranks: Ranks):
+        self.ranks = ranks
+
+    def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
+        self.ranks.gather(rows)
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        gather_state(self.ranks, trainer_state(trainer)[0])
+
+    def on_eval(self, trainer: Trainer) -> None:
+        self.on_checkpoint(trainer)  # rank 0 then plays the evaluation episodes alone
+
+
+def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trainer, bool]:
+    """Rank r > 0 of a resume: rank 0 sends the run's config and this rank's state (or its refusal, which this rank
+    raises too); the rank trains beside it. Returns the trainer and whether it finished."""
+    plan: dict[str, Any] = ranks.broadcast(None)
+    if "error" in plan:
+        raise plan["error"]
+    cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
+    device = configure_torch(cfg)
+    env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank))
+    try:
+        trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+        if plan["restore"]:
+            tensors = scatter_state(ranks, None)
+            restore_trainer(trainer, tensors, plan["metadata"], chunk_reader(None, ranks))
+        return trainer, follow(cfg, trainer, ranks, should_stop)
+    finally:
+        env.close()
+
+
+def env_seed(cfg: Config, resumes: int, restored: bool, rank: int) -> int:
+    """Envs that cannot be restored start new episodes from seeds a resume has not used before."""
+    return (cfg.train.seed + resumes + 1 if restored else cfg.train.seed) + rank * cfg.env.num_envs
+
+
+def chunk_reader(run: Run | None, ranks: Ranks | None) -> Callable[[int], dict[str, np.ndarray]]:
+    """Chunk k of this rank's replay: read by rank 0, which sends each rank its own."""
+    if ranks is None:
+        assert run is not None
+        return run.read_chunk
+
+    def read(index: int) -> dict[str, np.ndarray]:
+        rows = None if run is None else [run.read_chunk(index, rank) for rank in range(ranks.world)]
+        return ranks.scatter(rows)
+
+    return read
+
+
+def follow(cfg: Config, trainer: Trainer, ranks: Ranks, should_stop: Callable[[], bool]) -> bool:
+    """Rank r > 0: train in step with rank 0, then take part in its final checkpoint; whether it finished."""
+    trainer.hooks = FollowerHooks(ranks)
+    finished = trainer.run(cfg.train.steps, should_stop)
+    trainer.hooks.on_checkpoint(trainer)
+    return finished

@@ -1,0 +1,157 @@
+"""Data-parallel training across processes on torch.distributed: what the ranks of one run exchange.
+
+Each rank steps its own env copies into its own replay shard and samples batch_size / N sequences; after each of
+the three backward passes (world model, actor, critic) the gradients are averaged across the ranks, one
+all_reduce per optimiser step, before clipping. N ranks so compute the update that one process computes on the
+union of their batches (with the row-consistent noise of model/noise.py).
+
+Gradients are averaged by hand rather than by DistributedDataParallel: DreamerV2 trains three modules in
+alternation and the actor's loss backpropagates through a frozen world model, while DDP's reducer expects every
+parameter it wraps to receive a gradient in every backward pass it observes (else errors or
+find_unused_parameters' extra traversal) and would need three wrappers with their own buckets. One flattened
+all_reduce per optimiser is the same communication without the bookkeeping, and it sits exactly where clipping
+must see the averaged gradient.
+
+A collective that fails (another rank died) raises RankLost: the caller records the run as interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dreamctl.errors import DreamctlError
+from dreamctl.model.noise import set_row_shard
+
+T = TypeVar("T")
+
+TIMEOUT = datetime.timedelta(minutes=30)
+"""How long a rank waits for the others in one collective (rank 0 evaluates while the others wait)."""
+
+
+class RankLost(DreamctlError):
+    """Another rank of the job stopped, so no collective can complete."""
+
+
+class Ranks:
+    """This process's place among the N ranks of a run, and the collectives training uses.
+
+    Args:
+        rank: this process's rank, 0 ... N - 1; rank 0 alone reads and writes the run's files.
+        world: N, the number of ranks.
+        local_world: ranks on this machine (they share its CPU threads).
+    """
+
+    def __init__(self, rank: int, world: int, local_world: int = 1):
+        self.rank, self.world, self.local_world = rank, world, local_world
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params: Sequence[Tensor]) -> None:
+        """Replace each parameter's .grad by its mean over the ranks (one all_reduce; parameters without a
+        gradient keep none: the graph is the same on every rank, so they are the same parameters everywhere)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self._call(dist.all_reduce, flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def mean(self, values: Tensor) -> Tensor:
+        """The element-wise mean of a tensor over the ranks."""
+        values = values.clone()
+        self._call(dist.all_reduce, values)
+        return values / self.world
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank says yes: the ranks stop together, at the same step, when one was asked to."""
+        value = torch.tensor([int(flag)])
+        self._call(dist.all_reduce, value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def all_gather(self, obj: T) -> list[T]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        out: list[Any] = [None] * self.world
+        self._call(dist.all_gather_object, out, obj)
+        return out
+
+    def gather(self, obj: T) -> list[T] | None:
+        """Every rank's `obj` in rank order on rank 0; None elsewhere."""
+        out: list[Any] | None = [None] * self.world if self.is_root else None
+        self._call(dist.gather_object, obj, out, dst=0)
+        return out
+
+    def scatter(self, objs: Sequence[T] | None) -> T:
+        """Rank r receives objs[r] from rank 0 (objs is read on rank 0 only)."""
+        out: list[Any] = [None]
+        self._call(dist.scatter_object_list, out, list(objs) if self.is_root and objs is not None else None, src=0)
+        return out[0]
+
+    def broadcast(self, obj: T | None) -> T:
+        """Rank 0's `obj` on every rank."""
+        box = [obj if self.is_root else None]
+        self._call(dist.broadcast_object_list, box, src=0)
+        return box[0]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _call(self, collective: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            collective(*args, **kwargs)
+        except (RuntimeError, ConnectionError) as exc:
+            # The job is over: the launcher's SIGTERM to the survivors, due any moment, must neither ask for a
+            # checkpoint that can no longer be gathered nor kill this process before it has said why it stopped.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            raise RankLost(
+                f"another rank of this {self.world}-rank job stopped ({_first_line(exc)}), so this one stops too; "
+                "the run is interrupted and `dreamctl resume` continues it from its latest checkpoint."
+            ) from None
+
+
+def launched_ranks() -> tuple[int, int, int] | None:
+    """(rank, world size, local world size) when torchrun or `--nproc` started this process as one of several."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def join() -> Ranks:
+    """Join the job torchrun started: gloo for CPU tensors and, where CUDA is, nccl for CUDA tensors (one GPU per
+    rank on each machine: the local rank's). Object exchanges go through gloo."""
+    launched = launched_ranks()
+    assert launched is not None, "join() runs only in a process that torchrun started"
+    rank, world, local_world = launched
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT)
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    set_row_shard(rank, world)
+    return Ranks(rank, world, local_world)
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

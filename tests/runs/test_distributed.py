@@ -1,0 +1,139 @@
+"""Runs of 2 data-parallel ranks through the real CLI (`--nproc 2`, torchrun): exact resume, refusals, faults, and a
+job spread over two "machines" on this host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from conftest import fast_args, run_cli
+from resume_checks import assert_identical, final_state, start, wait_for
+
+from dreamctl.runs.registry import Registry
+
+TWO = ["--nproc", "2"]
+
+
+def _meta(home: Path) -> dict:
+    return yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+
+
+def test_600_steps_with_two_ranks_equal_300_then_resume(tmp_path: Path):
+    """The checkpoint at 300 agent steps holds both ranks' envs, RNGs, acting state and replay tails, and each
+    rank's chunks are under the run: resuming with 2 ranks continues bit for bit. Another rank count is refused."""
+    args = ["train", "catch", "--seed", "3", *fast_args()]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_cli(*args, "--steps", "600", *TWO, home=whole, check=True)
+    run_cli(*args, "--steps", "300", *TWO, home=split, check=True)
+    refused = run_cli("resume", "run-1", "--steps", "600", home=split)
+    assert refused.returncode == 2 and "--nproc 2" in refused.stderr and refused.stderr.count("\n") == 1
+    run_cli("resume", "run-1", "--steps", "600", *TWO, home=split, check=True)
+    assert_identical(whole, split)
+    tensors, meta, chunks = final_state(split)
+    assert meta["ranks"]["world_size"] == 2 and len(meta["ranks"]["hosts"]) == 2
+    assert any(k.startswith("rank1/env/") for k in tensors) and any(k.startswith("rank1/replay/") for k in tensors)
+    assert not any(k.startswith(("rank1/agent/", "rank1/optim/")) for k in tensors)  # stored once
+    assert any(name.endswith("-rank1.bin") for name in chunks) and any("rank" not in name for name in chunks)
+    assert meta["progress"]["env_steps"] == 600  # the job's agent steps, both ranks' envs together
+
+
+def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_sentence(tmp_path: Path):
+    proc = run_cli("train", "catch", *fast_args(), "--set", "train.batch_size=5", "--steps", "100", *TWO, home=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: train.batch_size (5) must be a multiple of 2 (1 agents x 2 ranks), since every batch holds whole "
+        "worlds, an equal number on each rank."
+    ]
+
+
+def _pid_of_rank(rank: int, home: Path) -> int:
+    """The process of `rank` among those training into `home`."""
+    wanted = {f"RANK={rank}".encode(), f"DREAMCTL_HOME={home}".encode()}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = set((entry / "environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if wanted <= environ:
+                return int(entry.name)
+    raise AssertionError(f"no process of rank {rank} trains into {home}")
+
+
+def _first_checkpoint(home: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    wait_for(home / "runs" / "run-1" / "run.yaml", timeout)
+    while not _meta(home).get("checkpoints"):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.1)
+
+
+def test_a_killed_rank_ends_the_job_soon_and_the_run_resumes(tmp_path: Path):
+    home = tmp_path / "home"
+    proc = start(["train", "catch", *fast_args(), "--steps", "100000", *TWO], home)
+    _first_checkpoint(home)
+    os.kill(_pid_of_rank(1, home), signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - killed < 30, err
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "writing a checkpoint" not in err
+    assert "error: rank 1 of 2 was killed by SIGKILL." in err and "another rank of this 2-rank job stopped" in err
+    run = Registry(home).resolve("run-1")
+    assert run.status() == "interrupted"
+    step = _meta(home)["checkpoints"][-1]["step"]
+    run_cli("resume", "run-1", "--steps", str(step + 200), *TWO, home=home, check=True)
+    assert _meta(home)["status"] == "finished" and _meta(home)["progress"]["env_steps"] == step + 200
+
+
+def test_sigint_to_the_launcher_leaves_one_last_checkpoint_and_exit_130(tmp_path: Path):
+    home = tmp_path / "home"
+    proc = start(["train", "catch", *fast_args(), "--steps", "100000", *TWO], home)
+    _first_checkpoint(home)
+    os.kill(proc.pid, signal.SIGINT)  # the launcher alone: it tells the ranks
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "dreamctl resume run-1" in err and "Traceback" not in err
+    meta = _meta(home)
+    assert meta["status"] == "interrupted"
+    assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"]  # the checkpoint of the stop itself
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_one_host_train_one_run(tmp_path: Path):
+    """Two `torchrun --nnodes 2` launches, each with its own registry home as if on its own machine: the job trains,
+    and only the machine of rank 0 holds the run."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun
+    port = _free_port()
+    homes = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    launch = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+    launch += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines", "-m", "dreamctl"]
+    procs = [
+        subprocess.Popen(
+            [*launch, "train", "catch", *fast_args(), "--steps", "400"],
+            env={**os.environ, "DREAMCTL_HOME": str(home), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for home in homes
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    with_run = [home for home in homes if (home / "runs" / "run-1").exists()]
+    assert len(with_run) == 1 and not any((home / "runs").exists() for home in homes if home not in with_run)
+    meta = _meta(with_run[0])
+    assert meta["status"] == "finished" and meta["progress"]["env_steps"] == 400 and meta["ranks"]["world_size"] == 2

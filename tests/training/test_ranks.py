@@ -1,0 +1,111 @@
+"""Data-parallel ranks: row-consistent noise, and one update of 2 gloo ranks on half-batches equals one process's
+update on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import random_batch, tiny_config
+
+from dreamctl.model.agent import Agent
+from dreamctl.model.noise import set_row_shard, uniform_like
+from dreamctl.training.ranks import join
+
+CASES = {
+    "catch": ("train.batch_size=4",),
+    "two agents, attention, central critic": (
+        "train.batch_size=4",
+        "multi.communication=attention",
+        "multi.critic=central",
+    ),
+}
+AGENTS = {"catch": 1, "two agents, attention, central critic": 2}
+
+TOLERANCE = 1e-6
+"""Parameters after one update, float32. The ranks compute the same rows as the single process, but the batch
+reductions (loss means, weight gradients) sum in another order and the all_reduce adds the two halves' means, so
+gradients differ by float32 round-off, ~1e-7 relative. Adam's first step moves every parameter by lr * g / (|g| +
+eps) with lr <= 6e-4: a relative change of 1e-7 in g moves it by at most ~1e-10, and a gradient near zero, where the
+ratio is steepest, by lr * |dg| / eps = 6e-4 * 1e-12 / 1e-5 (g ~ 1e-5, dg ~ 1e-12). 1e-6 bounds both with room;
+a mistake (an unaveraged or a summed gradient, mismatched noise) moves parameters by ~lr = 1e-4 or more."""
+
+
+@pytest.fixture(autouse=True)
+def single_process_noise():
+    yield
+    set_row_shard(0, 1)
+
+
+def test_each_rank_draws_its_rows_of_the_whole_batch():
+    x = torch.zeros(3, 5, 2)
+    torch.manual_seed(7)
+    whole = torch.rand(6, 5, 2)
+    blocks = []
+    for rank in range(2):
+        set_row_shard(rank, 2)
+        torch.manual_seed(7)
+        blocks.append(uniform_like(x))
+    assert torch.equal(torch.cat(blocks), whole)
+    set_row_shard(0, 1)
+    torch.manual_seed(7)
+    assert torch.equal(uniform_like(torch.zeros(6, 5, 2)), whole)  # one process draws exactly that
+    with pytest.raises(ValueError):
+        set_row_shard(2, 2)
+
+
+def _agent(case: str, average=None) -> Agent:
+    cfg = tiny_config(*CASES[case])
+    torch.manual_seed(0)
+    return Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=AGENTS[case], average_gradients=average)
+
+
+def _update(agent: Agent, batch: dict) -> None:
+    torch.manual_seed(1)
+    agent.train_step(batch)
+
+
+def _rank(rank: int, world: int, port: int, case: str, out: Path) -> None:
+    os.environ.update(
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    ranks = join()
+    try:
+        agent = _agent(case, ranks.average_gradients)
+        batch = random_batch(agent.cfg)
+        rows = agent.cfg.train.batch_size // world
+        _update(agent, {k: v[rank * rows : (rank + 1) * rows] for k, v in batch.items()})
+        torch.save(agent.state_dict(), out / f"rank{rank}.pt")
+    finally:
+        ranks.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_on_half_batches_update_as_one_process_on_the_whole_batch(case: str, tmp_path: Path):
+    mp.start_processes(_rank, args=(2, _free_port(), case, tmp_path), nprocs=2, start_method="spawn")
+    single = _agent(case)
+    before = {k: v.clone() for k, v in single.state_dict().items()}
+    _update(single, random_batch(single.cfg))
+    expected = single.state_dict()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        moved = 0
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=TOLERANCE, msg=f"rank {rank}: {key}")
+            moved += int(not torch.equal(value, before[key]))
+        assert moved > len(expected) // 2  # the update moved most parameters, which the ranks followed
