@@ -120,11 +120,12 @@ def finish(outcome, caught, verb: str) -> None:
         if not outcome.finished:
             raise typer.Exit(130 if caught["signal"] == signal.SIGINT else 143)
         return
+    nproc = f" --nproc {outcome.ranks}" if outcome.ranks > 1 else ""
     if not outcome.finished:
         code = 130 if caught["signal"] == signal.SIGINT else 143
         err.print(
             f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
-            f"`dreamctl resume {run.ref}`."
+            f"`dreamctl resume {run.ref}{nproc}`."
         )
         raise typer.Exit(code)
     ret = "-" if outcome.last_return is None else f"{outcome.last_return:g}"
@@ -132,7 +133,7 @@ def finish(outcome, caught, verb: str) -> None:
     out.print(f"Files: {run.path}")
     out.print(
         f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"
-        f" · [bold]dreamctl resume {run.ref} --steps N[/bold]"
+        f" · [bold]dreamctl resume {run.ref} --steps N{nproc}[/bold]"
     )
 
 

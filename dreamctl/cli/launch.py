@@ -11,6 +11,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 SHUTDOWN_SECONDS = 120
 """How long the launcher waits, once stopped, for the ranks to write their last checkpoint before killing them."""
@@ -53,6 +54,9 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    extra: dict[str, Any] = {}
+    if "shutdown_timeout" in LaunchConfig.__dataclass_fields__:  # older torch waits its fixed 30 s
+        extra["shutdown_timeout"] = SHUTDOWN_SECONDS
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -62,7 +66,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` picks
         max_restarts=0,  # a failed rank stops the job; `dreamctl resume` continues it from its last checkpoint
         monitor_interval=0.5,
-        shutdown_timeout=SHUTDOWN_SECONDS,
+        **extra,
     )
     try:
         elastic_launch(config, sys.executable)("-m", "dreamctl", *argv)
@@ -70,7 +74,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         for rank, failure in sorted(exc.failures.items()):
-            if rank != 0 and failure.exitcode < 0:  # rank 0 says itself why it stopped, a killed rank cannot
+            if failure.exitcode < 0:  # a rank that failed says why in one sentence; a killed one cannot
                 print(
                     f"error: rank {rank} of {nproc} was killed by {signal.Signals(-failure.exitcode).name}.",
                     file=sys.stderr,

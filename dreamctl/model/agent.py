@@ -66,6 +66,7 @@ class Agent(nn.Module):
         feat = self.world_model.rssm.feat_dim
         self.behavior = ActorCritic(cfg.behavior, cfg.model, feat, action_dim, discrete, agents, cfg.multi)
         self.to(self.device)
+        self._register_load_state_dict_pre_hook(_rename_old_parameters)
         t = cfg.train
         use_scaler = self.amp_dtype == torch.float16
         self.optimizers = {
@@ -151,6 +152,27 @@ class Agent(nn.Module):
         return out
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        tensors = {_current_name(k): v for k, v in tensors.items()}
         self.load_state_dict({k[len("agent/") :]: v for k, v in tensors.items() if k.startswith("agent/")})
         for name, opt in self.optimizers.items():
             opt.load_state_tensors(tensors, f"optim/{name}/")
+
+
+RENAMED = (
+    ("communication.encoder.layers.", "communication.layers."),
+    ("attention.encoder.layers.", "attention.layers."),
+)
+"""Checkpoints written before the attention layers were dreamctl's own (model/attention.py) reached them through
+nn.TransformerEncoder's `encoder.layers`; the parameters are the same, so they load under the new names."""
+
+
+def _current_name(key: str) -> str:
+    for old, new in RENAMED:
+        key = key.replace(old, new)
+    return key
+
+
+def _rename_old_parameters(state_dict: dict[str, Tensor], *_: object) -> None:
+    """load_state_dict's pre-hook: the networks of an older checkpoint under today's names (see RENAMED)."""
+    for key in [k for k in state_dict if _current_name(k) != k]:
+        state_dict[_current_name(key)] = state_dict.pop(key)

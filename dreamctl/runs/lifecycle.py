@@ -46,6 +46,7 @@ class Outcome:
     finished: bool  # False when stopped early (signal)
     env_steps: int
     last_return: float | None
+    ranks: int = 1  # data-parallel ranks, which a resume must use again
 
 
 class RunHooks(Hooks):
@@ -155,8 +156,8 @@ def train(
     """Create a run in the registry and train it to cfg.train.steps agent steps (as one of torchrun's ranks when
     it started this process)."""
     cfg = prepare(cfg)
-    device = configure_torch(cfg)
     ranks = join() if launched_ranks() else None
+    device = configure_torch(cfg)
     rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
     env = make_env(cfg.env, env_seed(cfg, 0, False, rank))
     try:
@@ -338,7 +339,7 @@ def _execute(
                 m["score"] = window_score(run, trainer, cfg)
 
         run.update(close)
-        return Outcome(run, finished, trainer.env_steps, trainer.last_return)
+        return Outcome(run, finished, trainer.env_steps, trainer.last_return, trainer.world)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, DreamctlError) else f"{type(exc).__name__}: {exc}"
         status = "interrupted" if isinstance(exc, RankLost) else "failed"  # a lost rank is no fault of the run's

@@ -168,8 +168,19 @@ def configure_torch(cfg: Config) -> torch.device:
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.run.device)
-    if launched is not None and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if launched is not None and device.type == "cuda":
+        if device.index is not None:
+            raise UsageError(
+                f"--device {device} puts every rank on one GPU; with several ranks each takes the GPU of its local "
+                "rank, so pass --device cuda."
+            )
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(
+                f"this machine has {torch.cuda.device_count()} GPU(s) for {launched[2]} ranks; start at most one rank "
+                "per GPU, or train on the CPU with --device cpu."
+            )
+        device = torch.device("cuda", local_rank)
     if (
         resolve_precision(cfg.run.precision, device) == torch.bfloat16
         and device.type == "cpu"

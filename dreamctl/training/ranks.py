@@ -134,13 +134,14 @@ def launched_ranks() -> tuple[int, int, int] | None:
 
 
 def join() -> Ranks:
-    """Join the job torchrun started: gloo for CPU tensors and, where CUDA is, nccl for CUDA tensors (one GPU per
-    rank on each machine: the local rank's). Object exchanges go through gloo."""
+    """Join the job torchrun started: gloo for CPU tensors and, where this local rank has a GPU, nccl for CUDA
+    tensors (one GPU per rank on each machine: the local rank's). Object exchanges go through gloo."""
     launched = launched_ranks()
     assert launched is not None, "join() runs only in a process that torchrun started"
     rank, world, local_world = launched
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT)
     else:
         dist.init_process_group("gloo", timeout=TIMEOUT)

@@ -80,9 +80,8 @@ def restore_trainer(
     cursor = int(info["replay_cursor"])
     for index in trainer.chunks_needed(cursor):
         trainer.replay.write_rows(index * chunk, load_chunk(index))
-    trainer.replay.write_rows(
-        cursor // chunk * chunk, {key: tensors[f"replay/{key}"].numpy() for key in trainer.replay.data}
-    )
+    tail = {key: tensors[f"replay/{key}"].numpy() for key in trainer.replay.data if f"replay/{key}" in tensors}
+    trainer.replay.write_rows(cursor // chunk * chunk, tail)  # fields older checkpoints lack: see ABSENT_MEANS
     trainer.env_steps, trainer.updates = int(info["env_steps"]), int(info["updates"])
     trainer.episodes, trainer.wall_time = int(info["episodes"]), float(info["wall_time"])
     trainer.last_return = info["last_return"]

@@ -140,3 +140,24 @@ def test_the_name_resolves(name):
     from dreamctl.envs import resolve
 
     assert resolve(name) == "catch2"
+
+
+def test_a_checkpoint_from_before_agents_could_finish_early_restores():
+    """Checkpoints written before `is_present` was kept have no such replay field: its rows mean every agent present."""
+    import torch
+
+    from dreamctl.training.state import restore_trainer, trainer_state
+    from dreamctl.training.trainer import Trainer
+
+    cfg = load_config("catch2", ["model.cnn_depth=4", "model.deter=32", "model.hidden=32", "model.mlp_units=32"])
+    cfg.train.prefill = 10**6
+    trainer = Trainer(cfg, make_env(cfg.env, seed=0), torch.device("cpu"))
+    trainer.run(40)
+    tensors, meta = trainer_state(trainer)
+    del tensors["replay/is_present"]
+    restored = Trainer(cfg, make_env(cfg.env, seed=0), torch.device("cpu"))
+    assert restore_trainer(restored, tensors, meta, lambda index: trainer.replay.rows(0, 0))
+    assert (
+        restored.replay.cursor == trainer.replay.cursor
+        and restored.replay.data["is_present"][: trainer.replay.cursor].all()
+    )

@@ -215,3 +215,27 @@ def test_agents_that_finished_early_contribute_no_loss_and_are_not_attended_to()
     present_agent = absent.roll(-1, 0)  # row 0: agent 0 of world 0, the same steps
     differ = _losses(agent, _rows_changed(batch, present_agent, seed=5))
     assert all(differ[name] != expected[name] for name in expected)
+
+
+def test_a_checkpoint_of_torchs_encoder_names_loads_with_its_optimizer_moments():
+    """Attention checkpoints from before dreamctl's own encoder layer named its parameters `encoder.layers.<i>`."""
+    cfg = tiny_config("train.batch_size=4", "multi.communication=attention", "multi.critic=central")
+    torch.manual_seed(0)
+    trained = Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=2)
+    trained.train_step(random_batch(cfg))
+    saved = trained.state_tensors()
+    old = {
+        k.replace("communication.layers.", "communication.encoder.layers.").replace(
+            "attention.layers.", "attention.encoder.layers."
+        ): v
+        for k, v in saved.items()
+    }
+    assert old.keys() != saved.keys()
+    fresh = Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=2)
+    fresh.load_state_tensors(old)
+    for key, value in fresh.state_tensors().items():
+        assert torch.equal(value, saved[key]), key
+    networks_only = Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=2)  # as `eval` loads a checkpoint
+    networks_only.load_state_dict({k[len("agent/") :]: v for k, v in old.items() if k.startswith("agent/")})
+    for key, value in networks_only.state_dict().items():
+        assert torch.equal(value, saved[f"agent/{key}"]), key
