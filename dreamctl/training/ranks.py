@@ -108,8 +108,15 @@ class Ranks:
         return box[0]  # type: ignore[return-value]
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the job together: a rank that tore its group down while another still used it aborted at exit
+        ("terminate called without an active exception"), failing a run that had finished."""
+        if not dist.is_initialized():
+            return
+        try:
+            dist.barrier()
+        except (RuntimeError, ConnectionError):
+            pass  # another rank is gone already: nothing left to wait for
+        dist.destroy_process_group()
 
     def _call(self, collective: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:
