@@ -9,6 +9,7 @@ over env copies); one agent step is `env.action_repeat` emulator frames.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -397,6 +398,8 @@ def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
 
 
 def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
+    if kind in (int, float) and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 3e-2 and 1e5 (no dot) as strings; they mean numbers
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         text = str(value)
@@ -416,6 +419,9 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
     elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise UsageError(f"{key} in {source} must be {_type_name(kind)}, got {value!r}.")
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(kind: Any) -> str:

@@ -122,3 +122,17 @@ def test_overrides_do_not_mutate_the_original():
     base = Config()
     apply_overrides(base, ["model.deter=7"])
     assert base.model.deter == 600
+
+
+@given(st.floats(1e-12, 1e12, allow_nan=False, allow_infinity=False))
+def test_float_overrides_in_exponent_notation_are_numbers(value):
+    """YAML 1.1 reads 3e-2 (an exponent without a dot) as a string; a config key that wants a number takes it."""
+    mantissa, exponent = f"{value:.3e}".split("e")
+    text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    assert apply_overrides(Config(), [f"behavior.actor_entropy={text}"]).behavior.actor_entropy == float(text)
+
+
+def test_exponent_notation_sets_integers_only_when_whole():
+    assert apply_overrides(Config(), ["train.steps=1e5"]).train.steps == 100_000
+    with pytest.raises(UsageError, match=r"train\.steps in --set must be an integer"):
+        apply_overrides(Config(), ["train.steps=1.5e0"])

@@ -8,9 +8,9 @@ import sys
 from typer.exceptions import Abort, TyperException
 
 from dreamctl.cli.app import app
-from dreamctl.cli.launch import is_follower
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.terminal import err
+from dreamctl.training.launched import is_follower
 
 # Each module registers its commands on `app`, in the order `--help` lists them.
 # isort: off

@@ -17,16 +17,6 @@ SHUTDOWN_SECONDS = 120
 """How long the launcher waits, once stopped, for the ranks to write their last checkpoint before killing them."""
 
 
-def is_ranked() -> bool:
-    """Whether torchrun or `--nproc` started this process as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_follower() -> bool:
-    """Whether this process is a rank other than 0, which prints nothing unless it fails on its own."""
-    return is_ranked() and int(os.environ.get("RANK", "0")) > 0
-
-
 def without_nproc(argv: Sequence[str]) -> list[str]:
     """The command line with its `--nproc N` / `--nproc=N` removed: what each rank runs."""
     out: list[str] = []

@@ -11,8 +11,9 @@ from typing import List, Optional
 import typer
 
 from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
-from dreamctl.cli.launch import is_follower, is_ranked, launch, without_nproc
+from dreamctl.cli.launch import launch, without_nproc
 from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
+from dreamctl.training.launched import is_follower, launched_ranks
 
 NPROC = typer.Option(
     1,
@@ -96,7 +97,7 @@ def train(
         lifecycle as runs,  # after the checks above, so that a mistake is answered without loading torch
     )
 
-    estimate = None if is_ranked() else _estimate(cfg)  # ranks: rank 0 shows the job's observed speed
+    estimate = None if launched_ranks() else _estimate(cfg)  # ranks: rank 0 shows the job's observed speed
     if estimate is not None:
         out.print(estimate_line(estimate, cfg))
     remaining = None if estimate is None else (lambda p: estimate.seconds(cfg, p.env_steps, p.updates))

@@ -34,7 +34,8 @@ from dreamctl.runs.system import (
     versions,
 )
 from dreamctl.scores import summarize
-from dreamctl.training.ranks import RankLost, Ranks, host_name, join, launched_ranks
+from dreamctl.training.launched import launched_ranks
+from dreamctl.training.ranks import RankLost, Ranks, host_name, join
 from dreamctl.training.rollout import greedy_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
@@ -84,18 +85,18 @@ class RunHooks(Hooks):
             self.run.update(lambda m: m.update(progress=record))
 
     def on_episode(self, episode: Episode) -> None:
-        self.logger.episode(
-            episode.end_step,
-            {
-                "return": episode.ret,
-                "length": episode.length,
-                "frames": episode.frames,
-                "capped": episode.capped,
-                "frame": episode.end_frame,
-                "wall_time": episode.wall_time,
-                "env": episode.env_index,
-            },
-        )
+        record = {
+            "return": episode.ret,
+            "length": episode.length,
+            "frames": episode.frames,
+            "capped": episode.capped,
+            "frame": episode.end_frame,
+            "wall_time": episode.wall_time,
+            "env": episode.env_index,
+        }
+        if episode.won is not None:
+            record["won"] = episode.won
+        self.logger.episode(episode.end_step, record)
 
     def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
         every_rank = [rows] if self.ranks is None else self.ranks.gather(rows)

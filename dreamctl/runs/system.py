@@ -158,13 +158,13 @@ def configure_torch(cfg: Config) -> torch.device:
     """Threads, allocator and device of this process. A process that torchrun started as one of several ranks
     on a machine takes its share of the CPU's threads (unless run.threads says otherwise) and, on CUDA, the GPU
     of its local rank."""
-    from dreamctl.training.ranks import launched_ranks
+    from dreamctl.training.launched import launched_ranks
 
     keep_freed_memory()
     launched = launched_ranks()
     threads = cfg.run.threads
     if not threads and launched is not None:
-        threads = max(1, (os.cpu_count() or 1) // launched[2])
+        threads = max(1, (os.cpu_count() or 1) // launched.local_world)
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.run.device)
@@ -177,8 +177,8 @@ def configure_torch(cfg: Config) -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
             raise UsageError(
-                f"this machine has {torch.cuda.device_count()} GPU(s) for {launched[2]} ranks; start at most one rank "
-                "per GPU, or train on the CPU with --device cpu."
+                f"this machine has {torch.cuda.device_count()} GPU(s) for {launched.local_world} ranks; start at most "
+                "one rank per GPU, or train on the CPU with --device cpu."
             )
         device = torch.device("cuda", local_rank)
     if (

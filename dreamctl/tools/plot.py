@@ -1,11 +1,13 @@
 """`dreamctl plot`: learning curves read from runs' logs, drawn headless (matplotlib's Agg backend).
 
 The first panel is the training episodes' returns: each raw value faint, a trailing moving average bold, the
-evaluations of run.yaml as points with their standard deviation. Each `--metric` name from metrics.jsonl adds a
-panel below it. `group` draws, per group of runs, the mean of their smoothed curves with a min-max band on the
-x range they all cover. Reference scores join where dreamctl knows them: the gamer-normalised score on a second
-axis for Atari, DreamerV2's published return as a line for DMC. Everything drawn is also returned as rows,
-which `--data out.csv` writes, so a reader can check the figure against the logs.
+evaluations of run.yaml as points with their standard deviation. Runs of battles (smax:) add a panel of the share
+of battles won, in training (a moving average of each battle's 0 or 100 %) and in evaluations (points). Each
+`--metric` name from metrics.jsonl adds a panel below them. `group` draws, per group of runs, the mean of their
+smoothed curves with a min-max band on the x range they all cover. Reference scores join where dreamctl knows
+them: the gamer-normalised score on a second axis for Atari, DreamerV2's published return as a line for DMC.
+Everything drawn is also returned as rows, which `--data out.csv` writes, so a reader can check the figure against
+the logs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ X_AXES = ("steps", "frames", "hours")
 GROUP_KEYS = ("env", "preset", "seed")
 FORMATS = (".png", ".svg", ".pdf")
 RETURN = "return"  # the first panel's name
+WON = "battles won"  # the panel of runs of battles
 BAND_POINTS = 200  # x positions where a group's curves are averaged
 X_LABELS = {"steps": "agent steps", "frames": "frames", "hours": "hours of training"}
 
@@ -42,6 +45,10 @@ class RunLog:
     episodes: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     metrics: list[dict[str, Any]]
+
+    def fought_battles(self) -> bool:
+        """Whether the run's env is one of battles: its episodes or evaluations say which were won."""
+        return any("won" in e for e in self.episodes) or any(e.get("win_rate") is not None for e in self.evals)
 
     def clock(self) -> tuple[np.ndarray, np.ndarray]:
         """(agent steps, training seconds) pairs from every log line that carries the training time."""
@@ -97,8 +104,12 @@ def auto_window(n: int) -> int:
 
 
 def panel_series(log: RunLog, panel: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of one panel of one run: episode returns for `RETURN`, else the metric's logged values."""
-    if panel == RETURN:
+    """(x, y) of one panel of one run: episode returns for `RETURN`, each battle's 0 or 100 (% won) for `WON`, else
+    the metric's logged values. With several agents every agent logs its world's episodes, so each battle counts
+    once per agent, which leaves the share won as it is."""
+    if panel == WON:
+        records = [(e["step"], 100.0 * e["won"]) for e in log.episodes if "won" in e]
+    elif panel == RETURN:
         if axis == "hours" and log.episodes and all("wall_time" in e for e in log.episodes):
             # Each episode's own training time: a metrics line of the same step may have been logged a tick later.
             hours = np.array([e["wall_time"] / 3600.0 for e in log.episodes])
@@ -175,12 +186,13 @@ def plot(
             raise UsageError(f"{log.ref} has no finished episode or evaluation yet; plot it once it has.")
     check_metrics(logs, metrics)
     groups = group_logs(logs, group)
-    panels = [RETURN, *metrics]
+    battles = any(log.fought_battles() for log in logs)
+    panels = [RETURN, *([WON] if battles else []), *metrics]
 
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: the Agg canvas, whatever backend the process uses
 
-    fig = Figure(figsize=(8, 3.2 + 2.4 * len(metrics)))
+    fig = Figure(figsize=(8, 3.2 + 2.4 * (len(panels) - 1)))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     rows: list[dict[str, Any]] = []
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -193,7 +205,7 @@ def plot(
                 _draw_run(ax, panel, members[0], x_axis, window, color, rows)
     references = _references(axes[0, 0], logs)
     for panel, ax in zip(panels, axes[:, 0], strict=True):
-        ax.set_ylabel("episode return" if panel == RETURN else panel)
+        ax.set_ylabel({RETURN: "episode return", WON: "battles won (%)"}.get(panel, panel))
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(X_LABELS[x_axis])
     axes[0, 0].legend(fontsize="small", loc="best")
@@ -226,6 +238,12 @@ def _draw_run(ax, panel: str, log: RunLog, axis: str, window: int | None, color:
         std = np.array([e["std"] for e in log.evals])
         ax.errorbar(ex, mean, yerr=std, fmt="o", color=color, capsize=3, markeredgecolor="black")
         _record(rows, panel, log.label, "eval", ex, mean, std)
+    fought = [e for e in log.evals if e.get("win_rate") is not None]
+    if panel == WON and fought:
+        ex = log.x([e["step"] for e in fought], axis)
+        won = np.array([100.0 * e["win_rate"] for e in fought])
+        ax.plot(ex, won, "o", color=color, markeredgecolor="black")
+        _record(rows, panel, log.label, "eval", ex, won)
 
 
 def _draw_group(

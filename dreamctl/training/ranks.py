@@ -18,7 +18,6 @@ A collective that fails (another rank died) raises RankLost: the caller records 
 from __future__ import annotations
 
 import datetime
-import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from dreamctl.errors import DreamctlError
 from dreamctl.model.noise import set_row_shard
+from dreamctl.training.launched import launched_ranks
 
 T = TypeVar("T")
 
@@ -132,28 +132,18 @@ class Ranks:
             ) from None
 
 
-def launched_ranks() -> tuple[int, int, int] | None:
-    """(rank, world size, local world size) when torchrun or `--nproc` started this process as one of several."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
-
-
 def join() -> Ranks:
     """Join the job torchrun started: gloo for CPU tensors and, where this local rank has a GPU, nccl for CUDA
     tensors (one GPU per rank on each machine: the local rank's). Object exchanges go through gloo."""
     launched = launched_ranks()
     assert launched is not None, "join() runs only in a process that torchrun started"
-    rank, world, local_world = launched
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
-        torch.cuda.set_device(local_rank)
+    if torch.cuda.is_available() and launched.local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(launched.local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT)
     else:
         dist.init_process_group("gloo", timeout=TIMEOUT)
-    set_row_shard(rank, world)
-    return Ranks(rank, world, local_world)
+    set_row_shard(launched.rank, launched.world)
+    return Ranks(launched.rank, launched.world, launched.local_world)
 
 
 def host_name() -> str:

@@ -38,6 +38,7 @@ class Episode:
     end_step: int  # the run's agent-step counter when it ended
     end_frame: int
     wall_time: float  # the run's training seconds when it ended (resumes continue the count)
+    won: bool | None = None  # envs of battles (smax:): whether the battle was won; None elsewhere
 
 
 COLLAPSE_KL = 0.1
@@ -205,7 +206,7 @@ class Trainer:
             self.hooks.on_chunk(index, self.replay.rows(index * chunk, self.replay.cursor))
 
     def _track_episodes(self, step: Step) -> None:
-        repeat = self.env.spec.action_repeat
+        repeat, agents, won = self.env.spec.action_repeat, self.env.spec.num_agents, self.env.won
         for done in self.episodes_running.update(step):
             episode = Episode(
                 done.env_index,
@@ -216,6 +217,7 @@ class Trainer:
                 self.env_steps,
                 self.env_steps * repeat,
                 self.wall_time,
+                None if won is None else bool(won[done.env_index // agents]),
             )
             if self.ranks is None:
                 self._count_episode(episode)

@@ -332,3 +332,20 @@ def test_plot_refuses_what_it_cannot_draw(tmp_path):
     with pytest.raises(UsageError, match="cover no common range"):
         plot([early, late], tmp_path / "p.png", group=["env"])
     assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_of_battles_draws_the_share_won(tmp_path):
+    """Training battles as 0 / 100 % points and their moving average, evaluations' win rates as points; runs
+    without battles get no such panel."""
+    run = fake_run(tmp_path, "smax:3m", "smax", [])
+    won = [False, True, True, False]
+    lines = [{"step": 10 * (i + 1), "return": 0.5, "won": w, "wall_time": i} for i, w in enumerate(won)]
+    (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run.update(lambda m: m.update(evals=[{"step": 40, "episodes": 20, "mean": 0.6, "std": 0.1, "win_rate": 0.35}]))
+    result = plot([run], tmp_path / "p.png", window=2)
+    assert result["panels"] == ["return", "battles won"]
+    rows = [r for r in result["rows"] if r["panel"] == "battles won"]
+    assert [r["y"] for r in rows if r["kind"] == "raw"] == [0.0, 100.0, 100.0, 0.0]
+    assert [r["y"] for r in rows if r["kind"] == "smoothed"] == [0.0, 50.0, 100.0, 50.0]
+    assert [(r["x"], r["y"]) for r in rows if r["kind"] == "eval"] == [(40.0, 35.0)]
+    assert plot([fake_run(tmp_path, "catch", "debug", range(1, 5))], tmp_path / "q.png")["panels"] == ["return"]

@@ -104,6 +104,22 @@ def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp
     assert "% won" in run_cli("list", home=home, check=True).stdout
 
 
+def test_training_logs_which_battles_were_won_and_plot_draws_the_share(tmp_path: Path):
+    """Random play (all prefill) over enough steps for battles to end: each ended episode says whether its battle
+    was won, a world's agents agree, and `plot` adds the panel of battles won."""
+    home = tmp_path / "home"
+    sets = ["--set", "train.prefill=3000", "--set", "env.num_envs=4", "--set", "train.batch_size=6"]
+    run_cli("train", "smax:3m", "--steps", "3000", *fast_args(), *sets, home=home, check=True)
+    episodes = [json.loads(line) for line in (home / "runs" / "run-1" / "episodes.jsonl").read_text().splitlines()]
+    assert episodes and all(isinstance(e["won"], bool) for e in episodes)
+    by_battle: dict[tuple[int, int], set[bool]] = {}
+    for e in episodes:
+        by_battle.setdefault((e["step"], e["env"] // 3), set()).add(e["won"])
+    assert all(len(outcomes) == 1 for outcomes in by_battle.values())
+    drawn = run_cli("plot", "latest", "--out", str(tmp_path / "p.png"), home=home, check=True).stdout
+    assert "panels return, battles won" in drawn
+
+
 def test_600_steps_in_one_go_equal_300_then_resume(tmp_path: Path):
     """Mid-battle at 300 agent steps: the battles, the PRNG key and the units' presence continue bit for bit."""
     args = ["train", "smax:3m", "--seed", "4", *fast_args(), "--set", "train.batch_size=6"]
