@@ -182,8 +182,8 @@ def plot(
     data: Optional[Path] = typer.Option(None, "--data", help="Also write every drawn point to this CSV file."),
     home: Optional[Path] = Home,
 ) -> None:
-    """Draw learning curves: training returns (raw faint, smoothed bold), evaluations with their std, and any
-    logged metric, for one run or several overlaid.
+    """Draw learning curves: training returns (raw faint, smoothed bold), evaluations with their std, the share of
+    battles won (smax: runs), and any logged metric, for one run or several overlaid.
 
     Example: [bold]dreamctl plot run-3 run-4 --metric loss/kl[/bold] or
     [bold]dreamctl plot 1 2 3 --group env,preset --out seeds.png[/bold]
