@@ -18,6 +18,8 @@ class DreamctlError(Exception):
     """A failure the user should read about, not debug: exit status 1."""
 
     exit_code = 1
+    said_elsewhere = False
+    """Set where another process already told the user (rank 0 of a job relays its refusal to the other ranks)."""
 
 
 class UsageError(DreamctlError):

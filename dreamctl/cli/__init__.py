@@ -26,7 +26,8 @@ def main() -> None:
     except DreamctlError as exc:
         if debug:
             raise
-        if not (is_follower() and isinstance(exc, UsageError)):  # rank 0 refuses the same command itself
+        # Rank 0 refuses the same command itself, and says what it relays to the other ranks.
+        if not (exc.said_elsewhere or (is_follower() and isinstance(exc, UsageError))):
             err.print(f"error: {exc}", markup=False, highlight=False)
         code = exc.exit_code
     except TyperException as exc:  # the command line itself is wrong: bad option, missing argument, bad value

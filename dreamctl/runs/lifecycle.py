@@ -10,6 +10,7 @@ it (runs/sharded.py).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -253,8 +254,9 @@ def _resume(
     except DreamctlError as exc:
         _tell_followers(ranks, exc)
         raise
-    with run.locked():
+    with contextlib.ExitStack() as held:
         try:
+            held.enter_context(run.locked())
             run.remove_temp_files()
             meta = run.meta()
             trained_by = int(meta.get("ranks", {}).get("world_size", 1))

@@ -89,6 +89,7 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
     raises too); the rank trains beside it. Returns the trainer and whether it finished."""
     plan: dict[str, Any] = ranks.broadcast(None)
     if "error" in plan:
+        plan["error"].said_elsewhere = True
         raise plan["error"]
     cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
     device = configure_torch(cfg)

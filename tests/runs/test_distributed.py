@@ -34,6 +34,10 @@ def test_600_steps_with_two_ranks_equal_300_then_resume(tmp_path: Path):
     run_cli(*args, "--steps", "300", *TWO, home=split, check=True)
     refused = run_cli("resume", "run-1", "--steps", "600", home=split)
     assert refused.returncode == 2 and "--nproc 2" in refused.stderr and refused.stderr.count("\n") == 1
+    with Registry(split).resolve("run-1").locked():  # a run another process trains: every rank stops, one says why
+        busy = run_cli("resume", "run-1", "--steps", "600", *TWO, home=split)
+    assert busy.returncode == 1 and "being trained by another process" in busy.stderr, busy.stderr
+    assert busy.stderr.count("\n") == 1, busy.stderr
     run_cli("resume", "run-1", "--steps", "600", *TWO, home=split, check=True)
     assert_identical(whole, split)
     tensors, meta, chunks = final_state(split)
