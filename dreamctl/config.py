@@ -9,6 +9,7 @@ over env copies); one agent step is `env.action_repeat` emulator frames.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import typing
@@ -399,7 +400,8 @@ def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
 
 def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
     if kind in (int, float) and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads 3e-2 and 1e5 (no dot) as strings; they mean numbers
+        # YAML 1.1 reads an exponent without a dot or without a sign (3e-2, 1.5e5) as a string; it means a number.
+        value = float(value) if math.isfinite(float(value)) else value
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         text = str(value)

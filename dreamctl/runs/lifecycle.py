@@ -251,7 +251,7 @@ def _resume(
                 f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
                 f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead."
             )
-    except DreamctlError as exc:
+    except Exception as exc:
         _tell_followers(ranks, exc)
         raise
     with contextlib.ExitStack() as held:
@@ -279,7 +279,7 @@ def _resume(
             cfg.train.steps = target
             cfg = prepare(cfg)
             tensors, metadata = run.load_checkpoint(entry) if entry else ({}, {})
-        except DreamctlError as exc:
+        except Exception as exc:
             _tell_followers(ranks, exc)
             raise
         resumes = sum(1 for h in meta.get("history", []) if h.get("event") == "resumed")
@@ -322,10 +322,12 @@ def _resume(
             env.close()
 
 
-def _tell_followers(ranks: Ranks | None, exc: DreamctlError) -> None:
-    """Send rank 0's refusal to the other ranks, which raise it too (and stay silent: rank 0 says it)."""
+def _tell_followers(ranks: Ranks | None, exc: Exception) -> None:
+    """Send rank 0's refusal or failure before the plan to the other ranks, which raise it too (and stay silent:
+    rank 0 says it), rather than wait for a plan that will not come."""
     if ranks is not None:
-        ranks.broadcast({"error": exc})
+        relayed = exc if isinstance(exc, DreamctlError) else DreamctlError(f"rank 0 could not resume the run: {exc}")
+        ranks.broadcast({"error": relayed})
 
 
 def _execute(

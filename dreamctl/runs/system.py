@@ -174,13 +174,12 @@ def configure_torch(cfg: Config) -> torch.device:
                 f"--device {device} puts every rank on one GPU; with several ranks each takes the GPU of its local "
                 "rank, so pass --device cuda."
             )
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
+        if launched.local_world > torch.cuda.device_count():  # every rank refuses, rank 0 too, so rank 0 says why
             raise UsageError(
                 f"this machine has {torch.cuda.device_count()} GPU(s) for {launched.local_world} ranks; start at most "
                 "one rank per GPU, or train on the CPU with --device cpu."
             )
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", launched.local_rank)
     if (
         resolve_precision(cfg.run.precision, device) == torch.bfloat16
         and device.type == "cpu"

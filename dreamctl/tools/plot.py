@@ -2,7 +2,8 @@
 
 The first panel is the training episodes' returns: each raw value faint, a trailing moving average bold, the
 evaluations of run.yaml as points with their standard deviation. Runs of battles (smax:) add a panel of the share
-of battles won, in training (a moving average of each battle's 0 or 100 %) and in evaluations (points). Each
+of battles won, in training (a moving average of each battle's 0 or 100 %, a battle counted once however many
+allies fought it) and in evaluations (points). Each
 `--metric` name from metrics.jsonl adds a panel below them. `group` draws, per group of runs, the mean of their
 smoothed curves with a min-max band on the x range they all cover. Reference scores join where dreamctl knows
 them: the gamer-normalised score on a second axis for Atari, DreamerV2's published return as a line for DMC.
@@ -42,6 +43,7 @@ class RunLog:
     label: str
     info: dict[str, Any]  # env, preset, seed: what --group can key on
     action_repeat: int
+    agents: int  # agents per world: each logs its world's episodes
     episodes: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     metrics: list[dict[str, Any]]
@@ -83,6 +85,7 @@ def read_run(run: Run) -> RunLog:
         f"{run.ref}{name} · {info['env']} · {info['preset']} · seed {info['seed']}",
         info,
         int((meta.get("env_spec") or {}).get("action_repeat", 1)),
+        int((meta.get("env_spec") or {}).get("agents", 1)),
         read_jsonl(run.path / "episodes.jsonl"),
         sorted(meta.get("evals") or [], key=lambda e: e["step"]),
         read_jsonl(run.path / "metrics.jsonl"),
@@ -104,17 +107,19 @@ def auto_window(n: int) -> int:
 
 
 def panel_series(log: RunLog, panel: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of one panel of one run: episode returns for `RETURN`, each battle's 0 or 100 (% won) for `WON`, else
-    the metric's logged values. With several agents every agent logs its world's episodes, so each battle counts
-    once per agent, which leaves the share won as it is."""
-    if panel == WON:
-        records = [(e["step"], 100.0 * e["won"]) for e in log.episodes if "won" in e]
-    elif panel == RETURN:
-        if axis == "hours" and log.episodes and all("wall_time" in e for e in log.episodes):
+    """(x, y) of one panel of one run: episode returns for `RETURN`, each battle's 0 or 100 (% won) for `WON` (every
+    agent logs its world's episodes; a battle counts once, by its first agent's record), else the metric's logged
+    values."""
+    if panel in (RETURN, WON):
+        if panel == WON:
+            episodes = [e for e in log.episodes if "won" in e and e.get("env", 0) % log.agents == 0]
+            values = [100.0 * e["won"] for e in episodes]
+        else:
+            episodes, values = log.episodes, [e["return"] for e in log.episodes]
+        if axis == "hours" and episodes and all("wall_time" in e for e in episodes):
             # Each episode's own training time: a metrics line of the same step may have been logged a tick later.
-            hours = np.array([e["wall_time"] / 3600.0 for e in log.episodes])
-            return hours, np.array([e["return"] for e in log.episodes], np.float64)
-        records = [(e["step"], e["return"]) for e in log.episodes]
+            return np.array([e["wall_time"] / 3600.0 for e in episodes]), np.array(values, np.float64)
+        records = list(zip([e["step"] for e in episodes], values, strict=True))
     else:
         records = [(m["step"], m[panel]) for m in log.metrics if panel in m]
     if not records:
@@ -238,8 +243,8 @@ def _draw_run(ax, panel: str, log: RunLog, axis: str, window: int | None, color:
         std = np.array([e["std"] for e in log.evals])
         ax.errorbar(ex, mean, yerr=std, fmt="o", color=color, capsize=3, markeredgecolor="black")
         _record(rows, panel, log.label, "eval", ex, mean, std)
-    fought = [e for e in log.evals if e.get("win_rate") is not None]
-    if panel == WON and fought:
+    fought = [e for e in log.evals if e.get("win_rate") is not None] if panel == WON else []
+    if fought:
         ex = log.x([e["step"] for e in fought], axis)
         won = np.array([100.0 * e["win_rate"] for e in fought])
         ax.plot(ex, won, "o", color=color, markeredgecolor="black")

@@ -26,7 +26,7 @@ def launched_ranks() -> Launched | None:
     if world <= 1:
         return None
     return Launched(
-        int(os.environ["RANK"]),
+        int(os.environ.get("RANK", "0")),
         world,
         int(os.environ.get("LOCAL_WORLD_SIZE", world)),
         int(os.environ.get("LOCAL_RANK", "0")),

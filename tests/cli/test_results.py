@@ -338,10 +338,15 @@ def test_plot_of_battles_draws_the_share_won(tmp_path):
     """Training battles as 0 / 100 % points and their moving average, evaluations' win rates as points; runs
     without battles get no such panel."""
     run = fake_run(tmp_path, "smax:3m", "smax", [])
-    won = [False, True, True, False]
-    lines = [{"step": 10 * (i + 1), "return": 0.5, "won": w, "wall_time": i} for i, w in enumerate(won)]
+    won = [False, True, True, False]  # four battles of 3 allies, each logged by every ally: counted once each
+    lines = [
+        {"step": 10 * (i + 1), "return": 0.5, "won": w, "wall_time": i, "env": 3 * (i % 2) + ally}
+        for i, w in enumerate(won)
+        for ally in range(3)
+    ]
     (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    run.update(lambda m: m.update(evals=[{"step": 40, "episodes": 20, "mean": 0.6, "std": 0.1, "win_rate": 0.35}]))
+    evals = [{"step": 40, "episodes": 20, "mean": 0.6, "std": 0.1, "win_rate": 0.35}]
+    run.update(lambda m: m.update(evals=evals, env_spec={"action_repeat": 1, "agents": 3}))
     result = plot([run], tmp_path / "p.png", window=2)
     assert result["panels"] == ["return", "battles won"]
     rows = [r for r in result["rows"] if r["panel"] == "battles won"]
