@@ -401,7 +401,8 @@ def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
 def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
     if kind in (int, float) and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         # YAML 1.1 reads an exponent without a dot or without a sign (3e-2, 1.5e5) as a string; it means a number.
-        value = float(value) if math.isfinite(float(value)) else value
+        number = float(value)
+        value = number if math.isfinite(number) else value
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         text = str(value)

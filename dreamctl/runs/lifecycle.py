@@ -243,19 +243,15 @@ def _resume(
     ranks: Ranks | None,
 ) -> Outcome:
     world = 1 if ranks is None else ranks.world
-    try:
-        run = Registry(home).resolve(ref)
-        unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
-        if unsafe:
-            raise UsageError(
-                f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
-                f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead."
-            )
-    except Exception as exc:
-        _tell_followers(ranks, exc)
-        raise
     with contextlib.ExitStack() as held:
         try:
+            run = Registry(home).resolve(ref)
+            unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
+            if unsafe:
+                raise UsageError(
+                    f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
+                    f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead."
+                )
             held.enter_context(run.locked())
             run.remove_temp_files()
             meta = run.meta()

@@ -3,12 +3,11 @@
 The first panel is the training episodes' returns: each raw value faint, a trailing moving average bold, the
 evaluations of run.yaml as points with their standard deviation. Runs of battles (smax:) add a panel of the share
 of battles won, in training (a moving average of each battle's 0 or 100 %, a battle counted once however many
-allies fought it) and in evaluations (points). Each
-`--metric` name from metrics.jsonl adds a panel below them. `group` draws, per group of runs, the mean of their
-smoothed curves with a min-max band on the x range they all cover. Reference scores join where dreamctl knows
-them: the gamer-normalised score on a second axis for Atari, DreamerV2's published return as a line for DMC.
-Everything drawn is also returned as rows, which `--data out.csv` writes, so a reader can check the figure against
-the logs.
+allies fought it) and in evaluations (points). Each `--metric` name from metrics.jsonl adds a panel below them.
+`group` draws, per group of runs, the mean of their smoothed curves with a min-max band on the x range they all
+cover. Reference scores join where dreamctl knows them: the gamer-normalised score on a second axis for Atari,
+DreamerV2's published return as a line for DMC. Everything drawn is also returned as rows, which `--data out.csv`
+writes, so a reader can check the figure against the logs.
 """
 
 from __future__ import annotations
