@@ -16,9 +16,14 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+STOPPING = "[yellow]stopping after the current step and writing a checkpoint...[/yellow]"
+
+
 def stop_signals(announce: bool = True) -> tuple[dict[str, int | None], Any]:
     """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. `announce`:
-    say so (data-parallel ranks other than 0 leave that to rank 0)."""
+    say so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died, and
+    they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
+    ranks have agreed to stop."""
     caught: dict[str, int | None] = {"signal": None}
 
     def handler(signum, _frame):
@@ -26,7 +31,7 @@ def stop_signals(announce: bool = True) -> tuple[dict[str, int | None], Any]:
             raise KeyboardInterrupt
         caught["signal"] = signum
         if announce:
-            err.print("[yellow]stopping after the current step and writing a checkpoint...[/yellow]")
+            err.print(STOPPING)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
@@ -41,12 +46,16 @@ class ProgressView:
     """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second; a warning
     the trainer raises (a collapsed world model) is printed above it once when it appears.
 
+    With `announces_stop` it says, when the trainer reports that it stops early, that a checkpoint is coming (for
+    data-parallel ranks, whose signal handlers stay silent; see stop_signals).
+
     The time left comes from `remaining(progress)` (the run's time estimate, which knows that training is slower
     than prefill) until the training phase has run `OBSERVED_ETA_AFTER` seconds, then from its observed rate;
     without an estimate, from that rate once it has run `OBSERVED_ETA_ALONE` seconds.
     """
 
-    def __init__(self, console: Console, remaining: Callable[[Any], float] | None = None):
+    def __init__(self, console: Console, remaining: Callable[[Any], float] | None = None, announces_stop: bool = False):
+        self.announces_stop = announces_stop
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -83,6 +92,8 @@ class ProgressView:
         if p.warning != self.warning and p.warning is not None:
             self.bar.console.print(f"[yellow]warning: {p.warning}[/yellow]")
         self.warning = p.warning
+        if p.stopping and self.announces_stop:
+            err.print(STOPPING)
         if now - self.last < 0.1 and p.env_steps < p.total_steps:
             return
         t0, s0, u0 = self.mark

@@ -18,6 +18,7 @@ A collective that fails (another rank died) raises RankLost: the caller records 
 from __future__ import annotations
 
 import datetime
+import re
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -151,5 +152,10 @@ def host_name() -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The failure's first sentence without the source location gloo puts before it ("[.../pair.cc:553] Connection
+    closed by peer [127.0.0.1]:27884. This is typically caused by ..." gives "Connection closed by peer
+    [127.0.0.1]:27884")."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]\s]+:\d+\]\s*", "", lines[0]) if lines else ""
+    text = text.split(". ")[0].rstrip(".")
+    return text[:200] or type(exc).__name__

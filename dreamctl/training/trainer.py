@@ -71,6 +71,7 @@ class Progress:
     wall_time: float
     prefill: bool
     warning: str | None = None  # collapse_warning() as of the last metrics flush
+    stopping: bool = False  # the run stops here early, asked to (every rank agreed); a checkpoint follows
 
 
 class Hooks:
@@ -156,6 +157,7 @@ class Trainer:
                 stop = self.ranks.any(stop)
             if stop:
                 self.share_episodes()
+                self.hooks.on_progress(self.progress(total_steps, stopping=True))
                 return False
             before = self.env_steps
             self.collect_step()
@@ -272,18 +274,7 @@ class Trainer:
         if flush or saves:
             self.share_episodes()
         scalars = self.flush_metrics() if flush else None  # first, so that the progress carries its warning
-        self.hooks.on_progress(
-            Progress(
-                self.env_steps,
-                total_steps,
-                self.updates,
-                self.episodes,
-                self.last_return,
-                self.wall_time,
-                self.env_steps < self.cfg.train.prefill,
-                self.warning,
-            )
-        )
+        self.hooks.on_progress(self.progress(total_steps))
         if scalars is not None:
             self.hooks.on_metrics(self.env_steps, scalars)
         if self.env_steps >= total_steps:
@@ -294,6 +285,19 @@ class Trainer:
                 self.hooks.on_eval(self)  # also writes a checkpoint, so the evaluated weights can be kept as best
         elif _crossed(before, self.env_steps, run.checkpoint_every):
             self.hooks.on_checkpoint(self)
+
+    def progress(self, total_steps: int, stopping: bool = False) -> Progress:
+        return Progress(
+            self.env_steps,
+            total_steps,
+            self.updates,
+            self.episodes,
+            self.last_return,
+            self.wall_time,
+            self.env_steps < self.cfg.train.prefill,
+            self.warning,
+            stopping,
+        )
 
     def flush_metrics(self) -> dict[str, float]:
         """Means of the update metrics since the last flush, plus speeds; one host sync per flush."""

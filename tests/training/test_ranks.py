@@ -14,7 +14,7 @@ from conftest import random_batch, tiny_config
 
 from dreamctl.model.agent import Agent
 from dreamctl.model.noise import set_row_shard, uniform_like
-from dreamctl.training.ranks import join
+from dreamctl.training.ranks import _first_line, join
 
 CASES = {
     "catch": ("train.batch_size=4",),
@@ -109,3 +109,19 @@ def test_two_ranks_on_half_batches_update_as_one_process_on_the_whole_batch(case
             torch.testing.assert_close(got[key], value, rtol=0, atol=TOLERANCE, msg=f"rank {rank}: {key}")
             moved += int(not torch.equal(value, before[key]))
         assert moved > len(expected) // 2  # the update moved most parameters, which the ranks followed
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        (
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:37547. This is typically caused by a remote worker crashing. Check the logs.",
+            "Connection closed by peer [127.0.0.1]:37547",
+        ),
+        ("Connection reset by peer\nmore detail", "Connection reset by peer"),
+        ("", "RuntimeError"),
+    ],
+)
+def test_a_lost_rank_is_explained_by_the_first_sentence_of_the_failure(message: str, reason: str):
+    assert _first_line(RuntimeError(message)) == reason
