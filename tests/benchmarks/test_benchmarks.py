@@ -59,3 +59,17 @@ def test_memory_benchmark_reports_replay_bytes_within_the_target_and_peak_rss():
     assert result["bytes_per_step"] == 64 * 64 + 11  # the frame, an int32 action, a float32 reward, three flags
     assert result["kib_per_step"] <= 4.2
     assert 0 < result["peak_minus_replay_gib"] < result["peak_rss_gib"]
+
+
+def test_dynamics_benchmark_reports_the_kl_by_step_and_dreamed_errors_at_each_measurement():
+    result = bench("dynamics", "--preset", "debug", "--steps", "400", "--updates", "4", "--every", "2")
+    assert result["env"] == "catch" and result["agent_steps"] >= 400
+    assert [point["updates"] for point in result["points"]] == [0, 2, 4]
+    seconds = [point["seconds"] for point in result["points"]]
+    assert seconds[0] == 0 and seconds == sorted(seconds)
+    length = len(result["points"][0]["kl_by_step"])
+    for point in result["points"]:
+        assert len(point["kl_by_step"]) == length and all(kl >= 0 for kl in point["kl_by_step"])
+        errors = point["dreamed_error"]
+        assert set(errors) == {"real", "other"}
+        assert all(len(e) == length - 5 and min(e) > 0 for e in errors.values())
