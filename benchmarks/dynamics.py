@@ -83,10 +83,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="a config override, key=value")
     args = parser.parse_args()
     trainer = random_play(args.preset, args.env, args.steps, args.seed, args.overrides)
-    held_out = random_play(args.preset, args.env, 64 * trainer.cfg.train.batch_length, args.seed + 1000, args.overrides)
     t = trainer.cfg.train
     if t.batch_length <= OBSERVED:
         parser.error(f"train.batch_length must exceed {OBSERVED}, the steps observed before each dream.")
+    held_out = random_play(args.preset, args.env, 64 * t.batch_length, args.seed + 1000, args.overrides)
     rng = np.random.default_rng(args.seed)
     batch = held_out.replay.to_torch(held_out.replay.sample(64, t.batch_length, rng), trainer.device)
     model, optimizer = trainer.agent.world_model, trainer.agent.optimizers["model"]
