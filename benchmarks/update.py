@@ -145,7 +145,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     keep_freed_memory()  # as `dreamctl train` does
-    cfg = load_config(args.preset, ["env.name=pong"])
+    cfg = load_config(args.preset, ["env.name=pong", *args.overrides])  # a batch of the overridden size
     batch = pong_batch(cfg, device)
     runs = [
         measure(args.preset, precision, layers, device, batch, args.updates, args.warmup, args.overrides)

@@ -41,6 +41,11 @@ def test_update_benchmark_reports_the_time_split_flops_peak_and_mfu_for_each_kin
     assert abs(result["fast_layers_speedup"]["32"] - gain) < 0.01
 
 
+def test_update_benchmark_times_a_batch_of_the_overridden_size():
+    result = bench("update", "--preset", "debug", "--updates", "1", "--warmup", "1", "--set", "train.batch_size=6")
+    assert result["batch"] == [6, 16]
+
+
 def test_collect_benchmark_reports_policy_and_prefill_rates_for_1_and_8_copies():
     result = bench("collect", "--preset", "debug", "--seconds", "2", "--rounds", "1")
     rates = [result[f"{kind}_{n}_env"] for kind in ("policy", "prefill") for n in (1, 8)]
