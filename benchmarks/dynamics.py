@@ -55,9 +55,9 @@ def measure(trainer: Trainer, batch: dict[str, torch.Tensor]) -> dict[str, objec
     """The KL at each step of `batch` and the dreamed observations' error under the real and another window's
     actions (see the module's docstring)."""
     model = trainer.agent.world_model
-    post = model.loss(batch).post
-    kl = categorical_kl(post.logits, model.rssm.prior(post.deter)).mean(0)
     truth = model.preprocess(batch)
+    post = model.rssm.observe(model.embed(truth), batch["action"], batch["is_first"])
+    kl = categorical_kl(post.logits, model.rssm.prior(post.deter)).mean(0)
     length = batch["action"].shape[1]
     errors = {}
     for name, actions in [("real", batch["action"]), ("other", batch["action"].roll(1, 0))]:

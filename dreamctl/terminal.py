@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from dreamctl.training.launched import launched_ranks
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -19,12 +21,13 @@ err = Console(stderr=True, soft_wrap=True)
 STOPPING = "[yellow]stopping after the current step and writing a checkpoint...[/yellow]"
 
 
-def stop_signals(announce: bool = True) -> tuple[dict[str, int | None], Any]:
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. `announce`:
-    say so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died, and
-    they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
+def stop_signals() -> tuple[dict[str, int | None], Any]:
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. A single
+    process says so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died,
+    and they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
     ranks have agreed to stop."""
     caught: dict[str, int | None] = {"signal": None}
+    announce = launched_ranks() is None
 
     def handler(signum, _frame):
         if caught["signal"] is not None:
@@ -46,16 +49,16 @@ class ProgressView:
     """A rich progress bar fed by the trainer's progress callback, refreshed at most 10 times a second; a warning
     the trainer raises (a collapsed world model) is printed above it once when it appears.
 
-    With `announces_stop` it says, when the trainer reports that it stops early, that a checkpoint is coming (for
-    data-parallel ranks, whose signal handlers stay silent; see stop_signals).
+    In a data-parallel job, whose signal handlers stay silent (see stop_signals), it says that a checkpoint is
+    coming when the trainer reports that the ranks stop early.
 
     The time left comes from `remaining(progress)` (the run's time estimate, which knows that training is slower
     than prefill) until the training phase has run `OBSERVED_ETA_AFTER` seconds, then from its observed rate;
     without an estimate, from that rate once it has run `OBSERVED_ETA_ALONE` seconds.
     """
 
-    def __init__(self, console: Console, remaining: Callable[[Any], float] | None = None, announces_stop: bool = False):
-        self.announces_stop = announces_stop
+    def __init__(self, console: Console, remaining: Callable[[Any], float] | None = None):
+        self.announces_stop = launched_ranks() is not None
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

@@ -101,9 +101,8 @@ def train(
     if estimate is not None:
         out.print(estimate_line(estimate, cfg))
     remaining = None if estimate is None else (lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
-    ranked = launched_ranks() is not None
-    caught, should_stop = stop_signals(announce=not ranked)
-    with ProgressView(out, remaining, announces_stop=ranked) if not is_follower() else contextlib.nullcontext() as view:
+    caught, should_stop = stop_signals()
+    with ProgressView(out, remaining) if not is_follower() else contextlib.nullcontext() as view:
         outcome = runs.train(
             cfg,
             home=home,
@@ -197,9 +196,8 @@ def resume(
     from dreamctl.runs import lifecycle as runs
 
     sets = list(overrides or []) + ([f"run.device={device}"] if device else [])
-    ranked = launched_ranks() is not None
-    caught, should_stop = stop_signals(announce=not ranked)
-    with ProgressView(out, announces_stop=ranked) if not is_follower() else contextlib.nullcontext() as view:
+    caught, should_stop = stop_signals()
+    with ProgressView(out) if not is_follower() else contextlib.nullcontext() as view:
         outcome = runs.resume(
             run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view, should_stop=should_stop
         )

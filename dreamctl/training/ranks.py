@@ -128,7 +128,7 @@ class Ranks:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
             raise RankLost(
-                f"another rank of this {self.world}-rank job stopped ({_first_line(exc)}), so this one stops too; "
+                f"another rank of this {self.world}-rank job stopped ({_first_sentence(exc)}), so this one stops too; "
                 "the run is interrupted and `dreamctl resume` continues it from its latest checkpoint."
             ) from None
 
@@ -151,7 +151,7 @@ def host_name() -> str:
     return socket.gethostname()
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_sentence(exc: BaseException) -> str:
     """The failure's first sentence without the source location gloo puts before it ("[.../pair.cc:553] Connection
     closed by peer [127.0.0.1]:27884. This is typically caused by ..." gives "Connection closed by peer
     [127.0.0.1]:27884")."""

@@ -14,7 +14,7 @@ from conftest import random_batch, tiny_config
 
 from dreamctl.model.agent import Agent
 from dreamctl.model.noise import set_row_shard, uniform_like
-from dreamctl.training.ranks import _first_line, join
+from dreamctl.training.ranks import _first_sentence, join
 
 CASES = {
     "catch": ("train.batch_size=4",),
@@ -124,4 +124,4 @@ def test_two_ranks_on_half_batches_update_as_one_process_on_the_whole_batch(case
     ],
 )
 def test_a_lost_rank_is_explained_by_the_first_sentence_of_the_failure(message: str, reason: str):
-    assert _first_line(RuntimeError(message)) == reason
+    assert _first_sentence(RuntimeError(message)) == reason
