@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from dreamctl.layers.conv import Conv2dByPatches, Conv2dChannelsLast, Conv2dSpaceToDepth, channels_last_elu
-from dreamctl.layers.deconv import ConvTranspose2dAfterElu, ConvTranspose2dBiasBySum, ConvTranspose2dOn1x1
+from dreamctl.layers.deconv import (
+    PHASES_BY_CONV_MAX_CHANNELS,
+    ConvTranspose2dAfterElu,
+    ConvTranspose2dBiasBySum,
+    ConvTranspose2dOn1x1,
+)
 
 
 def assert_fast_layer_equals_plain(
@@ -83,8 +88,12 @@ def test_patch_conv_equals_the_plain_conv(cin, cout, size):
     )
 
 
-@pytest.mark.parametrize("cin, cout, k, size", [(48, 1, 6, 30), (16, 3, 6, 7), (8, 4, 5, 5), (6, 2, 4, 3)])
+@pytest.mark.parametrize(
+    "cin, cout, k, size",
+    [(48, 1, 6, 30), (PHASES_BY_CONV_MAX_CHANNELS + 1, 3, 6, 7), (16, 3, 6, 7), (8, 4, 5, 5), (6, 2, 4, 3)],
+)
 def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
+    """Above PHASES_BY_CONV_MAX_CHANNELS input channels the phases run as products, up to it as one conv."""
     torch.manual_seed(0)
     assert_fast_layer_equals_plain(
         ConvTranspose2dAfterElu(cin, cout, k, stride=2),
@@ -119,10 +128,15 @@ BF16_CASES = {
         lambda: torch.nn.ConvTranspose2d(16, 8, 5, stride=2),
         (4, 16, 5, 5),
     ),
-    "subpixel_deconv": (
+    "subpixel_deconv_by_conv": (
         lambda: ConvTranspose2dAfterElu(8, 1, 6, stride=2),
         lambda: torch.nn.ConvTranspose2d(8, 1, 6, stride=2),
         (9, 8, 13, 13),
+    ),
+    "subpixel_deconv_by_products": (
+        lambda: ConvTranspose2dAfterElu(PHASES_BY_CONV_MAX_CHANNELS + 1, 1, 6, stride=2),
+        lambda: torch.nn.ConvTranspose2d(PHASES_BY_CONV_MAX_CHANNELS + 1, 1, 6, stride=2),
+        (9, PHASES_BY_CONV_MAX_CHANNELS + 1, 13, 13),
     ),
 }
 
