@@ -16,8 +16,9 @@ needs_onednn = pytest.mark.skipif(linear_module._OP is None, reason="this torch 
 
 @pytest.fixture(autouse=True)
 def onednn_route():
-    """Every test here runs with the oneDNN route on where torch has it, whichever route this CPU takes by default."""
-    with use_onednn(True):
+    """Every test here runs with the oneDNN route on where torch has it, for products of every size, whichever
+    route this CPU takes by default."""
+    with use_onednn(True, min_product=0):
         yield
 
 
@@ -85,6 +86,18 @@ def test_route_is_float32_on_the_cpu_outside_autocast_only():
     with use_onednn(False):
         assert not onednn_active(x, w)
     assert onednn_active(x, w) == (linear_module._OP is not None)
+
+
+@needs_onednn
+def test_products_below_the_minimum_take_torchs_route():
+    x = torch.randn(linear_module.ONEDNN_MIN_PRODUCT // 64**2, 64)
+    at_the_minimum, one_output_fewer = torch.randn(64, 64), torch.randn(63, 64)
+    with use_onednn(True):
+        assert onednn_active(x, at_the_minimum)
+        assert not onednn_active(x, one_output_fewer)
+        assert not onednn_active(x[:-1], at_the_minimum)
+    with use_onednn(True, min_product=0):
+        assert onednn_active(x, one_output_fewer)
 
 
 @pytest.mark.parametrize(
