@@ -204,7 +204,7 @@ class ConvTranspose2dAfterElu(nn.ConvTranspose2d):
     8 -> 1) those products have so short an inner dimension that writing and adding their 36 taps per pixel
     dominates, and the conv kernel computing the four phases as output channels, then a pixel shuffle, runs
     faster (docs/performance.md). It computes nn.ConvTranspose2d(elu(x)): the ELU of its input is its own, so
-    that the backward of both runs in batch slices.
+    that on the products path the backward of both runs in batch slices.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2):

@@ -15,8 +15,9 @@ oneDNN handles a sliced weight (a column slice of a wider matrix) very slowly, s
 or as the transpose of a contiguous matrix (which it reads well at training batch sizes, and which spares a
 weight-sized copy); callers that reuse a sliced weight many times (the RSSM unroll, acting)
 make it contiguous once.
-On CUDA, under autocast, and for other dtypes `linear` is F.linear. `use_onednn(False)` turns the route off,
-for the benchmarks' FLOP count (torch's counter knows aten's matmuls, not oneDNN's op) and for comparisons.
+On CUDA, under autocast, for other dtypes and for products under the minimum `linear` is F.linear.
+`use_onednn(False)` turns the route off, for the benchmarks' FLOP count (torch's counter knows aten's matmuls, not
+oneDNN's op) and for comparisons.
 """
 
 from __future__ import annotations
@@ -66,12 +67,14 @@ _min_product = ONEDNN_MIN_PRODUCT
 
 
 @contextlib.contextmanager
-def use_onednn(enabled: bool, min_product: int = ONEDNN_MIN_PRODUCT):
-    """Route float32 CPU products of at least `min_product` multiply-adds through oneDNN (where torch has it), or
-    every product through torch's BLAS, within the block, whichever this CPU would take by default."""
+def use_onednn(enabled: bool, min_product: int | None = None):
+    """Route float32 CPU products of at least `min_product` multiply-adds (None: the limit in force) through oneDNN
+    (where torch has it), or every product through torch's BLAS, within the block, whichever this CPU would take by
+    default."""
     global _enabled, _min_product
     before = _enabled, _min_product
-    _enabled, _min_product = enabled and _OP is not None, min_product
+    _enabled = enabled and _OP is not None
+    _min_product = _min_product if min_product is None else min_product
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ def assert_fast_layer_equals_plain(
     fast: torch.nn.Module, plain: torch.nn.Module, make_input: Callable[[], torch.Tensor]
 ) -> None:
     """Same outputs and same gradients (input, weight, bias) as the plain torch layer, with a non-zero bias.
-    ConvTranspose2dAfterElu is compared with the plain layer after an ELU (it overwrites its input).
+    ConvTranspose2dAfterElu is compared with the plain layer after an ELU (it may overwrite its input).
 
     Compared in float64, so the check is of the maths, not of float32 summation order (a weight gradient sums
     thousands of terms, whose float32 rounding differs between formulations by more than any fixed tolerance).
@@ -88,17 +88,32 @@ def test_patch_conv_equals_the_plain_conv(cin, cout, size):
     )
 
 
+PRODUCTS = PHASES_BY_CONV_MAX_CHANNELS + 1  # the fewest input channels whose phases run as products
+
+
 @pytest.mark.parametrize(
-    "cin, cout, k, size",
-    [(48, 1, 6, 30), (PHASES_BY_CONV_MAX_CHANNELS + 1, 3, 6, 7), (16, 3, 6, 7), (8, 4, 5, 5), (6, 2, 4, 3)],
+    "cin, cout, k, height, width",
+    [
+        (48, 1, 6, 30, 30),
+        (PRODUCTS, 3, 6, 7, 7),
+        (PRODUCTS, 2, 3, 6, 9),
+        (PRODUCTS, 1, 1, 5, 4),
+        (16, 3, 6, 7, 7),
+        (8, 4, 5, 5, 5),
+        (6, 2, 4, 3, 3),
+        (8, 2, 3, 6, 9),
+        (4, 3, 2, 7, 5),
+        (5, 1, 1, 5, 4),
+    ],
 )
-def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, size):
-    """Above PHASES_BY_CONV_MAX_CHANNELS input channels the phases run as products, up to it as one conv."""
+def test_subpixel_deconv_equals_the_plain_transposed_conv(cin, cout, k, height, width):
+    """Above PHASES_BY_CONV_MAX_CHANNELS input channels the phases run as products, up to it as one conv; every
+    kernel size, non-square inputs."""
     torch.manual_seed(0)
     assert_fast_layer_equals_plain(
         ConvTranspose2dAfterElu(cin, cout, k, stride=2),
         torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
-        lambda: torch.randn(5, cin, size, size),
+        lambda: torch.randn(5, cin, height, width),
     )
 
 
@@ -134,9 +149,9 @@ BF16_CASES = {
         (9, 8, 13, 13),
     ),
     "subpixel_deconv_by_products": (
-        lambda: ConvTranspose2dAfterElu(PHASES_BY_CONV_MAX_CHANNELS + 1, 1, 6, stride=2),
-        lambda: torch.nn.ConvTranspose2d(PHASES_BY_CONV_MAX_CHANNELS + 1, 1, 6, stride=2),
-        (9, PHASES_BY_CONV_MAX_CHANNELS + 1, 13, 13),
+        lambda: ConvTranspose2dAfterElu(PRODUCTS, 1, 6, stride=2),
+        lambda: torch.nn.ConvTranspose2d(PRODUCTS, 1, 6, stride=2),
+        (9, PRODUCTS, 13, 13),
     ),
 }
 
