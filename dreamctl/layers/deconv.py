@@ -189,22 +189,15 @@ def elu_then_tap_products(x: Tensor, weight: Tensor) -> Tensor:
     return apply_outside_autocast(_EluThenTapProducts, x, weight)[0]
 
 
-PHASES_BY_CONV_MAX_CHANNELS = 16
-"""Input channels up to which ConvTranspose2dAfterElu computes its four phases with the conv kernel, not products."""
-
-
 class ConvTranspose2dAfterElu(nn.ConvTranspose2d):
     """A stride-2 transposed conv computed as one regular 3x3 correlation producing the four output phases.
 
     Output pixel 2m + a only receives kernel taps a, a + 2, a + 4, so each of the four (row, column) phases is
     an ordinary correlation of the input with a 3x3 slice of the (zero-padded, flipped) kernel. Same parameters
-    and state-dict names as nn.ConvTranspose2d. For the decoder's last layer the generic transposed-conv kernel
-    handles one output channel poorly: with many input channels (48 -> 1 at the paper's size) the correlation runs
-    as matrix products (see _EluThenTapProducts); with few (up to PHASES_BY_CONV_MAX_CHANNELS, the small presets'
-    8 -> 1) those products have so short an inner dimension that writing and adding their 36 taps per pixel
-    dominates, and the conv kernel computing the four phases as output channels, then a pixel shuffle, runs
-    faster (docs/performance.md). It computes nn.ConvTranspose2d(elu(x)): the ELU of its input is its own, so
-    that on the products path the backward of both runs in batch slices.
+    and state-dict names as nn.ConvTranspose2d; for the decoder's last layer (48 -> 1 channels) the generic
+    transposed-conv kernel handles one output channel poorly, and the correlation runs as matrix products
+    (see _EluThenTapProducts). It computes nn.ConvTranspose2d(elu(x)): the ELU of its input is its own, so that
+    the backward of both runs in batch slices.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2):
@@ -217,19 +210,11 @@ class ConvTranspose2dAfterElu(nn.ConvTranspose2d):
             return super().forward(F.elu(x), output_size)
         cin, cout, k, _ = self.weight.shape
         n, _, h, w = x.shape
-        taps = F.pad(self.weight, (0, 6 - k, 0, 6 - k)).reshape(cin, cout, 3, 2, 3, 2).flip(2, 4)
-        size_h, size_w = 2 * h + k - 2, 2 * w + k - 2
-        if cin <= PHASES_BY_CONV_MAX_CHANNELS:
-            # conv weight (out channel, row phase, column phase) x in channel x 3 x 3: pixel_shuffle's order
-            weight = taps.permute(1, 3, 5, 0, 2, 4).reshape(cout * 4, cin, 3, 3)
-            bias = None if self.bias is None else self.bias.repeat_interleave(4)
-            phases = F.conv2d(F.elu(x.contiguous(memory_format=torch.channels_last)), weight, bias, padding=2)
-            # pixel_shuffle by hand: torch's reorders a channels_last input several times slower
-            pixels = phases.permute(0, 2, 3, 1).reshape(n, h + 2, w + 2, cout, 2, 2).permute(0, 3, 1, 4, 2, 5)
-            return pixels.reshape(n, cout, 2 * h + 4, 2 * w + 4)[:, :, :size_h, :size_w]
+        taps = F.pad(self.weight, (0, 6 - k, 0, 6 - k)).reshape(cin, cout, 3, 2, 3, 2)
         # (row tap, column tap, row phase, column phase, out channel) x in channel
-        weight = taps.permute(2, 4, 3, 5, 1, 0).reshape(9 * 4 * cout, cin)
+        weight = taps.flip(2, 4).permute(2, 4, 3, 5, 1, 0).reshape(9 * 4 * cout, cin)
         y = elu_then_tap_products(x, weight)  # (row phase, column phase, out channel) x (N, h + 2, w + 2)
         y = y.reshape(2, 2, cout, n, h + 2, w + 2).permute(3, 2, 4, 0, 5, 1).reshape(n, cout, 2 * h + 4, 2 * w + 4)
+        size_h, size_w = 2 * h + k - 2, 2 * w + k - 2
         y = y[:, :, :size_h, :size_w]
         return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)

@@ -5,19 +5,17 @@ where they have AVX-512, far below what such a CPU does; oneDNN, the library beh
 convolutions and bfloat16 matmuls, runs its AVX-512 kernels there, with float32 arithmetic throughout (no
 reduced-precision math mode). On Intel processors MKL takes its AVX-512 kernels and is the faster of the two,
 and on processors without AVX-512 MKL's AVX2 kernels are all the machine has and also the faster. So the
-oneDNN route is the default only on non-Intel x86 processors with AVX-512, and on torch builds without MKL,
-and only for products of at least ONEDNN_MIN_PRODUCT multiply-adds (the measurements are in
-docs/performance.md). Every Linear of the model goes through `linear`, so the world model, imagination, actor
-and critic all take the route where their products are that large; its results equal F.linear's to float32
-rounding (tests compare them in float64).
+oneDNN route is the default only on non-Intel x86 processors with AVX-512, and on torch builds without MKL
+(the measurements are in docs/performance.md). Every Linear of the model goes through `linear`, so the world
+model, imagination, actor and critic all take the route; its results equal F.linear's to float32 rounding
+(tests compare them in float64).
 
 oneDNN handles a sliced weight (a column slice of a wider matrix) very slowly, so weights reach it contiguous
 or as the transpose of a contiguous matrix (which it reads well at training batch sizes, and which spares a
 weight-sized copy); callers that reuse a sliced weight many times (the RSSM unroll, acting)
 make it contiguous once.
-On CUDA, under autocast, for other dtypes and for products under the minimum `linear` is F.linear.
-`use_onednn(False)` turns the route off, for the benchmarks' FLOP count (torch's counter knows aten's matmuls, not
-oneDNN's op) and for comparisons.
+On CUDA, under autocast, and for other dtypes `linear` is F.linear. `use_onednn(False)` turns the route off,
+for the benchmarks' FLOP count (torch's counter knows aten's matmuls, not oneDNN's op) and for comparisons.
 """
 
 from __future__ import annotations
@@ -54,35 +52,25 @@ def _blas_is_slow(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return fields.get("vendor_id", "") != "GenuineIntel" and "avx512f" in fields.get("flags", "").split()
 
 
-ONEDNN_MIN_PRODUCT = 2**22
-"""Multiply-adds (rows x inputs x outputs) from which a product takes the oneDNN route. Below it the route's fixed
-cost per call (its autograd function runs in Python, and its weight gradient reads a transposed input) outweighs
-what its kernels gain, and torch's own route is faster (docs/performance.md): the acting products, and the
-attention across a world's few agents at every RSSM step."""
-
 T = TypeVar("T")
 _OP = _onednn_linear_op()
 _enabled = _OP is not None and _blas_is_slow()
-_min_product = ONEDNN_MIN_PRODUCT
 
 
 @contextlib.contextmanager
-def use_onednn(enabled: bool, min_product: int | None = None):
-    """Route float32 CPU products of at least `min_product` multiply-adds (None: the limit in force) through oneDNN
-    (where torch has it), or every product through torch's BLAS, within the block, whichever this CPU would take by
-    default."""
-    global _enabled, _min_product
-    before = _enabled, _min_product
-    _enabled = enabled and _OP is not None
-    _min_product = _min_product if min_product is None else min_product
+def use_onednn(enabled: bool):
+    """Route float32 CPU linears through oneDNN (where torch has it) or through torch's BLAS, within the block,
+    whichever this CPU would take by default."""
+    global _enabled
+    before, _enabled = _enabled, enabled and _OP is not None
     try:
         yield
     finally:
-        _enabled, _min_product = before
+        _enabled = before
 
 
 def onednn_active(x: Tensor, weight: Tensor) -> bool:
-    """Whether `linear(x, weight)` would run on oneDNN: float32 on the CPU, outside autocast, large enough."""
+    """Whether `linear(x, weight)` would run on oneDNN: float32 on the CPU, outside autocast."""
     return (
         _enabled
         and x.device.type == "cpu"
@@ -90,7 +78,6 @@ def onednn_active(x: Tensor, weight: Tensor) -> bool:
         and weight.dtype == torch.float32
         and x.dim() >= 2
         and x.numel() > 0
-        and x.numel() * weight.shape[0] >= _min_product
         and not torch.is_autocast_enabled("cpu")
     )
 

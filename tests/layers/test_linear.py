@@ -16,9 +16,8 @@ needs_onednn = pytest.mark.skipif(linear_module._OP is None, reason="this torch 
 
 @pytest.fixture(autouse=True)
 def onednn_route():
-    """Every test here runs with the oneDNN route on where torch has it, for products of every size, whichever
-    route this CPU takes by default."""
-    with use_onednn(True, min_product=0):
+    """Every test here runs with the oneDNN route on where torch has it, whichever route this CPU takes by default."""
+    with use_onednn(True):
         yield
 
 
@@ -88,19 +87,6 @@ def test_route_is_float32_on_the_cpu_outside_autocast_only():
     assert onednn_active(x, w) == (linear_module._OP is not None)
 
 
-@needs_onednn
-def test_products_below_the_minimum_take_torchs_route():
-    x = torch.randn(linear_module.ONEDNN_MIN_PRODUCT // 64**2, 64)
-    at_the_minimum, one_output_fewer = torch.randn(64, 64), torch.randn(63, 64)
-    with use_onednn(True, min_product=linear_module.ONEDNN_MIN_PRODUCT):
-        assert onednn_active(x, at_the_minimum)
-        assert not onednn_active(x, one_output_fewer)
-        assert not onednn_active(x[:-1], at_the_minimum)
-        with use_onednn(True):  # a block that names no limit keeps the one in force
-            assert not onednn_active(x, one_output_fewer)
-    assert onednn_active(x, one_output_fewer)  # the fixture's limit 0 again
-
-
 @pytest.mark.parametrize(
     "vendor, flags, slow",
     [
@@ -129,7 +115,7 @@ def test_linear_module_keeps_nn_linears_state_dict():
 
 
 @needs_onednn
-def test_a_training_update_and_acting_run_their_linears_on_onednn_when_every_size_takes_it(monkeypatch):
+def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
     calls = {"n": 0}
     op = linear_module._OP
 
