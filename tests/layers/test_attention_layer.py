@@ -1,10 +1,12 @@
 """The small-group encoder layer equals nn.TransformerEncoderLayer: outputs and gradients in float64."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dreamctl.layers import TransformerEncoderLayer, reformulations
+from dreamctl.layers.attention import SUMS_MAX_AGENTS, SUMS_MAX_AGENTS_WITHOUT_GRAD
 
 
 def _outputs_and_grads(layer, x, blocked, probe):
@@ -17,7 +19,7 @@ def _outputs_and_grads(layer, x, blocked, probe):
 @settings(max_examples=25, deadline=None)
 @given(
     groups=st.integers(1, 6),
-    agents=st.integers(1, 5),
+    agents=st.integers(1, SUMS_MAX_AGENTS + 2),  # elementwise sums up to SUMS_MAX_AGENTS, matmuls above
     heads=st.sampled_from([1, 2, 4]),
     head_width=st.integers(1, 4),
     masked=st.booleans(),
@@ -49,3 +51,16 @@ def test_a_blocked_key_changes_nothing_for_the_queries_it_is_blocked_from():
     changed[0, 2] += 5.0
     torch.testing.assert_close(layer(changed, blocked)[0, :2], layer(x, blocked)[0, :2])
     assert not torch.allclose(layer(changed)[0, :2], layer(x)[0, :2])
+
+
+@pytest.mark.parametrize("agents", [2, SUMS_MAX_AGENTS_WITHOUT_GRAD, SUMS_MAX_AGENTS_WITHOUT_GRAD + 1])
+def test_without_autograd_the_layer_equals_torchs_on_either_side_of_the_sums_limit(agents):
+    torch.manual_seed(agents)
+    layer = TransformerEncoderLayer(8, 2, feedforward=8).double()
+    x = torch.randn(3, agents, 8, dtype=torch.float64)
+    blocked = (torch.rand(3, agents, agents) < 0.5) & ~torch.eye(agents, dtype=torch.bool)
+    with torch.no_grad():
+        fast = layer(x, blocked)
+        with reformulations(False):
+            plain = layer(x, blocked)
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
