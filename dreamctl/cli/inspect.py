@@ -80,7 +80,7 @@ def list_(
             f"{r['env_steps']:,}",
             f"{r['updates']:,}",
             duration_label(r["time_trained_s"]),
-            _eval_label(r["eval_mean"], r["win_rate"]),
+            _eval_label(r["eval_mean"], r["win_rate"], r["eval_policy"]),
             "" if r["human_normalized"] is None else f"{r['human_normalized']:.3f}",
             _reference_label(r["dreamerv2"]),
             r["updated"][:16].replace("T", " "),
@@ -90,11 +90,13 @@ def list_(
     (out if out.is_terminal else Console(width=240)).print(table)
 
 
-def _eval_label(mean: float | None, win_rate: float | None) -> str:
-    """The last evaluation's mean return, and the share of battles won where there are battles."""
+def _eval_label(mean: float | None, win_rate: float | None, policy: str) -> str:
+    """The last evaluation's mean return, the share of battles won where there are battles, and `sampled` where
+    that evaluation sampled the actor (`eval --sample`)."""
     if mean is None:
         return ""
-    return f"{mean:.2f}" + ("" if win_rate is None else f", {100 * win_rate:.0f}% won")
+    won = "" if win_rate is None else f", {100 * win_rate:.0f}% won"
+    return f"{mean:.2f}{won}" + (", sampled" if policy == "sample" else "")
 
 
 @app.command()

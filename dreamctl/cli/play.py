@@ -21,9 +21,13 @@ def eval_(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the evaluation envs and policy."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
+    sample: bool = typer.Option(
+        False, "--sample", help="Sample the actor's actions instead of taking its mode (MAMBA's SMAC protocol)."
+    ),
     home: Optional[Path] = Home,
 ) -> None:
-    """Play evaluation episodes with the greedy policy under the run's own env protocol.
+    """Play evaluation episodes with the greedy policy (with --sample, the sampling one) under the run's own env
+    protocol.
 
     Example: [bold]dreamctl eval run-3 --episodes 20 --video play.mp4[/bold]
     """
@@ -31,12 +35,15 @@ def eval_(
     check_run(run, home)
     from dreamctl.tools.evaluate import evaluate
 
-    result = evaluate(run, home=home, episodes=episodes, checkpoint=which, video=video, seed=seed, device=device)
+    result = evaluate(
+        run, home=home, episodes=episodes, checkpoint=which, video=video, seed=seed, device=device, sample=sample
+    )
     if as_json:
         keys = (
             "run",
             "checkpoint_step",
             "episodes",
+            "policy",
             "returns",
             "mean",
             "std",
@@ -53,7 +60,8 @@ def eval_(
         print(json.dumps({k: result[k] for k in keys}))
         return
     out.print(
-        f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: {result['episodes']} episodes, "
+        f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: "
+        f"{result['episodes']} {'sampled' if result['policy'] == 'sample' else 'greedy'} episodes, "
         f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})"
     )
     for agent in result["agents"] or []:

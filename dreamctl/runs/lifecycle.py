@@ -37,7 +37,7 @@ from dreamctl.runs.system import (
 from dreamctl.scores import summarize
 from dreamctl.training.launched import launched_ranks
 from dreamctl.training.ranks import RankLost, Ranks, host_name, join
-from dreamctl.training.rollout import greedy_episodes
+from dreamctl.training.rollout import evaluation_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
 
@@ -111,7 +111,7 @@ class RunHooks(Hooks):
     def on_eval(self, trainer: Trainer) -> None:
         save_checkpoint(self.run, trainer, self.cfg)
         meta = self.run.meta()
-        playback = greedy_episodes(
+        playback = evaluation_episodes(
             trainer.agent, self.cfg.env, self.cfg.run.eval_episodes, self.cfg.train.seed + 10_000
         )
         result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")

@@ -42,6 +42,7 @@ def _row(run: Run, meta: dict[str, Any], status: str, reason: str | None) -> dic
         "time_trained_s": float(progress.get("wall_time", 0.0)),
         "eval_mean": last.get("mean"),
         "win_rate": last.get("win_rate"),  # battles won in the last evaluation (smax:), else None
+        "eval_policy": last.get("policy", "greedy"),  # `eval --sample` samples the actor, otherwise its mode
         "human_normalized": last.get("human_normalized"),
         "dreamerv2": dreamerv2_record(meta.get("env", "")),
         "score": (meta.get("score") or {}).get("value"),

@@ -1,4 +1,4 @@
-"""`dreamctl eval`: greedy episodes of a run's checkpoint under the run's own env protocol, recorded in run.yaml."""
+"""`dreamctl eval`: episodes of a run's checkpoint under the run's own env protocol, recorded in run.yaml."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dreamctl.runs.registry import Registry, Run, obs_space_of
 from dreamctl.runs.system import resolve_device, resolve_precision
 from dreamctl.scores import dreamerv2_record, summarize
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
-from dreamctl.training.rollout import greedy_episodes
+from dreamctl.training.rollout import evaluation_episodes
 
 
 def load_agent(run: Run, checkpoint: str | int, device: str = "auto") -> tuple[Agent, dict[str, Any], int]:
@@ -49,8 +49,9 @@ def evaluate(
     video: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
+    sample: bool = False,
 ) -> dict[str, Any]:
-    """Play `episodes` greedy episodes with a run's checkpoint; the result is appended to run.yaml's evals.
+    """Play `episodes` episodes with a run's checkpoint; the result is appended to run.yaml's evals.
 
     Args:
         ref: the run (`run-42`, `42`, its name or `latest`).
@@ -60,6 +61,8 @@ def evaluate(
         video: where to write the first episode (.mp4 or .gif), or None.
         seed: seeds the evaluation envs and the policy's sampling of latents.
         device: `auto`, `cpu` or `cuda[:i]`.
+        sample: act by sampling the actor (MAMBA's protocol on SMAC, whose win rates are those of the sampling
+            policy) instead of taking its mode (DreamerV2's evaluation).
     """
     run = Registry(home).resolve(ref)
     video_path = check_output(Path(video)) if video else None
@@ -75,10 +78,11 @@ def evaluate(
         record = images[0]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        playback = greedy_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record=record)
+        playback = evaluation_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record, sample)
     if video_path is not None and playback.frames is not None:
         write_video(video_path, upscale(to_rgb(playback.frames), 4), fps=15)
     result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
+    result["policy"] = "sample" if sample else "greedy"
     result["reward_threshold"] = None
     result["random"], result["optimal"] = random_and_optimal(meta["env"]) or (None, None)
     result["dreamerv2"] = dreamerv2_record(meta["env"])

@@ -99,10 +99,13 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
     return Playback(returns, lengths, frames_kept, agent_returns, wins if env.won is not None else None)
 
 
-def greedy_episodes(agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: str | None = None) -> Playback:
-    """`episodes` greedy episodes in up to MAX_EVAL_ENVS fresh env copies seeded with `seed`."""
+def evaluation_episodes(
+    agent: Agent, env_cfg: EnvConfig, episodes: int, seed: int, record: str | None = None, sample: bool = False
+) -> Playback:
+    """`episodes` episodes in up to MAX_EVAL_ENVS fresh env copies seeded with `seed`, with the actor's mode
+    (greedy, DreamerV2's evaluation) or, with `sample`, with actions sampled from it (MAMBA's SMAC evaluation)."""
     env = make_env(env_cfg, seed, num_envs=min(episodes, MAX_EVAL_ENVS))
     try:
-        return play(agent, env, episodes, greedy=True, record=record)
+        return play(agent, env, episodes, greedy=not sample, record=record)
     finally:
         env.close()

@@ -81,6 +81,7 @@ def test_list_eval_imagine_then_resume(trained, tmp_path):
         "run",
         "checkpoint_step",
         "episodes",
+        "policy",
         "returns",
         "mean",
         "std",
@@ -95,6 +96,7 @@ def test_list_eval_imagine_then_resume(trained, tmp_path):
         "win_rate",
     }
     assert result["agents"] is None and result["win_rate"] is None  # one agent, no battles
+    assert result["policy"] == "greedy" and "sampled" not in run_cli("list", home=home, check=True).stdout
     assert result["episodes"] == 3 and len(result["returns"]) == 3 and result["human_normalized"] is None
     assert result["reward_threshold"] is None and result["dreamerv2"] is None
     assert (result["random"], result["optimal"]) == (-6.0, 10.0)  # catch: 10 drops, 1 in 5 caught at random

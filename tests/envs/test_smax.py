@@ -101,7 +101,10 @@ def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp
     assert result["win_rate"] in (0.0, 0.5, 1.0)
     listed = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
     assert listed[0]["preset"] == "smax" and listed[0]["win_rate"] == result["win_rate"]
-    assert "% won" in run_cli("list", home=home, check=True).stdout
+    assert "% won" in run_cli("list", home=home, check=True).stdout and listed[0]["eval_policy"] == "greedy"
+    sampled = run_cli("eval", "latest", "--episodes", "2", "--sample", home=home, check=True).stdout
+    assert "2 sampled episodes" in sampled and "battles won" in sampled
+    assert "% won, sampled" in run_cli("list", home=home, check=True).stdout
 
 
 def test_training_logs_which_battles_were_won_and_plot_draws_the_share(tmp_path: Path):
