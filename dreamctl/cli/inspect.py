@@ -150,7 +150,9 @@ def show(
     if s["dreamerv2"]:
         out.print(f"DreamerV2's published return: {_reference_label(s['dreamerv2'])}")
     for e in s["evals"]:
-        out.print(f"eval at step {e['step']:,}: {e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} episodes")
+        policy = "sampled" if e.get("policy") == "sample" else "greedy"
+        summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} {policy} episodes"
+        out.print(f"eval at step {e['step']:,}: {summary}")
     if s["checkpoints"]:
         out.print(
             "checkpoints: "

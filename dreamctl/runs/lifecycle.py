@@ -115,7 +115,7 @@ class RunHooks(Hooks):
             trainer.agent, self.cfg.env, self.cfg.run.eval_episodes, self.cfg.train.seed + 10_000
         )
         result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
-        record = {"step": trainer.env_steps, **{k: v for k, v in result.items() if k != "returns"}}
+        record = {"step": trainer.env_steps, "policy": "greedy", **{k: v for k, v in result.items() if k != "returns"}}
         self.run.update(lambda m: m.setdefault("evals", []).append(record))
         self.logger.scalars(trainer.env_steps, {"eval/return": result["mean"]})
 

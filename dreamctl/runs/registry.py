@@ -181,7 +181,11 @@ class Run:
         if which == "latest":
             return listed[-1]
         if which == "best":
-            evals = [e for e in meta.get("evals", []) if any(c["step"] == e["step"] for c in listed)]
+            evals = [
+                e
+                for e in meta.get("evals", [])
+                if e.get("policy", "greedy") == "greedy" and any(c["step"] == e["step"] for c in listed)
+            ]  # a sampled evaluation (`eval --sample`) measures another policy
             if not evals:
                 raise CheckpointError(
                     f"{self.ref} has no evaluated checkpoint; run `dreamctl eval {self.ref}` first "

@@ -59,7 +59,7 @@ def evaluate(
         episodes: how many episodes, spread over up to 8 env copies.
         checkpoint: a checkpoint step, `latest` or `best`.
         video: where to write the first episode (.mp4 or .gif), or None.
-        seed: seeds the evaluation envs and the policy's sampling of latents.
+        seed: seeds the evaluation envs and the policy's sampling of latents (and of actions, with `sample`).
         device: `auto`, `cpu` or `cuda[:i]`.
         sample: act by sampling the actor (MAMBA's protocol on SMAC, whose win rates are those of the sampling
             policy) instead of taking its mode (DreamerV2's evaluation).

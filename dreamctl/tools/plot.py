@@ -236,18 +236,20 @@ def _draw_run(ax, panel: str, log: RunLog, axis: str, window: int | None, color:
         ax.plot(x, smoothed, color=color, linewidth=2.0, label=label)
         _record(rows, panel, log.label, "raw", x, y)
         _record(rows, panel, log.label, "smoothed", x, smoothed)
-    if panel == RETURN and log.evals:
-        ex = log.x([e["step"] for e in log.evals], axis)
-        mean = np.array([e["mean"] for e in log.evals])
-        std = np.array([e["std"] for e in log.evals])
-        ax.errorbar(ex, mean, yerr=std, fmt="o", color=color, capsize=3, markeredgecolor="black")
-        _record(rows, panel, log.label, "eval", ex, mean, std)
-    fought = [e for e in log.evals if e.get("win_rate") is not None] if panel == WON else []
-    if fought:
-        ex = log.x([e["step"] for e in fought], axis)
-        won = np.array([100.0 * e["win_rate"] for e in fought])
-        ax.plot(ex, won, "o", color=color, markeredgecolor="black")
-        _record(rows, panel, log.label, "eval", ex, won)
+    for policy, marker, kind in (("greedy", "o", "eval"), ("sample", "s", "eval_sampled")):
+        evals = [e for e in log.evals if e.get("policy", "greedy") == policy]
+        if panel == RETURN and evals:
+            ex = log.x([e["step"] for e in evals], axis)
+            mean = np.array([e["mean"] for e in evals])
+            std = np.array([e["std"] for e in evals])
+            ax.errorbar(ex, mean, yerr=std, fmt=marker, color=color, capsize=3, markeredgecolor="black")
+            _record(rows, panel, log.label, kind, ex, mean, std)
+        fought = [e for e in evals if e.get("win_rate") is not None] if panel == WON else []
+        if fought:
+            ex = log.x([e["step"] for e in fought], axis)
+            won = np.array([100.0 * e["win_rate"] for e in fought])
+            ax.plot(ex, won, marker, color=color, markeredgecolor="black")
+            _record(rows, panel, log.label, kind, ex, won)
 
 
 def _draw_group(

@@ -335,8 +335,8 @@ def test_plot_refuses_what_it_cannot_draw(tmp_path):
 
 
 def test_plot_of_battles_draws_the_share_won(tmp_path):
-    """Training battles as 0 / 100 % points and their moving average, evaluations' win rates as points; runs
-    without battles get no such panel."""
+    """Training battles as 0 / 100 % points and their moving average, evaluations' win rates as points (a sampled
+    evaluation's apart from the greedy ones'); runs without battles get no such panel."""
     run = fake_run(tmp_path, "smax:3m", "smax", [])
     won = [False, True, True, False]  # four battles of 3 allies, each logged by every ally: counted once each
     lines = [
@@ -345,7 +345,10 @@ def test_plot_of_battles_draws_the_share_won(tmp_path):
         for ally in range(3)
     ]
     (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    evals = [{"step": 40, "episodes": 20, "mean": 0.6, "std": 0.1, "win_rate": 0.35}]
+    evals = [
+        {"step": 40, "episodes": 20, "mean": 0.6, "std": 0.1, "win_rate": 0.35},
+        {"step": 40, "episodes": 20, "mean": 0.9, "std": 0.2, "win_rate": 0.5, "policy": "sample"},
+    ]
     run.update(lambda m: m.update(evals=evals, env_spec={"action_repeat": 1, "agents": 3}))
     result = plot([run], tmp_path / "p.png", window=2)
     assert result["panels"] == ["return", "battles won"]
@@ -353,4 +356,7 @@ def test_plot_of_battles_draws_the_share_won(tmp_path):
     assert [r["y"] for r in rows if r["kind"] == "raw"] == [0.0, 100.0, 100.0, 0.0]
     assert [r["y"] for r in rows if r["kind"] == "smoothed"] == [0.0, 50.0, 100.0, 50.0]
     assert [(r["x"], r["y"]) for r in rows if r["kind"] == "eval"] == [(40.0, 35.0)]
+    assert [(r["x"], r["y"]) for r in rows if r["kind"] == "eval_sampled"] == [(40.0, 50.0)]
+    returns = [r for r in result["rows"] if r["panel"] == "return" and r["kind"].startswith("eval")]
+    assert [(r["kind"], r["y"], r["std"]) for r in returns] == [("eval", 0.6, 0.1), ("eval_sampled", 0.9, 0.2)]
     assert plot([fake_run(tmp_path, "catch", "debug", range(1, 5))], tmp_path / "q.png")["panels"] == ["return"]

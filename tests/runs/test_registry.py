@@ -206,3 +206,16 @@ def test_package_never_unpickles():
         text = path.read_text()
         for banned in ("torch.load", "pickle", "allow_pickle=True"):
             assert banned not in text, f"{path} contains {banned}"
+
+
+def test_the_best_checkpoint_is_the_best_greedy_evaluation(home):
+    """A sampled evaluation (`eval --sample`) measures another policy, so it neither picks nor keeps `best`."""
+    run = make_run(home)
+    for step in (10, 20, 30):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": 0})
+    run.update(lambda m: m["evals"].append({"step": 10, "mean": 5.0}))
+    run.update(lambda m: m["evals"].append({"step": 20, "mean": 9.0, "policy": "sample"}))
+    run.update(lambda m: m["evals"].append({"step": 30, "mean": 4.0, "policy": "greedy"}))
+    assert run.find_checkpoint("best")["step"] == 10
+    run.prune_checkpoints(keep=1)
+    assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 30]
