@@ -151,6 +151,11 @@ def finish(outcome, caught, verb: str) -> None:
     )
 
 
+def policy_label(policy: str | None) -> str:
+    """An evaluation's policy (`greedy` or `sample`, as recorded) as a word for its episodes."""
+    return "sampled" if policy == "sample" else "greedy"
+
+
 def size_label(n: float) -> str:
     """Bytes as B, KiB, MiB or GiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dreamctl.cli.app import Home, app
 from dreamctl.errors import UsageError
-from dreamctl.terminal import duration_label, out, size_label
+from dreamctl.terminal import duration_label, out, policy_label, size_label
 
 
 def _reference_label(reference: dict | None) -> str:
@@ -150,8 +150,7 @@ def show(
     if s["dreamerv2"]:
         out.print(f"DreamerV2's published return: {_reference_label(s['dreamerv2'])}")
     for e in s["evals"]:
-        policy = "sampled" if e.get("policy") == "sample" else "greedy"
-        summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} {policy} episodes"
+        summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} {policy_label(e.get('policy'))} episodes"
         out.print(f"eval at step {e['step']:,}: {summary}")
     if s["checkpoints"]:
         out.print(

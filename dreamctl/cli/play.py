@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
-from dreamctl.terminal import out
+from dreamctl.terminal import out, policy_label
 
 
 @app.command("eval")
@@ -61,7 +61,7 @@ def eval_(
         return
     out.print(
         f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: "
-        f"{result['episodes']} {'sampled' if result['policy'] == 'sample' else 'greedy'} episodes, "
+        f"{result['episodes']} {policy_label(result['policy'])} episodes, "
         f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})"
     )
     for agent in result["agents"] or []:

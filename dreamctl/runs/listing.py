@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dreamctl.errors import DreamctlError
-from dreamctl.runs.registry import Registry, Run
+from dreamctl.runs.registry import Registry, Run, eval_policy
 from dreamctl.scores import dreamerv2_record
 
 UNREADABLE = "unreadable"
@@ -42,7 +42,7 @@ def _row(run: Run, meta: dict[str, Any], status: str, reason: str | None) -> dic
         "time_trained_s": float(progress.get("wall_time", 0.0)),
         "eval_mean": last.get("mean"),
         "win_rate": last.get("win_rate"),  # battles won in the last evaluation (smax:), else None
-        "eval_policy": last.get("policy", "greedy"),  # `eval --sample` samples the actor, otherwise its mode
+        "eval_policy": eval_policy(last),
         "human_normalized": last.get("human_normalized"),
         "dreamerv2": dreamerv2_record(meta.get("env", "")),
         "score": (meta.get("score") or {}).get("value"),

@@ -67,6 +67,12 @@ def validate_name(name: str) -> str:
     return name
 
 
+def eval_policy(entry: dict[str, Any]) -> str:
+    """An evaluation's policy in run.yaml: `greedy` (the actor's mode) or `sample` (`eval --sample`); evaluations
+    recorded before the field existed were greedy."""
+    return entry.get("policy", "greedy")
+
+
 def obs_space_of(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """A run's observation keys and shapes from its run.yaml (schema 1 runs observed one image)."""
     spec = meta["env_spec"]
@@ -184,7 +190,7 @@ class Run:
             evals = [
                 e
                 for e in meta.get("evals", [])
-                if e.get("policy", "greedy") == "greedy" and any(c["step"] == e["step"] for c in listed)
+                if eval_policy(e) == "greedy" and any(c["step"] == e["step"] for c in listed)
             ]  # a sampled evaluation (`eval --sample`) measures another policy
             if not evals:
                 raise CheckpointError(

@@ -22,7 +22,7 @@ import numpy as np
 
 from dreamctl.errors import DreamctlError, UsageError, did_you_mean
 from dreamctl.runs.metrics import read_jsonl
-from dreamctl.runs.registry import Run
+from dreamctl.runs.registry import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
 
 X_AXES = ("steps", "frames", "hours")
@@ -237,7 +237,7 @@ def _draw_run(ax, panel: str, log: RunLog, axis: str, window: int | None, color:
         _record(rows, panel, log.label, "raw", x, y)
         _record(rows, panel, log.label, "smoothed", x, smoothed)
     for policy, marker, kind in (("greedy", "o", "eval"), ("sample", "s", "eval_sampled")):
-        evals = [e for e in log.evals if e.get("policy", "greedy") == policy]
+        evals = [e for e in log.evals if eval_policy(e) == policy]
         if panel == RETURN and evals:
             ex = log.x([e["step"] for e in evals], axis)
             mean = np.array([e["mean"] for e in evals])
