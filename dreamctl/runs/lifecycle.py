@@ -22,6 +22,7 @@ import numpy as np
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
 from dreamctl.envs import make_env
 from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry, Run, now
 from dreamctl.runs.sharded import chunk_reader, env_seed, follow, gather_state, resume_follower, scatter_state
@@ -34,7 +35,6 @@ from dreamctl.runs.system import (
     resolve_precision,
     versions,
 )
-from dreamctl.scores import summarize
 from dreamctl.training.launched import launched_ranks
 from dreamctl.training.ranks import RankLost, Ranks, host_name, join
 from dreamctl.training.rollout import evaluation_episodes
@@ -114,10 +114,12 @@ class RunHooks(Hooks):
         playback = evaluation_episodes(
             trainer.agent, self.cfg.env, self.cfg.run.eval_episodes, self.cfg.train.seed + 10_000
         )
-        result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
-        record = {"step": trainer.env_steps, "policy": "greedy", **{k: v for k, v in result.items() if k != "returns"}}
-        self.run.update(lambda m: m.setdefault("evals", []).append(record))
-        self.logger.scalars(trainer.env_steps, {"eval/return": result["mean"]})
+        result = evaluation_result(playback, meta, sample=False)
+        record_evaluation(self.run, trainer.env_steps, result)
+        scalars = {"eval/return": result["mean"]}
+        if result["win_rate"] is not None:
+            scalars["eval/win_rate"] = result["win_rate"]
+        self.logger.scalars(trainer.env_steps, scalars)
 
 
 def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:

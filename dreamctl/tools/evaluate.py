@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dreamctl.config import from_dict
-from dreamctl.envs import random_and_optimal
 from dreamctl.errors import UsageError
 from dreamctl.model.agent import Agent
+from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.registry import Registry, Run, obs_space_of
 from dreamctl.runs.system import resolve_device, resolve_precision
-from dreamctl.scores import dreamerv2_record, summarize
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
 from dreamctl.training.rollout import evaluation_episodes
 
@@ -81,22 +79,6 @@ def evaluate(
         playback = evaluation_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record, sample)
     if video_path is not None and playback.frames is not None:
         write_video(video_path, upscale(to_rgb(playback.frames), 4), fps=15)
-    result = summarize(playback.returns, meta["env"], meta.get("preset") == "atari100k")
-    result["policy"] = "sample" if sample else "greedy"
-    result["reward_threshold"] = None
-    result["random"], result["optimal"] = random_and_optimal(meta["env"]) or (None, None)
-    result["dreamerv2"] = dreamerv2_record(meta["env"])
-    result["agents"] = None
-    result["win_rate"] = None if playback.wins is None else float(np.mean(playback.wins))
-    if len(playback.agent_returns[0]) > 1:
-        per_agent = np.array(playback.agent_returns).T  # (agents, episodes)
-        result["agents"] = [
-            {"agent": i, "mean": float(r.mean()), "returns": r.tolist()} for i, r in enumerate(per_agent)
-        ]
-    if meta["env"].startswith("gym:"):
-        from dreamctl.envs.gym_env import reward_threshold
-
-        result["reward_threshold"] = reward_threshold(meta["env"][len("gym:") :])
-    entry = {"step": step, **{k: v for k, v in result.items() if k != "returns"}}
-    run.update(lambda m: m.setdefault("evals", []).append(entry))
+    result = evaluation_result(playback, meta, sample)
+    record_evaluation(run, step, result)
     return {"run": run.ref, "checkpoint_step": step, **result}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import fast_args, run_cli
 from resume_checks import assert_identical
 
@@ -93,9 +94,13 @@ def test_a_saved_state_continues_the_battles_bit_for_bit():
 
 def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp_path: Path):
     home = tmp_path / "home"
-    sets = ["--set", "train.batch_size=5"]
+    sets = ["--set", "train.batch_size=5", "--set", "run.eval_every=200", "--set", "run.eval_episodes=1"]
     run_cli("train", "smax:smacv2_5_units", "--steps", "300", *fast_args(), *sets, home=home, check=True)
+    (during,) = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["evals"]
+    assert 200 <= during["step"] < 300 and during["policy"] == "greedy" and during["episodes"] == 1
+    assert during["win_rate"] in (0.0, 1.0) and [a["agent"] for a in during["agents"]] == list(range(5))
     result = json.loads(run_cli("eval", "latest", "--episodes", "2", "--json", home=home, check=True).stdout)
+    assert set(result) == {"run", "checkpoint_step", "returns", *during} - {"step"}
     assert [a["agent"] for a in result["agents"]] == list(range(5))
     assert all(len(a["returns"]) == 2 for a in result["agents"])
     assert result["win_rate"] in (0.0, 0.5, 1.0)
