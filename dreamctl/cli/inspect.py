@@ -151,6 +151,8 @@ def show(
         out.print(f"DreamerV2's published return: {_reference_label(s['dreamerv2'])}")
     for e in s["evals"]:
         summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} {policy_label(e.get('policy'))} episodes"
+        if e.get("win_rate") is not None:
+            summary += f", {100 * e['win_rate']:.0f}% of battles won"
         out.print(f"eval at step {e['step']:,}: {summary}")
     if s["checkpoints"]:
         out.print(

@@ -23,7 +23,8 @@ def evaluation_result(playback: Playback, meta: dict[str, Any], sample: bool) ->
 
     Returns:
         The summary plus `policy` (`sample` or `greedy`), `reward_threshold` (gym's solved line), `random` and
-        `optimal` (built-in games), `dreamerv2` (the paper's score), `agents` (each agent's returns, with several)
+        `optimal` (built-in games), `dreamerv2` (DreamerV2's published DMC return and its frames), `agents` (each
+        agent's returns, with several)
         and `win_rate` (battles); a key that does not apply to the env holds None.
     """
     env = meta["env"]
@@ -47,7 +48,7 @@ def evaluation_result(playback: Playback, meta: dict[str, Any], sample: bool) ->
 
 
 def record_evaluation(run: Run, step: int, result: dict[str, Any]) -> None:
-    """Append an evaluation of the checkpoint at agent step `step` to run.yaml's evals: the result without its list of
-    returns (the episodes' count, mean and spread stay)."""
+    """Append an evaluation of the checkpoint at agent step `step` to run.yaml's evals: the result without the team's
+    list of returns (the episodes' count, mean and spread stay, and so do each agent's returns)."""
     entry = {"step": step, **{k: v for k, v in result.items() if k != "returns"}}
     run.update(lambda m: m.setdefault("evals", []).append(entry))

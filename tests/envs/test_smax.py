@@ -97,7 +97,7 @@ def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp
     sets = ["--set", "train.batch_size=5", "--set", "run.eval_every=200", "--set", "run.eval_episodes=1"]
     run_cli("train", "smax:smacv2_5_units", "--steps", "300", *fast_args(), *sets, home=home, check=True)
     (during,) = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["evals"]
-    assert 200 <= during["step"] < 300 and during["policy"] == "greedy" and during["episodes"] == 1
+    assert during["step"] == 200 and during["policy"] == "greedy" and during["episodes"] == 1
     assert during["win_rate"] in (0.0, 1.0) and [a["agent"] for a in during["agents"]] == list(range(5))
     result = json.loads(run_cli("eval", "latest", "--episodes", "2", "--json", home=home, check=True).stdout)
     assert set(result) == {"run", "checkpoint_step", "returns", *during} - {"step"}
@@ -110,6 +110,9 @@ def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp
     sampled = run_cli("eval", "latest", "--episodes", "2", "--sample", home=home, check=True).stdout
     assert "2 sampled episodes" in sampled and "battles won" in sampled
     assert "% won, sampled" in run_cli("list", home=home, check=True).stdout
+    shown = run_cli("show", "latest", home=home, check=True).stdout
+    won = f"{100 * during['win_rate']:.0f}% of battles won"
+    assert f"eval at step 200: {during['mean']:.2f} ± 0.00 over 1 greedy episodes, {won}" in shown
 
 
 def test_training_logs_which_battles_were_won_and_plot_draws_the_share(tmp_path: Path):
