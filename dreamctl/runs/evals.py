@@ -24,8 +24,7 @@ def evaluation_result(playback: Playback, meta: dict[str, Any], sample: bool) ->
     Returns:
         The summary plus `policy` (`sample` or `greedy`), `reward_threshold` (gym's solved line), `random` and
         `optimal` (built-in games), `dreamerv2` (DreamerV2's published DMC return and its frames), `agents` (each
-        agent's returns, with several)
-        and `win_rate` (battles); a key that does not apply to the env holds None.
+        agent's returns, with several) and `win_rate` (battles); a key that does not apply to the env holds None.
     """
     env = meta["env"]
     result = summarize(playback.returns, env, meta.get("preset") == "atari100k")
