@@ -63,12 +63,25 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     except SignalException as exc:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
-        for rank, failure in sorted(exc.failures.items()):
-            if failure.exitcode < 0:  # a rank that failed says why in one sentence; a killed one cannot
-                print(
-                    f"error: rank {rank} of {nproc} was killed by {signal.Signals(-failure.exitcode).name}.",
-                    file=sys.stderr,
-                )
-        own = exc.failures.get(0)
-        return own.exitcode if own is not None and own.exitcode > 0 else 1
+        exits = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        for line in kill_reports(exits, nproc):
+            print(line, file=sys.stderr)
+        own = exits.get(0)
+        return own if own is not None and own > 0 else 1
     return 0
+
+
+def kill_reports(exits: dict[int, int], nproc: int) -> list[str]:
+    """One sentence for each rank a signal killed, from the failed ranks' exit codes (negative: the signal).
+
+    A rank that failed on its own says why in one sentence, while a killed one cannot, so the launcher names its
+    signal. Once one rank fails the launcher stops the others with SIGTERM; those ranks are named only where every
+    failure was a SIGTERM (something outside the job stopped it), as otherwise they would bury the real reason under
+    a consequence, or not, depending on which rank the launcher saw exit first.
+    """
+    outside = any(code != -signal.SIGTERM for code in exits.values())
+    return [
+        f"error: rank {rank} of {nproc} was killed by {signal.Signals(-code).name}."
+        for rank, code in sorted(exits.items())
+        if code < 0 and not (outside and code == -signal.SIGTERM)
+    ]

@@ -16,6 +16,7 @@ import yaml
 from conftest import fast_args, run_cli
 from resume_checks import assert_identical, final_state, start, wait_for
 
+from dreamctl.cli.launch import kill_reports
 from dreamctl.runs.registry import Registry
 
 TWO = ["--nproc", "2"]
@@ -54,6 +55,20 @@ def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_sentence
     assert proc.stderr.strip().splitlines() == [
         "error: train.batch_size (5) must be a multiple of 2 (1 agents x 2 ranks), since every batch holds whole "
         "worlds, an equal number on each rank."
+    ]
+
+
+def test_the_launcher_names_a_killed_rank_but_not_the_ranks_it_stopped_itself():
+    """Rank 0 refusing the command (exit 2) makes the launcher SIGTERM rank 1 unless rank 1 refused first: the
+    report must not depend on which rank the launcher saw exit first."""
+    term, kill = -signal.SIGTERM, -signal.SIGKILL
+    assert kill_reports({0: 2, 1: term}, 2) == []
+    assert kill_reports({0: 2, 1: 2}, 2) == []
+    assert kill_reports({0: term, 1: kill}, 2) == ["error: rank 1 of 2 was killed by SIGKILL."]
+    assert kill_reports({0: 1, 1: kill, 2: term}, 3) == ["error: rank 1 of 3 was killed by SIGKILL."]
+    assert kill_reports({0: term, 1: term}, 2) == [
+        "error: rank 0 of 2 was killed by SIGTERM.",
+        "error: rank 1 of 2 was killed by SIGTERM.",
     ]
 
 
