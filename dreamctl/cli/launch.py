@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +38,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     rank failed; or 128 + the signal that stopped the launcher (130 for SIGINT, after the ranks wrote one last
     checkpoint)."""
     os.environ.setdefault("LOGLEVEL", "ERROR")  # torch's elastic agent logs every shutdown as a warning
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -47,10 +48,14 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     extra: dict[str, Any] = {}
     if "shutdown_timeout" in LaunchConfig.__dataclass_fields__:  # older torch waits its fixed 30 s
         extra["shutdown_timeout"] = SHUTDOWN_SECONDS
+    # The elastic agent makes a folder for the ranks' log files (empty: their output goes to the terminal), by default
+    # a new /tmp/torchelastic_* each job that it never removes; this one goes when the job ends.
+    logs = tempfile.TemporaryDirectory(prefix="dreamctl-launch-")
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
+        logs_specs=DefaultLogsSpecs(log_dir=logs.name),
         run_id=uuid.uuid4().hex,
         rdzv_backend="c10d",
         rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` picks
@@ -59,7 +64,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         **extra,
     )
     try:
-        elastic_launch(config, sys.executable)("-m", "dreamctl", *argv)
+        with logs:
+            elastic_launch(config, sys.executable)("-m", "dreamctl", *argv)
     except SignalException as exc:
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:

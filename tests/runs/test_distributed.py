@@ -50,12 +50,17 @@ def test_600_steps_with_two_ranks_equal_300_then_resume(tmp_path: Path):
 
 
 def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_sentence(tmp_path: Path):
-    proc = run_cli("train", "catch", *fast_args(), "--set", "train.batch_size=5", "--steps", "100", *TWO, home=tmp_path)
+    """The launcher's folder for its ranks' logs goes with the job, not left in the temporary folder."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    args = ["train", "catch", *fast_args(), "--set", "train.batch_size=5", "--steps", "100", *TWO]
+    proc = run_cli(*args, home=tmp_path / "home", env={"TMPDIR": str(temp)})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: train.batch_size (5) must be a multiple of 2 (1 agents x 2 ranks), since every batch holds whole "
         "worlds, an equal number on each rank."
     ]
+    assert list(temp.iterdir()) == []
 
 
 def test_the_launcher_names_a_killed_rank_but_not_the_ranks_it_stopped_itself():
@@ -152,7 +157,7 @@ def test_two_machines_on_one_host_train_one_run(tmp_path: Path):
     procs = [
         subprocess.Popen(
             [*launch, "train", "catch", *fast_args(), "--steps", "400"],
-            env={**os.environ, "DREAMCTL_HOME": str(home), "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "DREAMCTL_HOME": str(home), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
