@@ -105,8 +105,10 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     home: Optional[Path] = Home,
 ) -> None:
-    """One screen about one run: status, protocol, changes from its preset, progress, speed, scores, evaluations,
-    checkpoints, resume history and the last error.
+    """One screen about one run.
+
+    Its status, protocol, changes from its preset, progress, speed, scores, evaluations, checkpoints, resume history
+    and last error.
 
     Example: [bold]dreamctl show run-3[/bold] or [bold]dreamctl show latest --json[/bold]
     """
@@ -187,8 +189,10 @@ def plot(
     data: Optional[Path] = typer.Option(None, "--data", help="Also write every drawn point to this CSV file."),
     home: Optional[Path] = Home,
 ) -> None:
-    """Draw learning curves: training returns (raw faint, smoothed bold), evaluations with their std, the share of
-    battles won (smax: runs), and any logged metric, for one run or several overlaid.
+    """Draw learning curves of one run or several overlaid.
+
+    Training returns (raw faint, smoothed bold), evaluations with their std, the share of battles won (smax: runs),
+    and any logged metric.
 
     Example: [bold]dreamctl plot run-3 run-4 --metric loss/kl[/bold] or
     [bold]dreamctl plot 1 2 3 --group env,preset --out seeds.png[/bold]

@@ -26,8 +26,9 @@ def eval_(
     ),
     home: Optional[Path] = Home,
 ) -> None:
-    """Play evaluation episodes with the greedy policy (with --sample, the sampling one) under the run's own env
-    protocol.
+    """Play evaluation episodes under the run's own env protocol.
+
+    The greedy policy plays them, or with --sample the sampling one (MAMBA's SMAC protocol).
 
     Example: [bold]dreamctl eval run-3 --episodes 20 --video play.mp4[/bold]
     """
@@ -104,8 +105,9 @@ def imagine(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
     home: Optional[Path] = Home,
 ) -> None:
-    """Write the world model's open-loop dream beside reality (rows: truth / model / error), and a figure of
-    truth vs dream per dimension for vector observations.
+    """Write the world model's open-loop dream beside reality.
+
+    Its rows are truth, model and error; for vector observations also a figure of truth vs dream per dimension.
 
     Example: [bold]dreamctl imagine run-3 --out dream.mp4 --context 5 --horizon 45[/bold]
     """

@@ -1,6 +1,7 @@
 """The installed `dreamctl` command end to end, and its answers to bad input."""
 
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -173,6 +174,17 @@ def test_dry_run_prints_config_and_memory_and_creates_nothing(home):
 def test_every_command_explains_itself(command, home):
     proc = run_cli(command, "--help", home=home, check=True)
     assert "Example" in proc.stdout and "--home" in proc.stdout
+
+
+def test_every_command_summary_is_one_line():
+    """`dreamctl --help` lists each command with the first paragraph of its docstring, and in rich markup Typer keeps
+    that paragraph's line breaks there, so a summary wrapped in the source showed broken mid-sentence."""
+    from dreamctl.cli import app
+
+    for command in app.registered_commands:
+        assert command.callback is not None
+        summary = inspect.cleandoc(command.callback.__doc__ or "").split("\n\n")[0]
+        assert summary and "\n" not in summary, command.callback.__name__
 
 
 def test_train_help_names_every_preset_and_every_kind_of_env(home):
