@@ -107,8 +107,8 @@ def show(
 ) -> None:
     """One screen about one run.
 
-    Its status, protocol, changes from its preset, progress, speed, scores, evaluations, checkpoints, resume history
-    and last error.
+    It shows the run's status, protocol, changes from its preset, progress, speed, scores, evaluations, checkpoints,
+    resume history and last error.
 
     Example: [bold]dreamctl show run-3[/bold] or [bold]dreamctl show latest --json[/bold]
     """

@@ -34,9 +34,9 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m dreamctl <argv>` as `nproc` ranks here; returns the exit status for the whole job: 0; rank 0's
-    status where it failed (it says why in one sentence; a rank killed by a signal is named here), else 1 where a
-    rank failed; or 128 + the signal that stopped the launcher (130 for SIGINT, after the ranks wrote one last
-    checkpoint)."""
+    status where it failed (it says why in one sentence; `kill_reports` says which ranks killed by a signal are
+    named here), else 1 where a rank failed; or 128 + the signal that stopped the launcher (130 for SIGINT, after the
+    ranks wrote one last checkpoint)."""
     os.environ.setdefault("LOGLEVEL", "ERROR")  # torch's elastic agent logs every shutdown as a warning
     from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -48,23 +48,22 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     extra: dict[str, Any] = {}
     if "shutdown_timeout" in LaunchConfig.__dataclass_fields__:  # older torch waits its fixed 30 s
         extra["shutdown_timeout"] = SHUTDOWN_SECONDS
-    # The elastic agent makes a folder for the ranks' log files (empty: their output goes to the terminal), by default
-    # a new /tmp/torchelastic_* each job that it never removes; this one goes when the job ends.
-    logs = tempfile.TemporaryDirectory(prefix="dreamctl-launch-")
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        logs_specs=DefaultLogsSpecs(log_dir=logs.name),
-        run_id=uuid.uuid4().hex,
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` picks
-        max_restarts=0,  # a failed rank stops the job; `dreamctl resume` continues it from its last checkpoint
-        monitor_interval=0.5,
-        **extra,
-    )
     try:
-        with logs:
+        # The elastic agent makes a folder for the ranks' log files (it stays without files: their output goes to the
+        # terminal), by default a new /tmp/torchelastic_* each job that it never removes; this one goes with the job.
+        with tempfile.TemporaryDirectory(prefix="dreamctl-launch-") as logs:
+            config = LaunchConfig(
+                min_nodes=1,
+                max_nodes=1,
+                nproc_per_node=nproc,
+                logs_specs=DefaultLogsSpecs(log_dir=logs),
+                run_id=uuid.uuid4().hex,
+                rdzv_backend="c10d",
+                rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone` picks
+                max_restarts=0,  # a failed rank stops the job; `dreamctl resume` continues it from its last checkpoint
+                monitor_interval=0.5,
+                **extra,
+            )
             elastic_launch(config, sys.executable)("-m", "dreamctl", *argv)
     except SignalException as exc:
         return 128 + int(exc.sigval)
@@ -83,11 +82,19 @@ def kill_reports(exits: dict[int, int], nproc: int) -> list[str]:
     A rank that failed on its own says why in one sentence, while a killed one cannot, so the launcher names its
     signal. Once one rank fails the launcher stops the others with SIGTERM; those ranks are named only where every
     failure was a SIGTERM (something outside the job stopped it), as otherwise they would bury the real reason under
-    a consequence, or not, depending on which rank the launcher saw exit first.
+    a consequence, or not, depending on which rank the launcher saw exit first. A survivor that ignores the SIGTERM
+    and is killed after the launcher's grace period is named by its SIGKILL.
     """
-    outside = any(code != -signal.SIGTERM for code in exits.values())
+    stopped_from_outside = all(code == -signal.SIGTERM for code in exits.values())
     return [
-        f"error: rank {rank} of {nproc} was killed by {signal.Signals(-code).name}."
+        f"error: rank {rank} of {nproc} was killed by {_signal_name(-code)}."
         for rank, code in sorted(exits.items())
-        if code < 0 and not (outside and code == -signal.SIGTERM)
+        if code < 0 and (stopped_from_outside or code != -signal.SIGTERM)
     ]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"

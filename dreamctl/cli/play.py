@@ -107,7 +107,8 @@ def imagine(
 ) -> None:
     """Write the world model's open-loop dream beside reality.
 
-    Its rows are truth, model and error; for vector observations also a figure of truth vs dream per dimension.
+    The video's rows are truth, model and error; for vector observations a figure also draws truth vs dream per
+    dimension.
 
     Example: [bold]dreamctl imagine run-3 --out dream.mp4 --context 5 --horizon 45[/bold]
     """
