@@ -75,7 +75,14 @@ def dreamctl_command() -> list[str]:
 def run_cli(
     *args: str, home: Path, env: dict | None = None, timeout: float = 600, check: bool = False
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "DREAMCTL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    # PYTHONFAULTHANDLER: a process that crashes (a rank aborted by torch, say) prints every thread's Python stack.
+    full_env = {
+        **os.environ,
+        "DREAMCTL_HOME": str(home),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        **(env or {}),
+    }
     full_env.pop("DREAMCTL_DEBUG", None)
     proc = subprocess.run(
         dreamctl_command() + list(args), capture_output=True, text=True, env=full_env, timeout=timeout
