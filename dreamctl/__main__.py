@@ -9,16 +9,12 @@ launcher then reported a finished run as failed.
 import os
 import sys
 
-from dreamctl.cli import main
+from dreamctl.cli import run
 from dreamctl.training.launched import launched_ranks
 
-try:
-    main()
-except SystemExit as exc:
-    if launched_ranks() is None:
-        raise
-    if exc.code is not None and not isinstance(exc.code, int):
-        print(exc.code, file=sys.stderr)
+status = run()
+if launched_ranks() is not None:
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+    os._exit(status)
+sys.exit(status)

@@ -20,6 +20,11 @@ from dreamctl.cli import train, play, inspect  # noqa: F401
 
 def main() -> None:
     """Entry point: every failure ends as one sentence and an exit status, never a traceback."""
+    sys.exit(run())
+
+
+def run() -> int:
+    """Run the command on the command line; returns its exit status, having said why in one sentence if it failed."""
     debug = os.environ.get("DREAMCTL_DEBUG") == "1"
     try:
         code = app(standalone_mode=False)
@@ -48,4 +53,4 @@ def main() -> None:
             highlight=False,
         )
         code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
