@@ -136,7 +136,7 @@ def test_vector_preset_learns_pendulum(tmp_path):
     """Train gym:Pendulum-v1 (continuous actions: the actor learns by backpropagating through the dynamics) with the
     vector preset, which envs without images get by default; 20 greedy episodes then average at least -300 (random
     play: about -1,200), after at most 12 minutes of training on a machine whose matrix products are as fast as the
-    reference's. 22,500 agent steps take about 9 minutes there and 13.5 on the AMD EPYC (Zen 4) VMs."""
+    reference's. 22,500 agent steps take about 9 minutes there and 12.5-13.5 on the AMD EPYC (Zen 4) VMs."""
     limit = learning_time_limit(12, matmul_slowness)
     result, trained = _train_with_vector_preset(tmp_path / "home", "gym:Pendulum-v1", 22_500, limit)
     assert result["mean"] >= -300.0, result["returns"]
