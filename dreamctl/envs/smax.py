@@ -16,9 +16,10 @@ bit for bit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,46 @@ def _jax_smax(map_name: str) -> tuple[Any, Any, Any]:
     return jax, jnp, HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name))
 
 
+@functools.cache
+def _battles(map_name: str) -> tuple[Any, Any, Callable[..., Any], Callable[..., Any]]:
+    """(jax, the map's env, reset, step): reset(keys (B, 2)) -> (obs (B, A, size), available actions (B, A, n),
+    state) and step(keys, state, actions (B, A), restart (B,)) -> (outputs, state), one battle vmapped over B and
+    jit-compiled. One pair per map and process, so that every Smax of the map (the time estimate's, the run's)
+    shares its compilations, which take seconds."""
+    jax, jnp, env = _jax_smax(map_name)
+    allies = list(env.agents)
+    m = len(allies)
+
+    def stack(per_agent: dict) -> Any:
+        return jnp.stack([per_agent[a] for a in allies])
+
+    def strong(tree: Any) -> Any:  # reset's integers are weakly typed; step's are not: one compilation for both
+        return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+    def reset_one(key: Any) -> tuple[Any, Any, Any]:
+        obs, state = env.reset(key)
+        return stack(obs), stack(env.get_avail_actions(state)), strong(state)
+
+    def step_one(key: Any, state: Any, action: Any, restart: Any) -> tuple[dict[str, Any], Any]:
+        """One battle's step, or its restart where the last step ended it (base.py's autoreset)."""
+        step_key, reset_key = jax.random.split(key)
+        obs, after, reward, dones, _ = env.step_env(step_key, state, {a: action[i] for i, a in enumerate(allies)})
+        alive = after.state.unit_alive
+        first_obs, first_avail, first_state = reset_one(reset_key)
+        out = {
+            "obs": jnp.where(restart, first_obs, stack(obs)),
+            "avail": jnp.where(restart, first_avail, stack(env.get_avail_actions(after))),
+            "reward": jnp.where(restart, 0.0, stack(reward)),
+            "dead": ~restart & stack({a: dones[a] for a in allies}),
+            "done": ~restart & dones["__all__"],
+            "decided": ~restart & dones["__all__"] & ~(alive[:m].any() & alive[m:].any()),
+            "won": ~restart & dones["__all__"] & alive[:m].any() & ~alive[m:].any(),
+        }
+        return out, jax.tree.map(lambda r, s: jnp.where(restart, r, s), first_state, strong(after))
+
+    return jax, env, jax.jit(jax.vmap(reset_one)), jax.jit(jax.vmap(step_one))
+
+
 class Smax(BatchedEnv):
     """Args:
     map_name: one of `MAPS`.
@@ -97,7 +138,7 @@ class Smax(BatchedEnv):
             raise UsageError(
                 f"smax:{map_name} steps its own time (8 world steps per agent step); set env.action_repeat=1."
             )
-        jax, jnp, env = _jax_smax(map_name)
+        jax, env, self._reset, self._step = _battles(map_name)
         self.jax = jax
         allies = list(env.agents)
         m, size, actions = len(allies), env.observation_space(allies[0]).shape[0], env.action_space(allies[0]).n
@@ -115,36 +156,6 @@ class Smax(BatchedEnv):
         self.ended = np.zeros(num_envs, bool)
         self.present = np.ones((num_envs, m), bool)
         self.battle_won = np.zeros(num_envs, bool)
-
-        def stack(per_agent: dict) -> Any:
-            return jnp.stack([per_agent[a] for a in allies])
-
-        def strong(tree: Any) -> Any:  # reset's integers are weakly typed; step's are not: one compilation for both
-            return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
-
-        def reset_one(key: Any) -> tuple[Any, Any, Any]:
-            obs, state = env.reset(key)
-            return stack(obs), stack(env.get_avail_actions(state)), strong(state)
-
-        def step_one(key: Any, state: Any, action: Any, restart: Any) -> tuple[dict[str, Any], Any]:
-            """One battle's step, or its restart where the last step ended it (base.py's autoreset)."""
-            step_key, reset_key = jax.random.split(key)
-            obs, after, reward, dones, _ = env.step_env(step_key, state, {a: action[i] for i, a in enumerate(allies)})
-            alive = after.state.unit_alive
-            first_obs, first_avail, first_state = reset_one(reset_key)
-            out = {
-                "obs": jnp.where(restart, first_obs, stack(obs)),
-                "avail": jnp.where(restart, first_avail, stack(env.get_avail_actions(after))),
-                "reward": jnp.where(restart, 0.0, stack(reward)),
-                "dead": ~restart & stack({a: dones[a] for a in allies}),
-                "done": ~restart & dones["__all__"],
-                "decided": ~restart & dones["__all__"] & ~(alive[:m].any() & alive[m:].any()),
-                "won": ~restart & dones["__all__"] & alive[:m].any() & ~alive[m:].any(),
-            }
-            return out, jax.tree.map(lambda r, s: jnp.where(restart, r, s), first_state, strong(after))
-
-        self._reset = jax.jit(jax.vmap(reset_one))
-        self._step = jax.jit(jax.vmap(step_one))
         self.state: Any = None
         self.treedef: Any = None
 
