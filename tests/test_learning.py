@@ -24,9 +24,8 @@ pytestmark = pytest.mark.slow
 # - convolutions (the pixel checks): the paper's plain encoder (four convs and ELUs, channels_last, batch 800) took
 #   1.16 s forward + backward on the 2-core Intel Xeon VM of docs/performance.md;
 # - float32 matrix products (the vector checks, whose models are MLPs and a GRU): a 2048^3 product ran at 343-414
-#   GFLOP/s there (benchmarks.common.matmul_peaks, the faster of torch.mm and oneDNN). The 2-core AMD EPYC of the
-#   Zen 4 kind runs the encoder as fast as that Xeon but its products at about 217 GFLOP/s, and trained Pendulum's
-#   check 1.5x slower; the encoder alone does not see that.
+#   GFLOP/s there (benchmarks.common.matmul_peaks, the faster of torch.mm and oneDNN); its low end is the reference.
+#   The encoder alone misjudges machines whose products are slower than their convs (docs/performance.md).
 REFERENCE_ENCODER_SECONDS = 1.16
 REFERENCE_MATMUL_GFLOPS = 343.0
 
@@ -136,7 +135,7 @@ def test_vector_preset_learns_pendulum(tmp_path):
     """Train gym:Pendulum-v1 (continuous actions: the actor learns by backpropagating through the dynamics) with the
     vector preset, which envs without images get by default; 20 greedy episodes then average at least -300 (random
     play: about -1,200), after at most 12 minutes of training on a machine whose matrix products are as fast as the
-    reference's. 22,500 agent steps take about 9 minutes there and 12.5-13.5 on the AMD EPYC (Zen 4) VMs."""
+    reference's. 22,500 agent steps take about 9 minutes there (docs/learning.md)."""
     limit = learning_time_limit(12, matmul_slowness)
     result, trained = _train_with_vector_preset(tmp_path / "home", "gym:Pendulum-v1", 22_500, limit)
     assert result["mean"] >= -300.0, result["returns"]
