@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 
 
 class Optimizer:
@@ -54,6 +55,9 @@ class Optimizer:
         else:
             self.scaler.step(self.opt)
             self.scaler.update()
+        # The fused Adam writes the parameters without bumping their version, which the layers' kept weight layouts
+        # (`dreamctl.layers.linear.weight_layout`) read to see that a weight changed.
+        increment_version(self.params)
         self.opt.zero_grad(set_to_none=True)  # freed now, gradients do not sit in the heap between phases
         return norm.detach()
 

@@ -140,10 +140,12 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
         assert calls["n"] == before
 
 
-def test_weight_layouts_kept_for_acting_follow_every_change_of_the_weights():
-    """Acting keeps re-laid-out weights between calls; an optimiser step or a load must replace them."""
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-6])
+def test_weight_layouts_kept_for_acting_follow_every_change_of_the_weights(weight_decay):
+    """Acting keeps re-laid-out weights between calls; an optimiser step or a load must replace them, with or
+    without weight decay (the fused Adam alone writes the weights without bumping their version)."""
     torch.manual_seed(0)
-    agent = Agent(tiny_config(), {"image": (64, 64, 1)}, 3, True)
+    agent = Agent(tiny_config(f"train.weight_decay={weight_decay}"), {"image": (64, 64, 1)}, 3, True)
     obs = torch.randint(0, 255, (2, 64, 64, 1), dtype=torch.uint8)
     first = torch.ones(2, dtype=torch.bool)
 
