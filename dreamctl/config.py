@@ -109,9 +109,9 @@ class BehaviorConfig:
     return_lambda: float = 0.95
     """lambda of the lambda-returns."""
     actor_grad: Literal["auto", "reinforce", "dynamics", "both"] = "auto"
-    """rho: auto = reinforce (rho 1) for discrete actions, dynamics (rho 0) for continuous; both = actor_grad_mix."""
+    """rho: reinforce 1, dynamics 0, auto = reinforce for discrete and dynamics for continuous actions; both 1 - mix."""
     actor_grad_mix: float = 0.1
-    """rho when actor_grad is `both`."""
+    """The dynamics gradient's share when actor_grad is `both` (the official code's meaning: rho = 1 - this)."""
     actor_entropy: float = 1e-3
     """eta, the entropy bonus of the actor loss."""
     slow_critic_every: int = 100

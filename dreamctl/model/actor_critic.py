@@ -92,10 +92,11 @@ class ActorCritic(nn.Module):
 
     @staticmethod
     def reinforce_mix(cfg: BehaviorConfig, discrete: bool) -> float:
-        """rho: 1 = pure REINFORCE (Atari), 0 = backprop through the dynamics (continuous control)."""
+        """rho: 1 = pure REINFORCE (Atari), 0 = backprop through the dynamics (continuous control). `both` mixes them
+        as the official code does, where actor_grad_mix is the dynamics gradient's share: rho = 1 - actor_grad_mix."""
         if cfg.actor_grad == "auto":
             return 1.0 if discrete else 0.0
-        return {"reinforce": 1.0, "dynamics": 0.0, "both": cfg.actor_grad_mix}[cfg.actor_grad]
+        return {"reinforce": 1.0, "dynamics": 0.0, "both": 1.0 - cfg.actor_grad_mix}[cfg.actor_grad]
 
     def imagine(self, world_model: WorldModel, start: State, present: Tensor | None = None) -> Imagination:
         """Roll the prior forward `horizon` steps from detached start states (B, T, ...), the actor choosing actions.

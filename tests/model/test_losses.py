@@ -114,6 +114,22 @@ def _imagined_losses(rho_setting: str):
     return agent, traj, actor_loss
 
 
+@pytest.mark.parametrize(
+    ("actor_grad", "discrete", "rho"),
+    [
+        ("auto", True, 1.0),
+        ("auto", False, 0.0),
+        ("reinforce", False, 1.0),
+        ("dynamics", True, 0.0),
+        ("both", True, 0.75),
+    ],
+)
+def test_rho_follows_actor_grad_and_both_gives_actor_grad_mix_to_the_dynamics_gradient(actor_grad, discrete, rho):
+    """The official code's `both`: objective = mix * dynamics + (1 - mix) * REINFORCE, so rho = 1 - actor_grad_mix."""
+    cfg = tiny_config(f"behavior.actor_grad={actor_grad}", "behavior.actor_grad_mix=0.25").behavior
+    assert ActorCritic.reinforce_mix(cfg, discrete) == rho
+
+
 def test_with_rho_one_the_actor_gradient_does_not_flow_through_the_dynamics():
     agent, traj, actor_loss = _imagined_losses("reinforce")
     assert isinstance(traj.feat, OneHotFeature)  # float32 on the CPU: the heads gather the latents' weight rows
