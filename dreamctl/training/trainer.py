@@ -22,6 +22,7 @@ import torch
 
 from dreamctl.config import Config
 from dreamctl.envs.base import BatchedEnv, Step
+from dreamctl.keys import ACTION_MASK_KEY
 from dreamctl.model.agent import Agent
 from dreamctl.training.ranks import Ranks
 from dreamctl.training.replay import Replay
@@ -170,7 +171,10 @@ class Trainer:
         """One batched env step: random actions during prefill, else one policy pass for all copies."""
         spec, n = self.env.spec, self.env.num_envs
         if self.env_steps < self.cfg.train.prefill:
-            if spec.discrete:
+            mask = None if self.obs is None else self.obs.obs.get(ACTION_MASK_KEY)
+            if mask is not None:  # uniform among the actions allowed now, as the actor would choose
+                action = np.argmax(np.where(mask > 0.5, self.rng.random((n, spec.action_dim)), -1.0), axis=1)
+            elif spec.discrete:
                 action = self.rng.integers(0, spec.action_dim, size=n)
             else:
                 action = self.rng.uniform(-1.0, 1.0, size=(n, spec.action_dim)).astype(np.float32)
