@@ -149,11 +149,14 @@ class ActorCritic(nn.Module):
         """
         with torch.set_grad_enabled(self.rho < 1.0 and torch.is_grad_enabled()):
             # Only the states whose outputs are read: rewards of s_0..s_{H-1}, predicted discounts of
-            # s_1..s_{H-1} (s_0's discount comes from the data, s_H's is never used).
+            # s_1..s_{H-1} (s_0's discount comes from the data where a head predicts the others, as in the official
+            # code; s_H's is never used).
             reward = world_model.reward(traj.feat[:-1])
-            discount = world_model.continuation(traj.feat[1:-1])
-            first = world_model.discount * (1.0 - agents_adjacent(start_terminal.float(), self.agents))
-            discount = torch.cat([first[None], discount], 0)
+            if world_model.discount_head is None:  # gamma at every step
+                discount = world_model.continuation(traj.feat[:-1])
+            else:
+                first = world_model.discount * (1.0 - agents_adjacent(start_terminal.float(), self.agents))
+                discount = torch.cat([first[None], world_model.continuation(traj.feat[1:-1])], 0)
             slow_value = self._value(self.slow_critic, traj.feat, traj.present)
             target = lambda_return(reward, slow_value[:-1], discount, slow_value[-1], self.cfg.return_lambda)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount], 0), 0).detach()

@@ -172,6 +172,22 @@ def test_returns_read_the_heads_only_where_the_equations_do():
     assert ret.weight[1, 0] == 0 and ret.reward.shape == target.shape
 
 
+def test_without_a_discount_head_every_discount_is_gamma_even_from_a_terminal_start():
+    """The official code's `disc = discount * ones` where no head predicts them (the DMC presets)."""
+    torch.manual_seed(0)
+    cfg = tiny_config("model.discount_head=false", "behavior.actor_grad=reinforce")
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
+    batch = random_batch(cfg)
+    with torch.no_grad():
+        post = agent.world_model.loss(batch).post
+    traj = agent.behavior.imagine(agent.world_model, post)
+    terminal = torch.ones_like(batch["is_terminal"])
+    ret = agent.behavior.returns(agent.world_model, traj, terminal)
+    gamma = cfg.behavior.discount
+    steps = torch.arange(cfg.behavior.horizon + 1, dtype=torch.float32)[:, None]  # weight: (H + 1, starts)
+    torch.testing.assert_close(ret.weight, (gamma**steps).expand_as(ret.weight))
+
+
 def test_one_update_changes_each_module_only_through_its_own_optimiser():
     torch.manual_seed(0)
     cfg = tiny_config()
