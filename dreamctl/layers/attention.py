@@ -20,10 +20,10 @@ from dreamctl.layers.linear import linear
 from dreamctl.layers.switch import reformulated
 
 SUMS_MAX_AGENTS = 3
-"""Agents per group up to which attention runs as elementwise products and sums where autograd records it; their
-backward costs more than the matmuls' from 4 agents on (docs/performance.md)."""
+"""Agents per group up to which attention runs as elementwise products and sums where autograd records it; beyond
+it their backward costs more than the matmuls' (measured in docs/performance.md)."""
 SUMS_MAX_AGENTS_WITHOUT_GRAD = 10
-"""The same without autograd (imagination with REINFORCE gradients, acting), where the sums were faster up to 10."""
+"""The same without autograd (imagination with REINFORCE gradients, acting), where the sums stay faster longer."""
 
 
 class TransformerEncoderLayer(nn.TransformerEncoderLayer):

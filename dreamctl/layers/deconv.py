@@ -106,9 +106,8 @@ class ConvTranspose2dBiasBySum(nn.ConvTranspose2d):
     decoder's 192 -> 96 layer (5x5 input) oneDNN's strided transposed-conv kernel runs far below the CPU's matmul
     speed, in float32 and still more in bfloat16, and the products run faster. On larger inputs (the 96 -> 48
     layer) the kernel wins, so the choice is per layer. The products' inner dimension is the input channels, and
-    with few of them the k * k strided adds dominate: the kernel wins on the debug preset's 32 -> 16 layer, the
-    two break even near 96 input channels and the products win at 192; hence PRODUCTS_MIN_CHANNELS. The figures
-    are in docs/performance.md.
+    with few of them the k * k strided adds dominate and the kernel wins; PRODUCTS_MIN_CHANNELS is where the
+    products took over in the measurements of docs/performance.md.
     """
 
     def __init__(
