@@ -335,7 +335,13 @@ def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"override '{item}' must look like key=value, for example model.deter=256.")
-        _assign(cfg, key.strip(), yaml.safe_load(text) if text.strip() else "", "--set")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise UsageError(
+                f"the value of override '{item}' is not valid YAML; quote it or fix its brackets."
+            ) from None
+        _assign(cfg, key.strip(), value, "--set")
     return cfg
 
 
@@ -373,9 +379,15 @@ def validate(cfg: Config) -> Config:
     ):
         if used and get_value(cfg, key) % heads:
             raise UsageError(f"{key} ({get_value(cfg, key)}) must be a multiple of multi.attention_heads ({heads}).")
-    if not (cfg.run.device in ("auto", "cpu") or cfg.run.device.startswith("cuda")):
-        raise UsageError(f"run.device must be auto, cpu or cuda[:i], got '{cfg.run.device}'.")
+    check_device(cfg.run.device, "run.device")
     return cfg
+
+
+def check_device(name: str, source: str) -> str:
+    """Refuse a device name other than auto, cpu, cuda or cuda:<i>, naming where it came from."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UsageError(f"{source} must be auto, cpu or cuda[:i], got '{name}'.")
+    return name
 
 
 def get_value(cfg: Config, key: str) -> Any:

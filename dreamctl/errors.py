@@ -34,3 +34,11 @@ class RunBusyError(DreamctlError):
 
 class CheckpointError(DreamctlError):
     """A checkpoint is missing, truncated or does not match its recorded sha256."""
+
+
+class StoppedAtOnce(DreamctlError):
+    """A second SIGINT or SIGTERM stopped training before its next checkpoint: exit status 128 + the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

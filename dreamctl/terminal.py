@@ -31,7 +31,7 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
 
     def handler(signum, _frame):
         if caught["signal"] is not None:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signum)
         caught["signal"] = signum
         if announce:
             err.print(STOPPING)
@@ -158,11 +158,13 @@ def policy_label(policy: str | None) -> str:
 
 def size_label(n: float) -> str:
     """Bytes as B, KiB, MiB or GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
         n /= 1024
-    return str(n)
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 def duration_label(seconds: float) -> str:

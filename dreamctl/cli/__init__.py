@@ -39,7 +39,8 @@ def run() -> int:
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "dreamctl"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        err.print(f"error: {message.rstrip('.')}; see `{command} --help`.", markup=False, highlight=False)
+        if message:  # none where the help was the answer (`dreamctl` alone)
+            err.print(f"error: {message.rstrip('.')}; see `{command} --help`.", markup=False, highlight=False)
         code = getattr(exc, "exit_code", 2)
     except (Abort, KeyboardInterrupt):
         err.print("error: stopped by the user.")

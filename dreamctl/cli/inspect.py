@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dreamctl.cli.app import Home, app
-from dreamctl.errors import UsageError
+from dreamctl.errors import UsageError, did_you_mean
 from dreamctl.terminal import duration_label, out, policy_label, size_label
 
 
@@ -39,7 +39,9 @@ def list_(
 
     statuses = (*STATUSES, UNREADABLE)
     if status is not None and status not in statuses:
-        raise UsageError(f"--status must be one of {', '.join(statuses)}, got '{status}'.")
+        raise UsageError(
+            f"--status must be one of {', '.join(statuses)}, got '{status}'{did_you_mean(status, statuses)}."
+        )
     registry = Registry(home)
     rows = [r for r in run_rows(registry) if status is None or r["status"] == status]
     if as_json:

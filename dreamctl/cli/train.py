@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
+from dreamctl.cli.app import Home, app, check_new_name, check_run, checkpoint_ref
 from dreamctl.cli.launch import launch, without_nproc
 from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
 from dreamctl.training.launched import is_follower, launched_ranks
@@ -87,10 +87,13 @@ def train(
     if preset is None:
         preset = _default_preset(game, sets)
     cfg = load_config(preset, sets)
-    preset_label = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    # A user's file is recorded by its file name, so that it is never taken for the bundled preset of its stem.
+    preset_label = Path(preset).name if preset.endswith((".yaml", ".yml")) else preset
     if dry_run:
         _dry_run(cfg, preset_label)
         return
+    if not is_follower():
+        check_new_name(name, home)
     if nproc > 1:
         raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
     from dreamctl.runs import (
@@ -176,7 +179,11 @@ def resume(
     steps: Optional[int] = typer.Option(
         None, "--steps", min=1, show_default=False, help="New total of agent steps (default: the run's target)."
     ),
-    checkpoint: str = typer.Option("latest", "--checkpoint", help="Checkpoint step to continue from, or latest."),
+    checkpoint: str = typer.Option(
+        "latest",
+        "--checkpoint",
+        help="Checkpoint step to continue from, or latest; from an older one, the later checkpoints are dropped.",
+    ),
     overrides: Optional[List[str]] = typer.Option(
         None, "--set", help="Safe overrides only: run.device, run.checkpoint_every, run.log_every, ..."
     ),

@@ -11,21 +11,30 @@ it (runs/sharded.py).
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
 from dreamctl.envs import make_env
-from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.errors import DreamctlError, StoppedAtOnce, UsageError
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry, Run, now
-from dreamctl.runs.sharded import chunk_reader, env_seed, follow, gather_state, resume_follower, scatter_state
+from dreamctl.runs.sharded import (
+    chunk_reader,
+    env_seed,
+    follow,
+    gather_state,
+    raise_refusal,
+    resume_follower,
+    scatter_state,
+)
 from dreamctl.runs.system import (
     configure_torch,
     parameter_count,
@@ -40,6 +49,11 @@ from dreamctl.training.ranks import RankLost, Ranks, host_name, join
 from dreamctl.training.rollout import evaluation_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
+
+if TYPE_CHECKING:
+    import torch
+
+    from dreamctl.envs.base import EnvSpec
 
 
 @dataclass
@@ -171,35 +185,16 @@ def train(
         trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
         hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
         if ranks is not None and not ranks.is_root:
+            raise_refusal(ranks.broadcast(None))  # rank 0 created the run, or says why it could not
             return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
-        run = Registry(home).create(
-            {
-                "env": cfg.env.name,
-                "preset": preset,
-                "seed": cfg.train.seed,
-                "command": " ".join(command if command is not None else sys.argv),
-                "versions": versions(),
-                "device": str(device),
-                "precision": precision_label(cfg, device),
-                "ranks": {"world_size": world, "hosts": hosts},
-                "target_steps": cfg.train.steps,
-                "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
-                "env_spec": {
-                    "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
-                    "action_dim": spec.action_dim,
-                    "discrete": spec.discrete,
-                    "action_repeat": spec.action_repeat,
-                    "agents": spec.num_agents,
-                },
-                "parameters": params,
-                "checkpoints": [],
-                "evals": [],
-                "history": [{"event": "created", "time": now()}],
-                "error": None,
-                "config": cfg.to_dict(),
-            },
-            name,
-        )
+        meta = _new_run_meta(cfg, preset, command, device, hosts, spec, params)
+        try:
+            run = Registry(home).create(meta, name)
+        except Exception as exc:
+            _tell_followers(ranks, exc, "create the run")
+            raise
+        if ranks is not None:
+            ranks.broadcast({})
         if on_created:
             on_created(run)
         with run.locked():
@@ -210,6 +205,43 @@ def train(
         env.close()
         if ranks is not None:
             ranks.close()
+
+
+def _new_run_meta(
+    cfg: Config,
+    preset: str,
+    command: Sequence[str] | None,
+    device: torch.device,
+    hosts: list[str],
+    spec: EnvSpec,
+    params: int,
+) -> dict[str, Any]:
+    """A new run's run.yaml, less what the registry adds (id, name, status, times)."""
+    return {
+        "env": cfg.env.name,
+        "preset": preset,
+        "seed": cfg.train.seed,
+        "command": " ".join(command if command is not None else sys.argv),
+        "versions": versions(),
+        "device": str(device),
+        "precision": precision_label(cfg, device),
+        "ranks": {"world_size": len(hosts), "hosts": hosts},
+        "target_steps": cfg.train.steps,
+        "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
+        "env_spec": {
+            "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
+            "action_dim": spec.action_dim,
+            "discrete": spec.discrete,
+            "action_repeat": spec.action_repeat,
+            "agents": spec.num_agents,
+        },
+        "parameters": params,
+        "checkpoints": [],
+        "evals": [],
+        "history": [{"event": "created", "time": now()}],
+        "error": None,
+        "config": cfg.to_dict(),
+    }
 
 
 def resume(
@@ -248,6 +280,7 @@ def _resume(
     with contextlib.ExitStack() as held:
         try:
             run = Registry(home).resolve(ref)
+            apply_overrides(Config(), overrides)  # a mistyped or malformed override is named as such first
             unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
             if unsafe:
                 raise UsageError(
@@ -269,7 +302,9 @@ def _resume(
             listed = meta.get("checkpoints") or checkpoint != "latest"
             entry = run.find_checkpoint(checkpoint, meta) if listed else None
             start = entry["step"] if entry else 0
-            target = steps if steps is not None else int(meta.get("target_steps", cfg.train.steps))
+            if steps is None and "train.steps" not in override_keys(overrides):
+                steps = int(meta.get("target_steps", cfg.train.steps))
+            target = cfg.train.steps if steps is None else steps
             if target <= start:
                 raise UsageError(
                     f"{run.ref} is already at {start} agent steps; pass --steps above that to train it further."
@@ -320,11 +355,11 @@ def _resume(
             env.close()
 
 
-def _tell_followers(ranks: Ranks | None, exc: Exception) -> None:
+def _tell_followers(ranks: Ranks | None, exc: Exception, doing: str = "resume the run") -> None:
     """Send rank 0's refusal or failure before the plan to the other ranks, which raise it too (and stay silent:
     rank 0 says it), rather than wait for a plan that will not come."""
     if ranks is not None:
-        relayed = exc if isinstance(exc, DreamctlError) else DreamctlError(f"rank 0 could not resume the run: {exc}")
+        relayed = exc if isinstance(exc, DreamctlError) else DreamctlError(f"rank 0 could not {doing}: {exc}")
         ranks.broadcast({"error": relayed})
 
 
@@ -343,6 +378,14 @@ def _execute(
 
         run.update(close)
         return Outcome(run, finished, trainer.env_steps, trainer.last_return, trainer.world)
+    except KeyboardInterrupt as exc:  # a second signal (terminal.stop_signals): its last checkpoint stands
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        message = (
+            f"{run.ref} stopped at once at {trainer.env_steps:,} agent steps; `dreamctl resume {run.ref}` continues it "
+            "from its last checkpoint."
+        )
+        run.update(lambda m: m.update(status="interrupted", error=message, progress=progress_of(trainer)))
+        raise StoppedAtOnce(message, signum) from None
     except BaseException as exc:
         message = str(exc) if isinstance(exc, DreamctlError) else f"{type(exc).__name__}: {exc}"
         status = "interrupted" if isinstance(exc, RankLost) else "failed"  # a lost rank is no fault of the run's

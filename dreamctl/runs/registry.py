@@ -21,7 +21,7 @@ import filelock
 import yaml
 from safetensors import SafetensorError
 
-from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
+from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError, did_you_mean
 from dreamctl.runs.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
 
 if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
@@ -318,10 +318,7 @@ class Registry:
                 f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
             ) from None
         with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
-            if name is not None:
-                validate_name(name)
-                if any(r.meta().get("name") == name for r in self._readable_runs()):
-                    raise UsageError(f"a run named '{name}' already exists; pick another --name.")
+            self.check_new_name(name)
             number = max((r.id for r in self.all_runs()), default=0) + 1
             while True:
                 path = self.runs_dir / f"run-{number}"
@@ -343,6 +340,14 @@ class Registry:
             run.write_meta(meta)
         return run
 
+    def check_new_name(self, name: str | None) -> None:
+        """Refuse, in one sentence, a name that a new run may not take: malformed or already another run's."""
+        if name is None:
+            return
+        validate_name(name)
+        if any(r.meta().get("name") == name for r in self._readable_runs()):
+            raise UsageError(f"a run named '{name}' already exists; pick another --name.")
+
     def resolve(self, ref: str) -> Run:
         """A run is `run-42`, `42`, its name, or `latest` (the highest id)."""
         ref = ref.strip()
@@ -358,11 +363,11 @@ class Registry:
             for run in runs:
                 if run.id == int(match.group(1)):
                     return run
-        else:
-            for run in self._readable_runs():
-                if run.meta().get("name") == ref:
-                    return run
-        raise UsageError(f"no run '{ref}' under {self.root}; `dreamctl list` shows the runs there.")
+        named = {run.meta().get("name"): run for run in self._readable_runs()}
+        if not match and ref in named:
+            return named[ref]
+        hint = "" if match else did_you_mean(ref, [name for name in named if name])
+        raise UsageError(f"no run '{ref}' under {self.root}{hint}; `dreamctl list` shows the runs there.")
 
     def all_runs(self) -> list[Run]:
         """Every run folder, readable or not, by id."""

@@ -6,7 +6,7 @@ resume:
 
 - a checkpoint holds the networks and optimisers once (equal on every rank) and each rank's own state (RNGs,
   envs, acting state, last observation, running episodes, replay tail): rank 0's under the single-process names,
-  rank r's under `rank<r>/`; so eval, imagine and export read it like any other checkpoint;
+  rank r's under `rank<r>/`; so eval and imagine read it like any other checkpoint;
 - rank r's replay chunk k is `replay/chunk-<k>-rank<r>.bin` (rank 0's keeps the single-process name).
 """
 
@@ -88,9 +88,7 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
     """Rank r > 0 of a resume: rank 0 sends the run's config and this rank's state (or its refusal, which this rank
     raises too); the rank trains beside it. Returns the trainer and whether it finished."""
     plan: dict[str, Any] = ranks.broadcast(None)
-    if "error" in plan:
-        plan["error"].said_elsewhere = True
-        raise plan["error"]
+    raise_refusal(plan)
     cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
     device = configure_torch(cfg)
     env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank))
@@ -102,6 +100,14 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
         return trainer, follow(cfg, trainer, ranks, should_stop)
     finally:
         env.close()
+
+
+def raise_refusal(word: dict[str, Any]) -> None:
+    """On a rank r > 0: raise the refusal or failure rank 0 sent (`{"error": ...}`) instead of its plan, marked as
+    said by rank 0."""
+    if "error" in word:
+        word["error"].said_elsewhere = True
+        raise word["error"]
 
 
 def env_seed(cfg: Config, resumes: int, restored: bool, rank: int) -> int:

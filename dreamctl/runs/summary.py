@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dreamctl.config import find_preset, load_config
+from dreamctl.config import load_config, preset_names
 from dreamctl.errors import DreamctlError
 from dreamctl.runs.listing import UNREADABLE
 from dreamctl.runs.registry import Run
@@ -78,11 +78,9 @@ def run_summary(run: Run) -> dict[str, Any]:
 def config_changes(preset: str, config: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     """`section.key` -> {"preset": value, "run": value} wherever the run's config differs from its bundled preset;
     None when the preset is not a bundled one (a user's file is not kept, so there is nothing to compare with)."""
-    try:
-        find_preset(preset)
-        base = load_config(preset).to_dict()
-    except DreamctlError:
+    if preset not in preset_names():
         return None
+    base = load_config(preset).to_dict()
     changes = {}
     for section, values in config.items():
         for key, value in (values or {}).items():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamctl.config import Config, validate
+from dreamctl.config import Config, check_device, validate
 from dreamctl.envs import ObsSpace, is_image, resolve
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.actor_critic import ActorCritic
@@ -24,6 +24,7 @@ MODEL_BYTES_PER_PARAM = 16  # weights, gradients and Adam's two moments, in floa
 
 def resolve_device(name: str) -> torch.device:
     """`auto` (CUDA where there is a GPU, else the CPU), `cpu` or `cuda[:i]`."""
+    check_device(name, "--device")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -138,8 +139,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
 
     An update allocates and frees activations of 100+ MB. glibc serves blocks over 32 MB with mmap and unmaps
-    them on free, so every update page-faults its activations in again; at the paper's batch that cost a third
-    of the update time on CPU. Serving everything from the heap and never trimming it removes the faults.
+    them on free, so every update page-faults its activations in again (docs/performance.md measures the cost at
+    the paper's batch). Serving everything from the heap and never trimming it removes the faults.
     Returns False where the C library is not glibc.
     """
     import ctypes
@@ -187,6 +188,6 @@ def configure_torch(cfg: Config) -> torch.device:
     ):
         raise UsageError(
             "precision bf16 needs a CUDA GPU or a CPU with AVX-512 or AMX, and this CPU has neither "
-            "(bf16 would train about 6x slower than float32 here); use --precision 32."
+            "(torch emulates bf16 there, several times slower than float32); use --precision 32."
         )
     return device

@@ -187,6 +187,11 @@ def test_every_command_summary_is_one_line():
         assert summary and "\n" not in summary, command.callback.__name__
 
 
+def test_dreamctl_alone_prints_its_help_and_no_error(home):
+    proc = run_cli(home=home)
+    assert proc.returncode == 2 and "train" in proc.stdout and proc.stderr == ""
+
+
 def test_train_help_names_every_preset_and_every_kind_of_env(home):
     from dreamctl.config import preset_names
 

@@ -360,3 +360,13 @@ def test_plot_of_battles_draws_the_share_won(tmp_path):
     returns = [r for r in result["rows"] if r["panel"] == "return" and r["kind"].startswith("eval")]
     assert [(r["kind"], r["y"], r["std"]) for r in returns] == [("eval", 0.6, 0.1), ("eval_sampled", 0.9, 0.2)]
     assert plot([fake_run(tmp_path, "catch", "debug", range(1, 5))], tmp_path / "q.png")["panels"] == ["return"]
+
+
+def test_a_users_preset_file_is_never_compared_with_the_bundled_preset_of_its_stem():
+    """`train --preset my/debug.yaml` records `debug.yaml`; `show` compares only a bundled preset's runs."""
+    from dreamctl.config import load_config
+    from dreamctl.runs.summary import config_changes
+
+    config = load_config("debug", ["model.deter=64"]).to_dict()
+    assert config_changes("debug", config) == {"model.deter": {"preset": 128, "run": 64}}
+    assert config_changes("debug.yaml", config) is None

@@ -63,6 +63,29 @@ def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_sentence
     assert list(temp.iterdir()) == []
 
 
+def test_a_run_rank_0_cannot_create_stops_every_rank_in_one_sentence(tmp_path: Path):
+    """Rank 0 creates the run after the ranks have joined; when it cannot (here the home is a file), the other rank
+    hears so and stops too, instead of waiting for it until the collective timeout."""
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    began = time.monotonic()
+    proc = run_cli("train", "catch", *fast_args(), "--steps", "100", *TWO, home=home, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot create the registry at {home}"), lines
+    assert time.monotonic() - began < 120
+
+
+def test_a_taken_name_is_refused_before_any_rank_starts(tmp_path: Path):
+    home = tmp_path / "home"
+    Registry(home).create({"env": "catch"}, "taken")
+    began = time.monotonic()
+    proc = run_cli("train", "catch", *fast_args(), "--steps", "100", "--name", "taken", *TWO, home=home)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: a run named 'taken' already exists; pick another --name."]
+    assert time.monotonic() - began < 30
+
+
 def test_the_launcher_names_a_killed_rank_but_not_the_ranks_it_stopped_itself():
     """Rank 0 refusing the command (exit 2) makes the launcher SIGTERM rank 1 unless rank 1 refused first: the
     report must not depend on which rank the launcher saw exit first."""

@@ -12,7 +12,7 @@ import yaml
 from conftest import fast_args, run_cli
 from resume_checks import assert_identical, final_state, interrupt_then_resume, start, wait_for
 
-from dreamctl.runs.fileio import sha256_file
+from dreamctl.runs.fileio import sha256_bytes
 
 ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
 # CartPole in two worker processes: gym envs saved mid-episode, and workers that must survive the terminal's Ctrl-C.
@@ -59,6 +59,22 @@ def test_a_run_being_trained_refuses_a_second_trainer_and_sigterm_exits_143(tmp_
     assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["status"] == "interrupted"
 
 
+def test_a_second_sigint_stops_at_once_says_so_in_one_sentence_and_the_run_resumes(tmp_path):
+    home = tmp_path / "home"
+    proc = start(ARGS + ["--steps", "5000"], home)
+    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: run-1 stopped at once at ") and "`dreamctl resume run-1`" in last, err
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["status"] == "interrupted"
+    run_cli("resume", "run-1", "--steps", str(meta["progress"]["env_steps"] + 40), home=home, check=True)
+
+
 def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
     """Twelve lives, each SIGKILLed: the even ones at a random moment after they listed a checkpoint of their own
     (so every resume starts from a later state than the one before), the odd ones while writing a checkpoint.
@@ -81,7 +97,7 @@ def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
         proc.wait()
         meta = yaml.safe_load((run_dir / "run.yaml").read_text())
         for entry in meta.get("checkpoints", []):
-            assert sha256_file(run_dir / entry["file"]) == entry["sha256"], entry["file"]
+            assert sha256_bytes((run_dir / entry["file"]).read_bytes()) == entry["sha256"], entry["file"]
         assert run_cli("list", "--json", home=home, check=True).stdout.count('"interrupted"') == 1
         steps = listed_steps(run_dir)
         proc = start(["resume", "run-1"], home)
@@ -91,7 +107,7 @@ def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert meta["status"] == "finished" and meta["progress"]["env_steps"] == 1200
     for entry in meta["checkpoints"]:
-        assert sha256_file(run_dir / entry["file"]) == entry["sha256"]
+        assert sha256_bytes((run_dir / entry["file"]).read_bytes()) == entry["sha256"]
 
 
 def listed_steps(run_dir: Path) -> int:
