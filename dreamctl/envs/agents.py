@@ -24,8 +24,9 @@ def agent_one_hots(worlds: int, agents: int) -> np.ndarray:
 
 class AgentsAsCopies(BatchedEnv):
     """Args:
-    world: a game of `world.num_envs` worlds with `world.num_agents` agents each, whose `step` takes int actions
-        (worlds, agents) and returns one team reward per world.
+    world: a game of `world.num_envs` worlds, whose `step` takes int actions (worlds, agents) and returns one team
+        reward per world.
+    num_agents: the agents of each world.
     """
 
     def __init__(self, world: BatchedEnv, num_agents: int):

@@ -36,7 +36,6 @@ class Catch2(BuiltinGame):
     image_size: must be 64.
     """
 
-    num_agents = AGENTS
     state_keys = ("ball_x", "ball_y", "paddle", "drops", "ended")
 
     def __init__(self, num_envs: int = 1, seed: int = 0, image_size: int = 64):

@@ -3,12 +3,13 @@
 Each copy renders a 64x64 RGB frame (`env.image_size`) from camera 0 (camera 2 for quadruped, as the released code
 does), repeats each action `env.action_repeat` times (2 in the `dmc` preset) summing the rewards, and ends its episode
 at the suite's time limit (1,000 simulator steps; `env.max_frames` can shorten it). Rewards are raw, actions in
-[-1, 1] are scaled to the task's bounds, and episodes never terminate (the suite's discount is always 1), so every
-end is a time limit: `is_last` without `is_terminal`.
+[-1, 1] are scaled to the task's bounds. An episode that the task ends with discount 0 (the lqr tasks, once the state
+is near zero) terminates; every other end is the time limit: `is_last` without `is_terminal`.
 
 Copies are `DmcCopy` Gymnasium envs batched by the same vector env as `gym:` envs (worker processes when there are
 several), so they share its autoreset and its saving: a checkpoint holds each copy's full MuJoCo integration state,
-the model fields the suite's tasks randomise per episode (reacher's target, for example), the task's random state
+the model fields the suite's tasks randomise per episode (reacher's target, swimmer's light, quadruped_escape's
+terrain, for example), the task's random state
 and the episode's step count, and a resumed run continues its episodes bit for bit.
 
 Rendering is headless: MuJoCo's EGL backend where libEGL is installed, OSMesa otherwise, unless `MUJOCO_GL` is set.
@@ -33,7 +34,18 @@ INSTALL_RENDERER = "apt-get install libegl1 libgl1-mesa-dri (or libosmesa6)"
 
 # Model fields that the suite's tasks set when an episode starts; saved with the state so a restored copy is the
 # same scene (the rest of the model never changes).
-RANDOMISED_MODEL_FIELDS = ("body_pos", "body_quat", "geom_pos", "geom_quat", "geom_size", "geom_rgba", "site_pos")
+RANDOMISED_MODEL_FIELDS = (
+    "body_pos",
+    "body_quat",
+    "geom_pos",
+    "geom_quat",
+    "geom_size",
+    "geom_rgba",
+    "site_pos",
+    "light_pos",
+    "wrap_prm",
+    "hfield_data",
+)
 
 
 def choose_renderer() -> None:
@@ -104,7 +116,8 @@ class DmcCopy(gym.Env):
             reward += time_step.reward or 0.0
             if time_step.last():
                 break
-        return self._frame(), reward, False, time_step.last(), {}
+        terminated = time_step.last() and time_step.discount == 0.0
+        return self._frame(), reward, terminated, time_step.last() and not terminated, {}
 
     def _frame(self) -> np.ndarray:
         return self.env.physics.render(self.size, self.size, camera_id=self.camera)
@@ -128,6 +141,9 @@ class DmcCopy(gym.Env):
         physics = self.env.physics
         for name, value in state["model"].items():
             getattr(physics.model, name)[:] = value
+        for hfield in range(physics.model.nhfield):  # the renderer keeps its own copy of each terrain
+            with physics.contexts.gl.make_current() as ctx:
+                ctx.call(mujoco.mjr_uploadHField, physics.model.ptr, physics.contexts.mujoco.ptr, hfield)
         physics.set_state(state["integration"], sig=mujoco.mjtState.mjSTATE_INTEGRATION)
         # What a step leaves computed (positions, velocities, sensors) for the next step to use.
         if physics.legacy_step:

@@ -66,6 +66,7 @@ class Converter:
     source: str | None  # the key in the env's Dict observation, or None for the whole observation
     kind: Literal["image", "vector", "one_hot"]
     shape: tuple[int, ...]  # of one copy's converted array
+    start: int = 0  # one_hot: the value of the first class (a Discrete space's `start`)
 
     def convert(self, obs: Any, cfg: EnvConfig) -> np.ndarray:
         """The batched observation (N, ...) of every copy -> (N, *shape)."""
@@ -73,7 +74,7 @@ class Converter:
         if self.kind == "image":
             return convert_frames(x, cfg.image_size, cfg.grayscale, cfg.resize)
         if self.kind == "one_hot":
-            return np.eye(self.shape[0], dtype=np.float32)[x.astype(np.int64).reshape(-1)]
+            return np.eye(self.shape[0], dtype=np.float32)[x.astype(np.int64).reshape(-1) - self.start]
         return x.reshape(x.shape[0], -1).astype(np.float32)
 
 
@@ -92,7 +93,7 @@ def _converter(space: gym.Space, source: str | None, cfg: EnvConfig, what: str) 
     if isinstance(space, gym.spaces.Box):
         return Converter(source, "vector", (int(np.prod(space.shape, dtype=np.int64)) or 1,))
     if isinstance(space, gym.spaces.Discrete):
-        return Converter(source, "one_hot", (int(space.n),))
+        return Converter(source, "one_hot", (int(space.n),), int(space.start))
     if isinstance(space, (gym.spaces.MultiBinary, gym.spaces.MultiDiscrete)) and space.shape is not None:
         return Converter(source, "vector", (int(np.prod(space.shape, dtype=np.int64)),))
     raise UsageError(
@@ -191,10 +192,10 @@ def action_size(space: gym.Space, name: str) -> tuple[int, bool]:
 
 
 def env_action(space: gym.Space, action: np.ndarray) -> np.ndarray:
-    """The agent's action as `space` takes it: an index for Discrete, and for a Box the vector in [-1, 1] rescaled
-    to the box's bounds. action: (...) indices or (..., A) vectors."""
+    """The agent's action as `space` takes it: for Discrete the index counted from the space's `start`, and for a
+    Box the vector in [-1, 1] rescaled to the box's bounds. action: (...) indices or (..., A) vectors."""
     if isinstance(space, gym.spaces.Discrete):
-        return np.asarray(action, np.int64)
+        return np.asarray(action, np.int64) + int(space.start)
     assert isinstance(space, gym.spaces.Box)  # `action_size` refuses every other kind
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
     return low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (high - low)

@@ -7,7 +7,8 @@ size and colour under `image`, numbers to a float32 vector under `state`, one le
 the one-hot of its index. Each agent receives its own reward as the env gives it (a team reward where the env shares
 it). A world's episode ends when all its agents are done, and the next step starts a new one (base.py's autoreset).
 An agent that finishes before the others of its world (a unit killed in a battle) reports its last step with
-is_terminal (when the env terminated it) and is absent from then on (Step.is_present): it receives no actions, its
+is_terminal (when the env terminated it) and is absent from then on (Step.is_present): it receives no actions (an
+env that still lists it gets the resting action, 0 or the middle of the bounds, never one read from padding), its
 rows are padding that no loss reads and no other agent attends to, until the world's episode ends.
 The families live in `pettingzoo.<family>`, except `mpe2` (its own package); two-player Atari (`pz:atari/boxing_v2`)
 reads the ROMs that ale-py ships. `pip install -e '.[multiagent]'`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pkgutil
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,7 @@ from dreamctl.config import EnvConfig
 from dreamctl.envs.agents import AGENT_KEY, agent_one_hots
 from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
 from dreamctl.envs.gym_env import action_size, env_action, layout
-from dreamctl.errors import UsageError
+from dreamctl.errors import UsageError, did_you_mean
 
 MODULE_OF_FAMILY = {"mpe2": "mpe2"}  # families outside the pettingzoo package and its registry
 
@@ -65,14 +67,36 @@ def load_parallel_env(name: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError:
-        hint = " (the MPE envs are the mpe2 family)" if family == "mpe" else ""
+        known = known_names()
+        if not known:
+            raise UsageError(
+                f"{name} could not be imported; install the multi-agent extra: pip install -e '.[multiagent]'."
+            ) from None
+        hint = " (the MPE envs are the mpe2 family)" if family == "mpe" else did_you_mean(name, known)
         raise UsageError(
-            f"{name} could not be imported{hint}; install the multi-agent extra (pip install -e '.[multiagent]') "
-            "and check the family, name and version, e.g. pz:butterfly/cooperative_pong_v6."
+            f"{name} is not a PettingZoo env dreamctl can find{hint}; check the family, name and version, e.g. "
+            "pz:butterfly/cooperative_pong_v6."
         ) from None
     if not hasattr(module, "parallel_env"):
         raise _aec_only(name)
     return module.parallel_env
+
+
+def known_names() -> list[str]:
+    """Every `pz:` name of PettingZoo's registry and of the families outside it; none without PettingZoo."""
+    try:
+        import pettingzoo
+    except ImportError:
+        return []
+    registered = [*pettingzoo.parallel_registry, *pettingzoo.aec_registry]
+    names = ["pz:" + re.sub(r"-v(\d+)$", r"_v\1", key) for key in registered]
+    for family, package in MODULE_OF_FAMILY.items():
+        try:
+            path = importlib.import_module(package).__path__
+        except ImportError:
+            continue
+        names += [f"pz:{family}/{m.name}" for m in pkgutil.iter_modules(path) if re.search(r"_v\d+$", m.name)]
+    return names
 
 
 def _aec_only(name: str) -> UsageError:
@@ -157,7 +181,11 @@ class PettingZooEnv(BatchedEnv):
                 continue
             for _ in range(self.cfg.action_repeat):
                 live = set(world.agents)  # some envs keep a finished agent here until the world's episode ends
-                acts = {a: self._env_action(action[w, i]) for i, a in enumerate(self.agents) if a in live}
+                acts = {
+                    a: self._env_action(action[w, i] if self.present[w, i] else np.zeros_like(action[w, i]))
+                    for i, a in enumerate(self.agents)
+                    if a in live
+                }
                 obs, rewards, terminated, truncated, _ = world.step(acts)
                 self.last_obs[w].update(obs)
                 reward[w] += [float(rewards.get(agent, 0.0)) for agent in self.agents]

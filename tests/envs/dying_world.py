@@ -52,3 +52,28 @@ class DyingWorld(ParallelEnv):
 
 def parallel_env(render_mode: str | None = None) -> DyingWorld:
     return DyingWorld(render_mode)
+
+
+class KeepingWorld(DyingWorld):
+    """The same agents and ends, but a finished agent stays in `agents` (and must be given an action) until the
+    episode ends, as some envs do; `given_after_end` records the actions finished agents receive."""
+
+    def reset(self, seed=None, options=None):
+        self.done: set[str] = set()
+        self.given_after_end: list = []
+        return super().reset(seed, options)
+
+    def step(self, actions):
+        if set(actions) != set(self.agents):
+            raise ValueError(f"actions for {sorted(actions)}, agents {self.agents}")
+        self.given_after_end += [actions[a] for a in sorted(self.done)]
+        self.t += 1
+        live = [a for a in self.agents if a not in self.done]
+        rewards = {a: float(self.possible_agents.index(a) + 1) * (a in live) for a in self.agents}
+        terminated = {a: a in live and self.t == TERMINATED_AFTER.get(a) for a in self.agents}
+        truncated = {a: a in live and self.t == TRUNCATED_AFTER.get(a, LENGTH) for a in self.agents}
+        self.done |= {a for a in live if terminated[a] or truncated[a]}
+        obs = self._obs()
+        if self.done == set(self.possible_agents):
+            self.agents = []
+        return obs, rewards, terminated, truncated, {a: {} for a in obs}

@@ -34,10 +34,14 @@ def steps(env, actions):
     return out
 
 
-@pytest.mark.parametrize("name", ["dmc:walker_walk", "dmc:reacher_easy"])
+@pytest.mark.parametrize(
+    "name",
+    ["dmc:walker_walk", "dmc:reacher_easy", "dmc:point_mass_hard", "dmc:swimmer_swimmer6", "dmc:quadruped_escape"],
+)
 def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
     """Episodes of 10 agent steps, so that the saved moment follows an episode's end and the continuation crosses
-    resets (where reacher draws a new target into the model)."""
+    resets, where tasks draw the episode into the model: reacher's target, point_mass_hard's actuator wrapping,
+    swimmer's light (seen in the frame) and quadruped_escape's terrain (also uploaded to the renderer)."""
     cfg = load_config("dmc", [f"env.name={name}", "env.max_frames=20"]).env
     rng = np.random.default_rng(0)
     original = make_env(cfg, seed=3, num_envs=2)
@@ -62,6 +66,23 @@ def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
     for a, b in zip(expected, got, strict=True):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(("discount", "terminated", "truncated"), [(0.0, True, False), (1.0, False, True)])
+def test_an_end_with_discount_zero_terminates_and_any_other_is_the_time_limit(
+    monkeypatch, discount, terminated, truncated
+):
+    """The lqr tasks end an episode with discount 0 once the state is near zero: a true end, not a time limit."""
+    import dm_env
+
+    from dreamctl.envs.dmc import DmcCopy
+
+    copy = DmcCopy("lqr", "lqr_2_1", load_config("dmc", ["env.name=dmc:lqr_lqr_2_1"]).env)
+    copy.reset(seed=0)
+    end = dm_env.TimeStep(dm_env.StepType.LAST, 0.5, discount, None)
+    monkeypatch.setattr(copy.env, "step", lambda action: end)
+    _, reward, got_terminated, got_truncated, _ = copy.step(np.zeros(2))
+    assert (reward, got_terminated, got_truncated) == (0.5, terminated, truncated)
 
 
 def test_the_dmc_preset_is_the_protocol(home: Path):

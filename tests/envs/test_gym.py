@@ -191,3 +191,19 @@ def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(
 def test_envs_without_images_default_to_the_vector_preset(env_module, home, name, extra, preset):
     proc = run_cli("train", name, *extra, "--dry-run", home=home, env=env_module, check=True)
     assert proc.stdout.startswith(f"# preset {preset}\n")
+
+
+def test_a_discrete_space_that_starts_elsewhere_than_0_is_counted_from_its_start():
+    """Discrete(3, start=-1) holds -1, 0, 1: its observation -1 is the first class and action index 2 is 1."""
+    import gymnasium as gym
+    import numpy as np
+
+    from dreamctl.config import load_config
+    from dreamctl.envs.gym_env import env_action, layout
+
+    space = gym.spaces.Discrete(3, start=-1)
+    converter = layout(space, "test", load_config("vector").env)["state"]
+    np.testing.assert_array_equal(
+        converter.convert(np.array([-1, 1]), load_config("vector").env), [[1, 0, 0], [0, 0, 1]]
+    )
+    assert env_action(space, np.array(2)) == 1 and space.contains(int(env_action(space, np.array(0))))

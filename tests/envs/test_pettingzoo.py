@@ -122,6 +122,32 @@ def test_an_agent_that_finishes_early_is_absent_until_its_world_ends(dying_famil
     np.testing.assert_array_equal(steps[6].is_present[3:], steps[6].is_present[:3])
 
 
+def test_an_agent_the_env_keeps_listing_after_it_finished_gets_the_resting_action(monkeypatch):
+    import sys
+    import types
+
+    import dying_world
+
+    from dreamctl.envs import pettingzoo_env
+
+    worlds: list = []
+    module = types.ModuleType("keeping_v0")
+    module.parallel_env = lambda render_mode=None: worlds.append(dying_world.KeepingWorld(render_mode)) or worlds[-1]
+    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
+    monkeypatch.setitem(sys.modules, "dreamctl_testing.keeping_v0", module)
+    env = _env("pz:testing/keeping_v0", 1)
+    try:
+        env.reset()
+        steps = [env.step(np.ones(3, np.int64)) for _ in range(6)]
+    finally:
+        env.close()
+    assert [s.is_present.tolist() for s in steps] == [[True] * 3] * 2 + [[True, False, True]] * 2 + [
+        [True, False, False]
+    ] * 2
+    assert steps[5].is_last.all()
+    assert worlds[-1].given_after_end == [0] * 6  # b at steps 3-6, c at steps 5-6: never the 1 the rows held
+
+
 def test_training_with_agents_that_finish_early_stores_their_absence(dying_family, tmp_path):
     from dreamctl import load_config, train
     from dreamctl.training.replay import decode_chunk
