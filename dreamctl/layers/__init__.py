@@ -1,6 +1,7 @@
 """Faster formulations of plain torch layers, each equal to the layer its name starts with.
 
-`Conv2d*` equal `nn.Conv2d`, `ConvTranspose2d*` equal `nn.ConvTranspose2d`, `Linear` equals `nn.Linear`,
+`Conv2d*` equal `nn.Conv2d`, `ConvTranspose2d*` equal `nn.ConvTranspose2d` (`ConvTranspose2dAfterElu` equals it
+applied to the ELU of its input, which it overwrites), `Linear` equals `nn.Linear`,
 `TransformerEncoderLayer` equals `nn.TransformerEncoderLayer` (same parameters and state-dict names, so checkpoints
 do not depend on the formulation); float64 tests compare each with its plain layer. `plain_layers()` is the one
 switch back to torch's own layers, products and unrolls.

@@ -195,8 +195,8 @@ class ConvTranspose2dAfterElu(nn.ConvTranspose2d):
     an ordinary correlation of the input with a 3x3 slice of the (zero-padded, flipped) kernel. Same parameters
     and state-dict names as nn.ConvTranspose2d; for the decoder's last layer (48 -> 1 channels) the generic
     transposed-conv kernel handles one output channel poorly, and the correlation runs as matrix products
-    (see _EluThenTapProducts). It computes nn.ConvTranspose2d(elu(x)): the ELU of its input is its own, so that
-    the backward of both runs in batch slices.
+    (see _EluThenTapProducts). It computes nn.ConvTranspose2d(elu(x)) and overwrites x with elu(x): the ELU of its
+    input is its own, so that the backward of both runs in batch slices.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2):
