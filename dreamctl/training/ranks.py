@@ -3,7 +3,8 @@
 Each rank steps its own env copies into its own replay shard and samples batch_size / N sequences; after each of
 the three backward passes (world model, actor, critic) the gradients are averaged across the ranks, one
 all_reduce per optimiser step, before clipping. N ranks so compute the update that one process computes on the
-union of their batches (with the row-consistent noise of model/noise.py).
+union of their batches (with the row-consistent noise of model/noise.py), except for the two terms that are means
+taken per rank first (docs/distributed.md): the free-nats floor and the average over agents still present.
 
 Gradients are averaged by hand rather than by DistributedDataParallel: DreamerV2 trains three modules in
 alternation and the actor's loss backpropagates through a frozen world model, while DDP's reducer expects every
