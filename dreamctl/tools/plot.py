@@ -24,10 +24,10 @@ from dreamctl.errors import DreamctlError, UsageError, did_you_mean
 from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.registry import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
+from dreamctl.tools.dream_figure import FIGURE_FORMATS
 
 X_AXES = ("steps", "frames", "hours")
 GROUP_KEYS = ("env", "preset", "seed")
-FORMATS = (".png", ".svg", ".pdf")
 RETURN = "return"  # the first panel's name
 WON = "battles won"  # the panel of runs of battles
 BAND_POINTS = 200  # x positions where a group's curves are averaged
@@ -178,8 +178,8 @@ def plot(
     references name the reference scores drawn with them."""
     if x_axis not in X_AXES:
         raise UsageError(f"--x takes {', '.join(X_AXES)}, got '{x_axis}'{did_you_mean(x_axis, X_AXES)}.")
-    if out.suffix.lower() not in FORMATS:
-        raise UsageError(f"--out must end in {', '.join(FORMATS)}, got '{out.name}'.")
+    if out.suffix.lower() not in FIGURE_FORMATS:
+        raise UsageError(f"--out must end in {', '.join(FIGURE_FORMATS)}, got '{out.name}'.")
     if window is not None and window < 1:
         raise UsageError(f"--smooth must be 1 or more, got {window}.")
     if data is not None and (data.suffix.lower() != ".csv" or not data.parent.is_dir()):
@@ -212,7 +212,8 @@ def plot(
         ax.set_ylabel({RETURN: "episode return", WON: "battles won (%)"}.get(panel, panel))
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(X_LABELS[x_axis])
-    axes[0, 0].legend(fontsize="small", loc="best")
+    if axes[0, 0].get_legend_handles_labels()[0]:  # a run with evaluations and no episode yet has no labelled line
+        axes[0, 0].legend(fontsize="small", loc="best")
     fig.tight_layout()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
