@@ -36,6 +36,14 @@ class CheckpointError(DreamctlError):
     """A checkpoint is missing, truncated or does not match its recorded sha256."""
 
 
+class SecondSignal(KeyboardInterrupt):
+    """Raised by the CLI's handler at a second SIGINT or SIGTERM (`dreamctl.terminal.stop_signals`): stop now."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StoppedAtOnce(DreamctlError):
     """A second SIGINT or SIGTERM stopped training before its next checkpoint: exit status 128 + the signal."""
 

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from dreamctl.errors import SecondSignal
 from dreamctl.training.launched import launched_ranks
 
 out = Console(soft_wrap=True)
@@ -31,7 +32,7 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
 
     def handler(signum, _frame):
         if caught["signal"] is not None:
-            raise KeyboardInterrupt(signum)
+            raise SecondSignal(signum)
         caught["signal"] = signum
         if announce:
             err.print(STOPPING)

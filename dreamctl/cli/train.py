@@ -72,7 +72,7 @@ def train(
     or [bold]dreamctl train catch --preset debug --nproc 2[/bold]
     """
     from dreamctl.config import load_config
-    from dreamctl.envs import resolve
+    from dreamctl.envs import check_new_run_env, resolve
 
     game = resolve(env)
     sets = [f"env.name={game}"] + list(overrides or [])
@@ -87,12 +87,13 @@ def train(
     if preset is None:
         preset = _default_preset(game, sets)
     cfg = load_config(preset, sets)
+    check_new_run_env(cfg.env)
     # A user's file is recorded by its file name, so that it is never taken for the bundled preset of its stem.
     preset_label = Path(preset).name if preset.endswith((".yaml", ".yml")) else preset
     if dry_run:
         _dry_run(cfg, preset_label)
         return
-    if not is_follower():
+    if launched_ranks() is None:  # a job's ranks hear rank 0's refusal from it (runs/lifecycle.py)
         check_new_name(name, home)
     if nproc > 1:
         raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))

@@ -80,24 +80,24 @@ def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
     )
 
 
-def _check_builtin(name: str, cfg: EnvConfig) -> None:
-    """The built-in games draw one 64x64 grey frame per agent step; refuse settings they would silently ignore."""
-    for key, value, needed in (
-        ("image_size", cfg.image_size, 64),
-        ("action_repeat", cfg.action_repeat, 1),
-        ("grayscale", cfg.grayscale, True),
-    ):
+def check_new_run_env(cfg: EnvConfig) -> None:
+    """Refuse, for a new run, env settings its env would silently ignore: the built-in games draw one 64x64 grey
+    frame per agent step. (Runs recorded before this check open as they were trained.)"""
+    name = resolve(cfg.name)
+    if name not in ("catch", "catch2", "reach"):
+        return
+    for key, value, needed in (("image_size", cfg.image_size, 64), ("action_repeat", cfg.action_repeat, 1)):
         if value != needed:
             raise UsageError(
                 f"{name} draws one 64x64 grey frame per agent step, so env.{key} cannot be {value}; "
-                f"set env.{key}={str(needed).lower()}."
+                f"set env.{key}={needed}."
             )
+    if not cfg.grayscale:
+        raise UsageError(f"{name} draws one 64x64 grey frame per agent step; set env.grayscale=true.")
 
 
 def _build(cfg: EnvConfig, seed: int, num_envs: int) -> BatchedEnv:
     name = resolve(cfg.name)
-    if name in ("catch", "catch2", "reach"):
-        _check_builtin(name, cfg)
     if name == "catch":
         from dreamctl.envs.catch import Catch
 

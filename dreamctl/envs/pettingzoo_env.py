@@ -32,6 +32,7 @@ from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
 from dreamctl.envs.gym_env import action_size, env_action, layout
 from dreamctl.errors import UsageError, did_you_mean
 
+INSTALL = "pip install -e '.[multiagent]'"
 MODULE_OF_FAMILY = {"mpe2": "mpe2"}  # families outside the pettingzoo package and its registry
 
 
@@ -49,9 +50,7 @@ def load_parallel_env(name: str) -> Callable[..., Any]:
         try:
             import pettingzoo
         except ImportError:
-            raise UsageError(
-                f"{name} needs PettingZoo; install the multi-agent extra: pip install -e '.[multiagent]'."
-            ) from None
+            raise UsageError(f"{name} needs PettingZoo; install the multi-agent extra: {INSTALL}.") from None
         if registered in pettingzoo.parallel_registry:
             options = {}
             if family == "atari":  # two-player Atari reads the ROMs that ale-py ships: nothing is downloaded
@@ -66,20 +65,26 @@ def load_parallel_env(name: str) -> Callable[..., Any]:
     module_name = f"{MODULE_OF_FAMILY.get(family, 'pettingzoo.' + family)}.{env}"
     try:
         module = importlib.import_module(module_name)
-    except ImportError:
-        known = known_names()
-        if not known:
-            raise UsageError(
-                f"{name} could not be imported; install the multi-agent extra: pip install -e '.[multiagent]'."
-            ) from None
-        hint = " (the MPE envs are the mpe2 family)" if family == "mpe" else did_you_mean(name, known)
-        raise UsageError(
-            f"{name} is not a PettingZoo env dreamctl can find{hint}; check the family, name and version, e.g. "
-            "pz:butterfly/cooperative_pong_v6."
-        ) from None
+    except ImportError as exc:
+        raise _not_importable(name, family, module_name, exc) from None
     if not hasattr(module, "parallel_env"):
         raise _aec_only(name)
     return module.parallel_env
+
+
+def _not_importable(name: str, family: str, module_name: str, exc: ImportError) -> UsageError:
+    """Why `pz:<family>/<env>`'s module did not import, in one sentence: no such env (with the closest names), or
+    a package it needs is missing."""
+    known = known_names()
+    missing = exc.name or ""
+    absent = missing == module_name or (missing != "" and module_name.startswith(missing + "."))
+    if family == "mpe" or (absent and known and missing != MODULE_OF_FAMILY.get(family)):
+        hint = " (the MPE envs are the mpe2 family)" if family == "mpe" else did_you_mean(name, known)
+        return UsageError(
+            f"{name} is not a PettingZoo env dreamctl can find{hint}; check the family, name and version, e.g. "
+            "pz:butterfly/cooperative_pong_v6."
+        )
+    return UsageError(f"{name} needs packages that are not installed; install the multi-agent extra: {INSTALL}.")
 
 
 def known_names() -> list[str]:
@@ -112,8 +117,7 @@ def _make_world(make: Callable[..., Any], name: str) -> Any:
         return make(render_mode="rgb_array")
     except (ImportError, FailedToImport):
         raise UsageError(
-            f"{name} needs packages that are not installed; install the multi-agent extra: pip install -e "
-            "'.[multiagent]'."
+            f"{name} needs packages that are not installed; install the multi-agent extra: {INSTALL}."
         ) from None
 
 

@@ -11,7 +11,6 @@ it (runs/sharded.py).
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
-from dreamctl.envs import make_env
-from dreamctl.errors import DreamctlError, StoppedAtOnce, UsageError
+from dreamctl.envs import check_new_run_env, make_env
+from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry, Run, now
@@ -174,6 +173,7 @@ def train(
     """Create a run in the registry and train it to cfg.train.steps agent steps (as one of torchrun's ranks when
     it started this process)."""
     cfg = prepare(cfg)
+    check_new_run_env(cfg.env)
     ranks = join() if launched_ranks() else None
     device = configure_torch(cfg)
     rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
@@ -378,14 +378,14 @@ def _execute(
 
         run.update(close)
         return Outcome(run, finished, trainer.env_steps, trainer.last_return, trainer.world)
-    except KeyboardInterrupt as exc:  # a second signal (terminal.stop_signals): its last checkpoint stands
-        signum = exc.args[0] if exc.args else signal.SIGINT
+    except SecondSignal as exc:  # the last checkpoint stands
+        nproc = f" --nproc {trainer.world}" if trainer.world > 1 else ""
         message = (
-            f"{run.ref} stopped at once at {trainer.env_steps:,} agent steps; `dreamctl resume {run.ref}` continues it "
-            "from its last checkpoint."
+            f"{run.ref} stopped at once at {trainer.env_steps:,} agent steps; `dreamctl resume {run.ref}{nproc}` "
+            "continues it from its last checkpoint."
         )
         run.update(lambda m: m.update(status="interrupted", error=message, progress=progress_of(trainer)))
-        raise StoppedAtOnce(message, signum) from None
+        raise StoppedAtOnce(message, exc.signum) from None
     except BaseException as exc:
         message = str(exc) if isinstance(exc, DreamctlError) else f"{type(exc).__name__}: {exc}"
         status = "interrupted" if isinstance(exc, RankLost) else "failed"  # a lost rank is no fault of the run's

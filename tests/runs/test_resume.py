@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fast_args, run_cli
+from conftest import FAST, fast_args, run_cli
 from resume_checks import assert_identical, final_state, interrupt_then_resume, start, wait_for
 
+from dreamctl.config import load_config
+from dreamctl.errors import SecondSignal, StoppedAtOnce
+from dreamctl.runs import lifecycle
 from dreamctl.runs.fileio import sha256_bytes
 
 ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
@@ -59,20 +62,27 @@ def test_a_run_being_trained_refuses_a_second_trainer_and_sigterm_exits_143(tmp_
     assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["status"] == "interrupted"
 
 
-def test_a_second_sigint_stops_at_once_says_so_in_one_sentence_and_the_run_resumes(tmp_path):
+def test_a_second_signal_stops_at_once_marks_the_run_interrupted_and_it_resumes(tmp_path):
+    """The CLI's handler raises SecondSignal at a second SIGINT/SIGTERM, wherever training is; here it comes from
+    the stop check after 80 ticks of 4 agent steps and the reset (324 agent steps, past the checkpoint at 200)."""
     home = tmp_path / "home"
-    proc = start(ARGS + ["--steps", "5000"], home)
-    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: run-1 stopped at once at ") and "`dreamctl resume run-1`" in last, err
+    ticks = iter(range(10_000))
+
+    def second_signal_at_tick_80() -> bool:
+        if next(ticks) == 80:
+            raise SecondSignal(signal.SIGINT)
+        return False
+
+    cfg = load_config("debug", ["env.name=catch", "train.seed=5", "train.steps=2000", *FAST])
+    with pytest.raises(StoppedAtOnce) as stopped:
+        lifecycle.train(cfg, home=home, should_stop=second_signal_at_tick_80)
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == (
+        "run-1 stopped at once at 324 agent steps; `dreamctl resume run-1` continues it from its last checkpoint."
+    )
     meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
-    assert meta["status"] == "interrupted"
-    run_cli("resume", "run-1", "--steps", str(meta["progress"]["env_steps"] + 40), home=home, check=True)
+    assert meta["status"] == "interrupted" and [c["step"] for c in meta["checkpoints"]] == [200]
+    run_cli("resume", "run-1", "--steps", "400", home=home, check=True)
 
 
 def test_sigkill_at_random_moments_never_breaks_resume(tmp_path):
