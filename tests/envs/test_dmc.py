@@ -39,9 +39,10 @@ def steps(env, actions):
     ["dmc:walker_walk", "dmc:reacher_easy", "dmc:point_mass_hard", "dmc:swimmer_swimmer6", "dmc:quadruped_escape"],
 )
 def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
-    """Episodes of 10 agent steps, so that the saved moment follows an episode's end and the continuation crosses
-    resets, where tasks draw the episode into the model: reacher's target, point_mass_hard's actuator wrapping,
-    swimmer's light (seen in the frame) and quadruped_escape's terrain (also uploaded to the renderer)."""
+    """Episodes of 10 agent steps; the state is saved in the middle of the second, so the restored copy must carry
+    what its task drew into the model when that episode began (reacher's target, point_mass_hard's actuator
+    wrapping, swimmer's light, seen in the frame, and quadruped_escape's terrain, also uploaded to the renderer),
+    and the continuation crosses resets, where the restored random state draws the next episodes."""
     cfg = load_config("dmc", [f"env.name={name}", "env.max_frames=20"]).env
     rng = np.random.default_rng(0)
     original = make_env(cfg, seed=3, num_envs=2)
@@ -49,17 +50,17 @@ def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
     try:
         first = original.reset()
         assert first.obs["image"].shape == (2, 64, 64, 3) and first.obs["image"].dtype == np.uint8
-        ended = [original.step(a).is_last.any() for a in actions[:10]]
-        assert ended == [False] * 9 + [True]  # 20 simulator steps at action repeat 2
+        ended = [original.step(a).is_last.any() for a in actions[:15]]
+        assert ended == [False] * 9 + [True] + [False] * 5  # 20 simulator steps at action repeat 2, then a reset
         state = original.get_state()
-        expected = steps(original, actions[10:])
+        expected = steps(original, actions[15:])
     finally:
         original.close()
     restored = make_env(cfg, seed=99, num_envs=2)
     try:
         restored.reset()
         restored.set_state(state)
-        got = steps(restored, actions[10:])
+        got = steps(restored, actions[15:])
     finally:
         restored.close()
     assert not any(s[4].any() for s in expected)  # the suite's episodes end by the time limit only
