@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -48,11 +48,6 @@ from dreamctl.training.ranks import RankLost, Ranks, host_name, join
 from dreamctl.training.rollout import evaluation_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
-
-if TYPE_CHECKING:
-    import torch
-
-    from dreamctl.envs.base import EnvSpec
 
 
 @dataclass
@@ -187,7 +182,31 @@ def train(
         if ranks is not None and not ranks.is_root:
             raise_refusal(ranks.broadcast(None))  # rank 0 created the run, or says why it could not
             return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
-        meta = _new_run_meta(cfg, preset, command, device, hosts, spec, params)
+        meta = {
+            "env": cfg.env.name,
+            "preset": preset,
+            "seed": cfg.train.seed,
+            "command": " ".join(command if command is not None else sys.argv),
+            "versions": versions(),
+            "device": str(device),
+            "precision": precision_label(cfg, device),
+            "ranks": {"world_size": world, "hosts": hosts},
+            "target_steps": cfg.train.steps,
+            "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
+            "env_spec": {
+                "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
+                "action_dim": spec.action_dim,
+                "discrete": spec.discrete,
+                "action_repeat": spec.action_repeat,
+                "agents": spec.num_agents,
+            },
+            "parameters": params,
+            "checkpoints": [],
+            "evals": [],
+            "history": [{"event": "created", "time": now()}],
+            "error": None,
+            "config": cfg.to_dict(),
+        }
         try:
             run = Registry(home).create(meta, name)
         except Exception as exc:
@@ -205,43 +224,6 @@ def train(
         env.close()
         if ranks is not None:
             ranks.close()
-
-
-def _new_run_meta(
-    cfg: Config,
-    preset: str,
-    command: Sequence[str] | None,
-    device: torch.device,
-    hosts: list[str],
-    spec: EnvSpec,
-    params: int,
-) -> dict[str, Any]:
-    """A new run's run.yaml, less what the registry adds (id, name, status, times)."""
-    return {
-        "env": cfg.env.name,
-        "preset": preset,
-        "seed": cfg.train.seed,
-        "command": " ".join(command if command is not None else sys.argv),
-        "versions": versions(),
-        "device": str(device),
-        "precision": precision_label(cfg, device),
-        "ranks": {"world_size": len(hosts), "hosts": hosts},
-        "target_steps": cfg.train.steps,
-        "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
-        "env_spec": {
-            "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
-            "action_dim": spec.action_dim,
-            "discrete": spec.discrete,
-            "action_repeat": spec.action_repeat,
-            "agents": spec.num_agents,
-        },
-        "parameters": params,
-        "checkpoints": [],
-        "evals": [],
-        "history": [{"event": "created", "time": now()}],
-        "error": None,
-        "config": cfg.to_dict(),
-    }
 
 
 def resume(
@@ -281,7 +263,8 @@ def _resume(
         try:
             run = Registry(home).resolve(ref)
             apply_overrides(Config(), overrides)  # a mistyped or malformed override is named as such first
-            unsafe = [k for k in override_keys(overrides) if k not in SAFE_RESUME_KEYS]
+            keys = override_keys(overrides)
+            unsafe = [k for k in keys if k not in SAFE_RESUME_KEYS]
             if unsafe:
                 raise UsageError(
                     f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
@@ -302,7 +285,7 @@ def _resume(
             listed = meta.get("checkpoints") or checkpoint != "latest"
             entry = run.find_checkpoint(checkpoint, meta) if listed else None
             start = entry["step"] if entry else 0
-            if steps is None and "train.steps" not in override_keys(overrides):
+            if steps is None and "train.steps" not in keys:
                 steps = int(meta.get("target_steps", cfg.train.steps))
             target = cfg.train.steps if steps is None else steps
             if target <= start:
