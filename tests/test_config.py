@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dreamctl.config import Config, all_keys, apply_overrides, from_dict, load_config, preset_names, validate
+from dreamctl.config import Config, all_keys, apply_overrides, from_dict, load_config, preset_names
+from dreamctl.config_rules import validate
 from dreamctl.errors import UsageError
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamctl.config import Config, check_device, validate
+from dreamctl.config import Config
+from dreamctl.config_rules import check_device, validate
 from dreamctl.envs import ObsSpace, is_image, resolve
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.actor_critic import ActorCritic

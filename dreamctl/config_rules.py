@@ -1,0 +1,94 @@
+"""The value rules every run's config must meet, beyond the types `dreamctl.config` already enforces.
+
+`validate` runs once before anything of a run is created, so a bad value is one usage error naming its key
+rather than a failure minutes into training.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dreamctl.config import Config, get_value
+from dreamctl.errors import UsageError
+
+POSITIVE_KEYS = (
+    "env.num_envs",
+    "env.image_size",
+    "env.action_repeat",
+    "env.max_frames",
+    "model.cnn_depth",
+    "model.deter",
+    "model.hidden",
+    "model.stoch",
+    "model.classes",
+    "model.mlp_units",
+    "behavior.horizon",
+    "train.steps",
+    "train.train_every",
+    "train.batch_size",
+    "train.batch_length",
+    "train.replay_capacity",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.eval_episodes",
+    "run.log_every",
+    "run.replay_chunk",
+    "multi.attention_layers",
+    "multi.attention_heads",
+)
+NON_NEGATIVE_KEYS = (
+    "env.noop_max",
+    "model.mlp_layers",
+    "model.free_nats",
+    "train.prefill",
+    "train.pretrain",
+    "train.seed",
+    "train.weight_decay",
+    "train.score_window_frames",
+    "run.eval_every",
+    "run.threads",
+)
+UNIT_INTERVAL_KEYS = (
+    "env.sticky_actions",
+    "model.kl_balance",
+    "behavior.discount",
+    "behavior.return_lambda",
+    "behavior.actor_grad_mix",
+)
+
+
+def validate(cfg: Config) -> Config:
+    """Value rules that types alone cannot state; run once before anything is created."""
+    for key in POSITIVE_KEYS:
+        if get_value(cfg, key) <= 0:
+            raise UsageError(f"{key} must be positive, got {get_value(cfg, key)}.")
+    for key in NON_NEGATIVE_KEYS:
+        if get_value(cfg, key) < 0:
+            raise UsageError(f"{key} must not be negative, got {get_value(cfg, key)}.")
+    for key in UNIT_INTERVAL_KEYS:
+        if not 0.0 <= get_value(cfg, key) <= 1.0:
+            raise UsageError(f"{key} must lie in [0, 1], got {get_value(cfg, key)}.")
+    if cfg.train.batch_length < 2:
+        raise UsageError("train.batch_length must be at least 2.")
+    per_env = cfg.train.replay_capacity // cfg.env.num_envs
+    if per_env < cfg.train.batch_length:
+        raise UsageError(
+            f"train.replay_capacity ({cfg.train.replay_capacity}) must hold at least "
+            f"train.batch_length steps per env copy; raise it or lower env.num_envs."
+        )
+    heads = cfg.multi.attention_heads
+    for used, key in (
+        (cfg.multi.communication == "attention", "model.hidden"),
+        (cfg.multi.critic == "central", "model.mlp_units"),
+    ):
+        if used and get_value(cfg, key) % heads:
+            raise UsageError(f"{key} ({get_value(cfg, key)}) must be a multiple of multi.attention_heads ({heads}).")
+    check_device(cfg.run.device, "run.device")
+    return cfg
+
+
+def check_device(name: str, source: str) -> str:
+    """Refuse a device name other than auto, cpu, cuda or cuda:<i>, naming where it came from."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UsageError(f"{source} must be auto, cpu or cuda[:i], got '{name}'.")
+    return name
