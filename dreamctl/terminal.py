@@ -135,12 +135,11 @@ def finish(outcome, caught, verb: str) -> None:
         if not outcome.finished:
             raise typer.Exit(130 if caught["signal"] == signal.SIGINT else 143)
         return
-    nproc = f" --nproc {outcome.ranks}" if outcome.ranks > 1 else ""
     if not outcome.finished:
         code = 130 if caught["signal"] == signal.SIGINT else 143
         err.print(
             f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
-            f"`dreamctl resume {run.ref}{nproc}`."
+            f"`{run.resume_command(outcome.ranks)}`."
         )
         raise typer.Exit(code)
     ret = "-" if outcome.last_return is None else f"{outcome.last_return:g}"
@@ -148,7 +147,7 @@ def finish(outcome, caught, verb: str) -> None:
     out.print(f"Files: {run.path}")
     out.print(
         f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"
-        f" · [bold]dreamctl resume {run.ref} --steps N{nproc}[/bold]"
+        f" · [bold]{run.resume_command(outcome.ranks, steps='N')}[/bold]"
     )
 
 

@@ -362,9 +362,8 @@ def _execute(
         run.update(close)
         return Outcome(run, finished, trainer.env_steps, trainer.last_return, trainer.world)
     except SecondSignal as exc:  # the last checkpoint stands
-        nproc = f" --nproc {trainer.world}" if trainer.world > 1 else ""
         message = (
-            f"{run.ref} stopped at once at {trainer.env_steps:,} agent steps; `dreamctl resume {run.ref}{nproc}` "
+            f"{run.ref} stopped at once at {trainer.env_steps:,} agent steps; `{run.resume_command(trainer.world)}` "
             "continues it from its last checkpoint."
         )
         run.update(lambda m: m.update(status="interrupted", error=message, progress=progress_of(trainer)))

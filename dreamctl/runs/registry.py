@@ -93,6 +93,17 @@ class Run:
     def ref(self) -> str:
         return f"run-{self.id}"
 
+    def resume_command(self, ranks: int, steps: str = "") -> str:
+        """The command that continues this run, with the `--nproc` of the ranks that trained it.
+
+        Args:
+            ranks: how many ranks trained the run (1: a plain single process).
+            steps: a `--steps` value to show (e.g. "N"), or "" to continue to the run's own target.
+        """
+        steps_flag = f" --steps {steps}" if steps else ""
+        nproc = f" --nproc {ranks}" if ranks > 1 else ""
+        return f"dreamctl resume {self.ref}{steps_flag}{nproc}"
+
     @property
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"

@@ -50,6 +50,13 @@ def test_references(home):
             make_run(home, name=bad_name)
 
 
+def test_the_resume_command_carries_the_ranks_that_trained_the_run(home):
+    run = make_run(home)
+    assert run.resume_command(1) == "dreamctl resume run-1"
+    assert run.resume_command(2) == "dreamctl resume run-1 --nproc 2"
+    assert run.resume_command(4, steps="N") == "dreamctl resume run-1 --steps N --nproc 4"
+
+
 def _create_many(home, count, queue):
     queue.put([make_run(home).id for _ in range(count)])
 
