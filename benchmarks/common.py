@@ -1,18 +1,19 @@
-"""Helpers shared by the benchmarks: real Pong batches, a same-run matmul peak, phase clocks."""
+"""Helpers shared by the benchmarks: batches of an env's random play, a same-run matmul peak, phase clocks."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections import defaultdict
 
-import numpy as np
 import torch
 
 from dreamctl.config import Config
 from dreamctl.envs import make_env
+from dreamctl.envs.base import EnvSpec
 from dreamctl.layers.linear import linear, onednn_active, use_onednn
-from dreamctl.training.replay import Replay
+from dreamctl.training.trainer import Trainer
 
 
 def device_name(device: torch.device) -> str:
@@ -33,31 +34,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def pong_batch(cfg: Config, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A (batch_size, batch_length) batch of real Pong frames played by a random policy."""
+def random_play_batch(cfg: Config, device: torch.device) -> tuple[dict[str, torch.Tensor], EnvSpec]:
+    """A (batch_size, batch_length) batch of `cfg.env.name` played as prefill plays it (uniformly among the allowed
+    actions), sampled as training samples it (a world's agents in adjacent rows), and the env's spec."""
+    cfg = copy.deepcopy(cfg)
     t = cfg.train
-    env = make_env(cfg.env, seed, num_envs=t.batch_size)
-    replay = Replay(
-        t.batch_size * (t.batch_length + 1), t.batch_size, env.spec.obs_space, env.spec.action_dim, env.spec.discrete
-    )
-    rng = np.random.default_rng(seed)
-    step = env.reset()
-    action = np.full(t.batch_size, -1)
-    for _ in range(t.batch_length + 1):
-        replay.add(
-            {
-                **step.obs,
-                "action": np.where(step.is_first, -1, action),
-                "reward": step.reward,
-                "is_first": step.is_first,
-                "is_last": step.is_last,
-                "is_terminal": step.is_terminal,
-            }
-        )
-        action = rng.integers(0, env.spec.action_dim, t.batch_size)
-        step = env.step(action)
-    env.close()
-    return replay.to_torch(replay.sample(t.batch_size, t.batch_length, rng), device)
+    t.prefill = 10**12  # every tick below plays random actions
+    env = make_env(cfg.env, t.seed)
+    try:
+        trainer = Trainer(cfg, env, torch.device("cpu"))
+        trainer.start()
+        for _ in range(2 * (t.batch_length + 1)):
+            trainer.collect_step()
+        sample = trainer.replay.sample(t.batch_size, t.batch_length, trainer.rng)
+        return trainer.replay.to_torch(sample, device), env.spec
+    finally:
+        env.close()
 
 
 def matmul_peaks(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:

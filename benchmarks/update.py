@@ -1,7 +1,12 @@
-"""Time the paper-config update on a 16x50 batch of real Pong frames and report its MFU.
+"""Time one update of a preset on a batch of an env's random play (by default the paper config on a 16x50 batch of
+real Pong frames) and report its MFU.
 
     python -m benchmarks.update --preset atari [--precision 32,bf16] [--layers fast,plain] [--device cpu|cuda]
-                                [--updates 10]
+                                [--updates 10] [--env pong]
+    python -m benchmarks.update --preset catch2 --env catch2 --set multi.communication=attention
+
+The env decides what the update sees: its observation keys, its actions and its agents (a multi-agent env's batch
+holds each world's agents, so attention across agents and the central critic are timed as training runs them).
 
 Prints one JSON line with, per precision (and kind of layers): seconds per update (median, min, max), the time split
 by phase (on a GPU from further updates, since the clock's synchronisations would slow the timed ones), parameter
@@ -32,8 +37,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import PhaseClock, device_name, matmul_peaks, pong_batch, sync
-from dreamctl.config import load_config
+from benchmarks.common import PhaseClock, device_name, matmul_peaks, random_play_batch, sync
+from dreamctl.config import Config, apply_overrides, load_config
+from dreamctl.envs.base import EnvSpec
 from dreamctl.layers import plain_layers, reformulations, use_onednn
 from dreamctl.model.agent import Agent
 from dreamctl.runs.system import keep_freed_memory, resolve_device, resolve_precision
@@ -50,25 +56,19 @@ def count_flops(agent: Agent, batch: dict[str, torch.Tensor]) -> tuple[int, int]
 
 
 def measure(
-    preset: str,
+    cfg: Config,
+    spec: EnvSpec,
     precision: str,
     layers: str,
     device: torch.device,
     batch: dict[str, torch.Tensor],
     updates: int,
     warmup: int,
-    overrides: list[str],
 ) -> dict:
-    cfg = load_config(preset, ["env.name=pong", f"run.precision={precision}", *overrides])
+    cfg = apply_overrides(cfg, [f"run.precision={precision}"])
     torch.manual_seed(0)
-    agent = Agent(
-        cfg,
-        {"image": tuple(batch["image"].shape[2:])},
-        batch["action"].shape[-1],
-        True,
-        device,
-        resolve_precision(precision, device),
-    )
+    amp = resolve_precision(precision, device)
+    agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, device, amp, spec.num_agents)
     flops, gathered = count_flops(agent, batch)
     with plain_layers() if layers == "plain" else contextlib.nullcontext():
         return {
@@ -129,6 +129,7 @@ def time_updates(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="atari")
+    parser.add_argument("--env", default="pong", help="the env whose random play fills the batch")
     parser.add_argument("--precision", default="32", help="one or more of 32, bf16, 16, comma-separated")
     parser.add_argument(
         "--layers",
@@ -145,16 +146,18 @@ def main() -> None:
 
     device = resolve_device(args.device)
     keep_freed_memory()  # as `dreamctl train` does
-    cfg = load_config(args.preset, ["env.name=pong", *args.overrides])  # a batch of the overridden size
-    batch = pong_batch(cfg, device)
+    cfg = load_config(args.preset, [f"env.name={args.env}", *args.overrides])  # a batch of the overridden size
+    batch, spec = random_play_batch(cfg, device)
     runs = [
-        measure(args.preset, precision, layers, device, batch, args.updates, args.warmup, args.overrides)
+        measure(cfg, spec, precision, layers, device, batch, args.updates, args.warmup)
         for precision in args.precision.split(",")
         for layers in args.layers.split(",")
     ]
     result = {
         "benchmark": "update",
         "preset": args.preset,
+        "env": args.env,
+        "agents": spec.num_agents,
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),

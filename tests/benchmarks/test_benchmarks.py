@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dreamctl.config import load_config
+from dreamctl.envs import make_env
+from dreamctl.model.agent import Agent
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +48,19 @@ def test_update_benchmark_reports_the_time_split_flops_peak_and_mfu_for_each_kin
 def test_update_benchmark_times_a_batch_of_the_overridden_size():
     result = bench("update", "--preset", "debug", "--updates", "1", "--warmup", "1", "--set", "train.batch_size=6")
     assert result["batch"] == [6, 16]
+
+
+def test_update_benchmark_times_the_model_of_the_env_it_is_given_agents_included():
+    """catch2 with attention: the timed model is the one training builds for two agents (its attention across
+    agents included), fed a batch of catch2's own play."""
+    sets = ["--set", "multi.communication=attention", "--set", "train.batch_size=4"]
+    result = bench("update", "--preset", "catch2", "--env", "catch2", "--updates", "1", "--warmup", "0", *sets)
+    cfg = load_config("catch2", ["multi.communication=attention"])
+    spec = make_env(cfg.env, 0).spec
+    agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, agents=spec.num_agents)
+    assert result["env"] == "catch2" and result["agents"] == spec.num_agents == 2 and result["batch"] == [4, 16]
+    assert result["runs"][0]["parameters"] == sum(p.numel() for p in agent.parameters() if p.requires_grad)
+    assert any(".communication." in name for name, _ in agent.named_parameters())
 
 
 def test_collect_benchmark_reports_policy_and_prefill_rates_for_1_and_8_copies():
