@@ -116,8 +116,9 @@ def test_linear_module_keeps_nn_linears_state_dict():
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
-@needs_onednn
-def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
+@pytest.fixture
+def onednn_calls(monkeypatch) -> dict[str, int]:
+    """{"n": how many times oneDNN's linear op has been called since the test began}."""
     calls = {"n": 0}
     op = linear_module._OP
 
@@ -126,6 +127,12 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
         return op(*args)
 
     monkeypatch.setattr(linear_module, "_OP", counting)
+    return calls
+
+
+@needs_onednn
+def test_a_training_update_and_acting_run_their_linears_on_onednn(onednn_calls):
+    calls = onednn_calls
     cfg = tiny_config()
     agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     batch = random_batch(cfg)
@@ -143,17 +150,10 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
 
 
 @needs_onednn
-def test_small_products_with_small_weights_run_on_the_blas_and_the_others_on_onednn(monkeypatch):
+def test_small_products_with_small_weights_run_on_the_blas_and_the_others_on_onednn(monkeypatch, onednn_calls):
     monkeypatch.setattr(linear_module, "SMALL_PRODUCT", 64 * 128 * 128)
     monkeypatch.setattr(linear_module, "SMALL_WEIGHT", 128 * 128 + 1)
-    calls = {"n": 0}
-    op = linear_module._OP
-
-    def counting(*args):
-        calls["n"] += 1
-        return op(*args)
-
-    monkeypatch.setattr(linear_module, "_OP", counting)
+    calls = onednn_calls
     weight = torch.randn(128, 128, requires_grad=True)
     small, large = torch.randn(63, 128, requires_grad=True), torch.randn(64, 128, requires_grad=True)
     for x, expected in ((small, 0), (large, 3)):  # forward, and the backward's two products
