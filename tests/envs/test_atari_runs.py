@@ -4,18 +4,18 @@ import torch
 import yaml
 from conftest import run_cli
 
-from benchmarks.common import pong_batch
+from benchmarks.common import random_play_batch
 from dreamctl.config import load_config
 from dreamctl.model.agent import Agent
 
 
 def test_one_paper_config_update_on_real_pong_frames_is_finite():
     cfg = load_config("atari", ["env.name=pong"])
-    batch = pong_batch(cfg, torch.device("cpu"))
+    batch, spec = random_play_batch(cfg, torch.device("cpu"))
     assert batch["image"].shape == (16, 50, 64, 64, 1) and batch["image"].dtype == torch.uint8
-    assert batch["image"].float().std() > 0
+    assert batch["image"].float().std() > 0 and spec.action_dim == 6 and spec.discrete
     torch.manual_seed(0)
-    agent = Agent(cfg, {"image": (64, 64, 1)}, 6, True)
+    agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete)
     before = [p.detach().clone() for p in agent.world_model.parameters()]
     metrics = agent.train_step(batch)
     for key in ("loss/image", "loss/reward", "loss/discount", "loss/kl", "loss/model", "loss/actor", "loss/critic"):
