@@ -24,6 +24,9 @@ FAST = [
     "run.checkpoint_every=200",
     "run.replay_chunk=32",
 ]
+# One update every 8 agent steps: exact-resume checks of an env's saved state, which need some updates on both sides
+# of the stop but not the hundreds that `train_every=2` makes.
+FEWER_UPDATES = ["--set", "train.train_every=8"]
 
 
 # What bash sets when TAB is pressed after `dreamctl train catch --pre`.

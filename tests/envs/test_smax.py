@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import fast_args, run_cli
+from conftest import FEWER_UPDATES, fast_args, run_cli
 from resume_checks import assert_identical
 
 pytest.importorskip("jaxmarl")
@@ -132,8 +132,9 @@ def test_training_logs_which_battles_were_won_and_plot_draws_the_share(tmp_path:
 
 
 def test_600_steps_in_one_go_equal_300_then_resume(tmp_path: Path):
-    """Mid-battle at 300 agent steps: the battles, the PRNG key and the units' presence continue bit for bit."""
-    args = ["train", "smax:3m", "--seed", "4", *fast_args(), "--set", "train.batch_size=6"]
+    """Mid-battle at 300 agent steps: the battles, the PRNG key and the units' presence continue bit for bit (with
+    one update every 8 agent steps, enough updates on both sides of the stop to check the model's part)."""
+    args = ["train", "smax:3m", "--seed", "4", *fast_args(), "--set", "train.batch_size=6", *FEWER_UPDATES]
     whole, split = tmp_path / "whole", tmp_path / "split"
     run_cli(*args, "--steps", "600", home=whole, check=True)
     run_cli(*args, "--steps", "300", home=split, check=True)
