@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from dreamctl.config import load_config
 
@@ -102,3 +106,53 @@ def fast_args() -> list[str]:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
+
+
+CATCH_3000_ARGS = ["train", "catch", "--preset", "debug", "--seed", "5"]  # what `catch_3000` trains, as a command
+
+
+@dataclass
+class TimedRun:
+    """A run of `CATCH_3000_ARGS` for 3,000 agent steps, trained in this process, and how long it took.
+
+    Args:
+        home: the DREAMCTL_HOME holding it as run-1.
+        predicted: seconds the time estimate gave before the run.
+        measured: seconds the run took.
+        first_eta: the time left the progress bar showed on its first tick after prefill.
+        rest: the seconds that were really left from that tick.
+    """
+
+    home: Path
+    predicted: float
+    measured: float
+    first_eta: float
+    rest: float
+
+
+@pytest.fixture(scope="session")
+def catch_3000(tmp_path_factory) -> TimedRun:
+    """One slow run for two checks that each need minutes of training: the time estimate (tests/runs/test_estimate.py)
+    and the full-length exact resume (tests/test_learning.py, which resumes other runs through the CLI and compares
+    them with this one; a run trained in-process equals the same command's bit for bit)."""
+    from dreamctl.runs import lifecycle
+    from dreamctl.runs.estimate import estimate_time
+    from dreamctl.terminal import ProgressView
+
+    home = tmp_path_factory.mktemp("catch3000") / "home"
+    cfg = load_config("debug", ["env.name=catch", "train.steps=3000", "train.seed=5"])
+    estimate = estimate_time(cfg)
+    view = ProgressView(Console(file=io.StringIO()), lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
+    first: list[tuple[float, float]] = []
+
+    def on_progress(p):
+        view(p)
+        if not p.prefill and not first:
+            now = time.monotonic()
+            first.append((now, view.time_left(p, now)))
+
+    began = time.monotonic()
+    lifecycle.train(cfg, home=home, preset="debug", progress=on_progress)
+    ended = time.monotonic()
+    at, eta = first[0]
+    return TimedRun(home, estimate.seconds(cfg), ended - began, eta, ended - at)

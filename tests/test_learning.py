@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import CATCH_3000_ARGS, TimedRun, run_cli
 from resume_checks import assert_identical, interrupt_then_resume
 
 from benchmarks.common import matmul_peaks
@@ -155,23 +155,13 @@ def test_vector_preset_learns_cartpole(tmp_path):
     assert trained <= limit
 
 
-ARGS = ["train", "catch", "--preset", "debug", "--seed", "5"]
-
-
-@pytest.fixture(scope="module")
-def whole_3000(tmp_path_factory):
-    home = tmp_path_factory.mktemp("whole3000") / "home"
-    run_cli(*ARGS, "--steps", "3000", home=home, timeout=20 * 60, check=True)
-    return home
-
-
-def test_3000_steps_in_one_go_equal_1500_then_resume(whole_3000, tmp_path):
+def test_3000_steps_in_one_go_equal_1500_then_resume(catch_3000: TimedRun, tmp_path):
     home = tmp_path / "home"
-    run_cli(*ARGS, "--steps", "1500", home=home, timeout=20 * 60, check=True)
+    run_cli(*CATCH_3000_ARGS, "--steps", "1500", home=home, timeout=20 * 60, check=True)
     run_cli("resume", "run-1", "--steps", "3000", home=home, timeout=20 * 60, check=True)
-    assert_identical(whole_3000, home)
+    assert_identical(catch_3000.home, home)
 
 
-def test_3000_steps_in_one_go_equal_a_sigint_then_resume(whole_3000, tmp_path):
-    interrupt_then_resume(ARGS, 3000, tmp_path / "home", max_delay=60.0)
-    assert_identical(whole_3000, tmp_path / "home")
+def test_3000_steps_in_one_go_equal_a_sigint_then_resume(catch_3000: TimedRun, tmp_path):
+    interrupt_then_resume(CATCH_3000_ARGS, 3000, tmp_path / "home", max_delay=60.0)
+    assert_identical(catch_3000.home, tmp_path / "home")

@@ -1,14 +1,13 @@
 """The time estimate's arithmetic and the progress bar's time left, with hand-worked values."""
 
 import io
-import time
 
 import pytest
+from conftest import TimedRun
 from rich.console import Console
 
 from dreamctl.config import load_config
-from dreamctl.runs import lifecycle
-from dreamctl.runs.estimate import Costs, TimeEstimate, estimate_time, work_left
+from dreamctl.runs.estimate import Costs, TimeEstimate, work_left
 from dreamctl.terminal import ProgressView, duration_label, estimate_line
 from dreamctl.training.trainer import Progress
 
@@ -55,29 +54,14 @@ def test_time_left_comes_from_the_estimate_until_training_has_run_a_while():
 
 
 @pytest.mark.slow
-def test_estimate_and_first_eta_after_prefill_hold_on_the_debug_preset(tmp_path):
+def test_estimate_and_first_eta_after_prefill_hold_on_the_debug_preset(catch_3000: TimedRun):
     """The dry run's estimate (the same `estimate_time`) against the measured time of the very run, and the time
     left that the progress bar shows on the first tick after prefill against the time that was really left."""
-    cfg = load_config("debug", ["env.name=catch", "train.steps=3000", "train.seed=4"])
-    estimate = estimate_time(cfg)
-    predicted = estimate.seconds(cfg)
-    view = ProgressView(Console(file=io.StringIO()), lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
-    first: list[tuple[float, float]] = []
-
-    def on_progress(p):
-        view(p)
-        if not p.prefill and not first:
-            now = time.monotonic()
-            first.append((now, view.time_left(p, now)))
-
-    began = time.monotonic()
-    lifecycle.train(cfg, home=tmp_path, preset="debug", progress=on_progress)
-    ended = time.monotonic()
-    measured = ended - began
-    at, eta = first[0]
-    print(f"estimate {predicted:.1f} s, measured {measured:.1f} s; first ETA {eta:.1f} s, true rest {ended - at:.1f} s")
-    assert 1 / 1.5 <= predicted / measured <= 1.5
-    assert 0.5 <= eta / (ended - at) <= 2.0
+    run = catch_3000
+    print(f"estimate {run.predicted:.1f} s, measured {run.measured:.1f} s; ", end="")
+    print(f"first ETA {run.first_eta:.1f} s, true rest {run.rest:.1f} s")
+    assert 1 / 1.5 <= run.predicted / run.measured <= 1.5
+    assert 0.5 <= run.first_eta / run.rest <= 2.0
 
 
 def test_durations_read_in_the_unit_that_suits_them():
