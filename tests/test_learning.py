@@ -147,10 +147,11 @@ def test_vector_preset_learns_cartpole(tmp_path):
     paper's discount for discrete actions (Atari's gamma 0.999; the preset's 0.99 is the continuous-control value,
     docs/learning.md); 20 greedy episodes then average at least 400 steps of balance (500 is the cap, random play
     about 22), after at most 12 minutes of training on a machine whose matrix products are as fast as the reference's.
-    25,000 agent steps take about 6 minutes on the Intel VMs of docs/performance.md and about 11 on the AMD ones."""
+    30,000 agent steps take about 7 minutes on the Intel VMs of docs/performance.md and about 14 on the AMD ones; at
+    25,000 one checkpoint's greedy policy still swings between 290 and 500 with the rounding (docs/learning.md)."""
     limit = learning_time_limit(12, matmul_slowness)
     home = tmp_path / "home"
-    result, trained = _train_with_vector_preset(home, "gym:CartPole-v1", 25_000, limit, "behavior.discount=0.999")
+    result, trained = _train_with_vector_preset(home, "gym:CartPole-v1", 30_000, limit, "behavior.discount=0.999")
     assert result["mean"] >= 400.0, result["returns"]
     assert trained <= limit
 
