@@ -6,9 +6,9 @@ convolutions and bfloat16 matmuls, runs its AVX-512 kernels there, with float32 
 reduced-precision math mode). On Intel processors MKL takes its AVX-512 kernels and is the faster of the two,
 and on processors without AVX-512 MKL's AVX2 kernels are all the machine has and also the faster. So the
 oneDNN route is the default only on non-Intel x86 processors with AVX-512, and on torch builds without MKL
-(the measurements are in docs/performance.md). Every Linear of the model goes through `linear`, so the world
-model, imagination, actor and critic all take the route; its results equal F.linear's to float32 rounding
-(tests compare them in float64).
+(the measurements are in docs/performance.md); small products (`SMALL_PRODUCT`) stay on the BLAS even there.
+Every Linear of the model goes through `linear`, so the world model, imagination, actor and critic all take the
+route; its results equal F.linear's to float32 rounding (tests compare them in float64).
 
 oneDNN handles a sliced weight (a column slice of a wider matrix) very slowly, so weights reach it contiguous
 or as the transpose of a contiguous matrix (which it reads well at training batch sizes, and which spares a
@@ -82,8 +82,19 @@ def onednn_active(x: Tensor, weight: Tensor) -> bool:
     )
 
 
+SMALL_PRODUCT = 8 * 2**20
+"""Multiply-adds below which a product with a small right-hand matrix goes to torch's BLAS even where oneDNN is the
+route: oneDNN's fixed cost per call outweighs its faster kernels there (the small presets' per-step RSSM products,
+acting); measured in docs/performance.md."""
+SMALL_WEIGHT = 2**18
+"""Elements of the right-hand matrix (the weight) from which oneDNN keeps the product however few its rows: with a
+weight this large, its matrix-vector kernels beat the BLAS's (acting with the paper's networks)."""
+
+
 def _mm_t(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """a @ b.T (+ bias) on oneDNN; `a` may have leading batch axes."""
+    """a @ b.T (+ bias) on oneDNN, or on torch's BLAS if it is small; `a` may have leading batch axes."""
+    if a.numel() * b.shape[0] < SMALL_PRODUCT and b.numel() < SMALL_WEIGHT:
+        return F.linear(a, b, bias)
     return _OP(a, b, bias, "none", [], "")
 
 

@@ -15,8 +15,10 @@ needs_onednn = pytest.mark.skipif(linear_module._OP is None, reason="this torch 
 
 
 @pytest.fixture(autouse=True)
-def onednn_route():
-    """Every test here runs with the oneDNN route on where torch has it, whichever route this CPU takes by default."""
+def onednn_route(monkeypatch):
+    """Every test here runs with the oneDNN route on where torch has it, whichever route this CPU takes by default,
+    and for products of every size (the tests' small products would otherwise stay on the BLAS)."""
+    monkeypatch.setattr(linear_module, "SMALL_PRODUCT", 0)
     with use_onednn(True):
         yield
 
@@ -114,8 +116,9 @@ def test_linear_module_keeps_nn_linears_state_dict():
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
-@needs_onednn
-def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
+@pytest.fixture
+def onednn_calls(monkeypatch) -> dict[str, int]:
+    """{"n": how many times oneDNN's linear op has been called since the test began}."""
     calls = {"n": 0}
     op = linear_module._OP
 
@@ -124,6 +127,12 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
         return op(*args)
 
     monkeypatch.setattr(linear_module, "_OP", counting)
+    return calls
+
+
+@needs_onednn
+def test_a_training_update_and_acting_run_their_linears_on_onednn(onednn_calls):
+    calls = onednn_calls
     cfg = tiny_config()
     agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     batch = random_batch(cfg)
@@ -138,6 +147,26 @@ def test_a_training_update_and_acting_run_their_linears_on_onednn(monkeypatch):
         before = calls["n"]
         agent.train_step(batch)
         assert calls["n"] == before
+
+
+@needs_onednn
+def test_small_products_with_small_weights_run_on_the_blas_and_the_others_on_onednn(monkeypatch, onednn_calls):
+    monkeypatch.setattr(linear_module, "SMALL_PRODUCT", 64 * 128 * 128)
+    monkeypatch.setattr(linear_module, "SMALL_WEIGHT", 128 * 128 + 1)
+    calls = onednn_calls
+    weight = torch.randn(128, 128, requires_grad=True)
+    small, large = torch.randn(63, 128, requires_grad=True), torch.randn(64, 128, requires_grad=True)
+    for x, expected in ((small, 0), (large, 3)):  # forward, and the backward's two products
+        calls["n"] = 0
+        y = linear(x, weight)
+        y.sum().backward()
+        assert calls["n"] == expected
+        assert torch.allclose(y, x @ weight.t(), atol=1e-4)
+    wide = torch.randn(129, 128)  # one row, but a weight of SMALL_WEIGHT elements or more
+    calls["n"] = 0
+    with torch.no_grad():
+        linear(torch.randn(1, 128), wide)
+    assert calls["n"] == 1
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-6])
