@@ -108,7 +108,10 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-CATCH_3000_ARGS = ["train", "catch", "--preset", "debug", "--seed", "5"]  # what `catch_3000` trains, as a command
+# What `catch_3000` trains, as overrides of the debug preset and as a command. The thread count is this process's
+# (set above), so that runs of the command compute the same floats as the fixture's on machines with more cores.
+CATCH_3000_SETS = ["train.seed=5", "run.threads=2"]
+CATCH_3000_ARGS = ["train", "catch", "--preset", "debug", *(x for item in CATCH_3000_SETS for x in ("--set", item))]
 
 
 @dataclass
@@ -140,7 +143,7 @@ def catch_3000(tmp_path_factory) -> TimedRun:
     from dreamctl.terminal import ProgressView
 
     home = tmp_path_factory.mktemp("catch3000") / "home"
-    cfg = load_config("debug", ["env.name=catch", "train.steps=3000", "train.seed=5"])
+    cfg = load_config("debug", ["env.name=catch", *CATCH_3000_SETS, "train.steps=3000"])
     estimate = estimate_time(cfg)
     view = ProgressView(Console(file=io.StringIO()), lambda p: estimate.seconds(cfg, p.env_steps, p.updates))
     first: list[tuple[float, float]] = []
