@@ -99,8 +99,13 @@ def run_cli(
     return proc
 
 
+def set_args(items: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"], the command line's form of config overrides."""
+    return [x for item in items for x in ("--set", item)]
+
+
 def fast_args() -> list[str]:
-    return [x for item in FAST for x in ("--set", item)]
+    return set_args(FAST)
 
 
 @pytest.fixture
@@ -111,7 +116,7 @@ def home(tmp_path: Path) -> Path:
 # What `catch_3000` trains, as overrides of the debug preset and as a command. The thread count is this process's
 # (set above), so that runs of the command compute the same floats as the fixture's on machines with more cores.
 CATCH_3000_SETS = ["train.seed=5", "run.threads=2"]
-CATCH_3000_ARGS = ["train", "catch", "--preset", "debug", *(x for item in CATCH_3000_SETS for x in ("--set", item))]
+CATCH_3000_ARGS = ["train", "catch", "--preset", "debug", *set_args(CATCH_3000_SETS)]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import yaml
-from conftest import CATCH_3000_ARGS, TimedRun, run_cli
+from conftest import CATCH_3000_ARGS, TimedRun, run_cli, set_args
 from resume_checks import assert_identical, interrupt_then_resume
 
 from benchmarks.common import matmul_peaks
@@ -122,7 +122,7 @@ def _train_with_vector_preset(home, env: str, steps: int, limit: float, *sets: s
     """Train `env` seed 1 with its default preset (it must be `vector`) and `--set` overrides, then 20 greedy
     episodes: (eval result, seconds of training)."""
     began = time.monotonic()
-    args = ["train", env, "--steps", str(steps), "--seed", "1", *(x for item in sets for x in ("--set", item))]
+    args = ["train", env, "--steps", str(steps), "--seed", "1", *set_args(list(sets))]
     run_cli(*args, home=home, timeout=limit + 300, check=True)
     trained = time.monotonic() - began
     result = json.loads(run_cli("eval", "latest", "--episodes", "20", "--json", home=home, check=True).stdout)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import run_cli, set_args
 from resume_checks import assert_identical, final_state
 
 from dreamctl.config import load_config
@@ -20,7 +20,7 @@ suite = pytest.importorskip("dm_control.suite", reason="the dmc extra is not ins
 
 SMALL = ["--set", "train.prefill=200", "--set", "train.pretrain=1", "--set", "train.batch_size=4"]
 SMALL += ["--set", "train.batch_length=8", "--set", "run.checkpoint_every=200", "--set", "run.replay_chunk=32"]
-TINY_MODEL = [x for k in ("cnn_depth=8", "deter=64", "hidden=64", "mlp_units=64") for x in ("--set", f"model.{k}")]
+TINY_MODEL = set_args([f"model.{k}" for k in ("cnn_depth=8", "deter=64", "hidden=64", "mlp_units=64")])
 
 
 def test_the_task_list_is_the_installed_suites():

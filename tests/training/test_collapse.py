@@ -3,7 +3,7 @@
 import json
 
 import yaml
-from conftest import run_cli
+from conftest import run_cli, set_args
 
 from dreamctl.training.trainer import COLLAPSE_UPDATES, collapse_warning
 
@@ -36,7 +36,7 @@ COLLAPSING = [
 
 
 def test_a_run_made_to_collapse_is_warned_about_once_in_the_terminal_and_in_run_yaml(home):
-    sets = [x for item in COLLAPSING for x in ("--set", item)]
+    sets = set_args(COLLAPSING)
     proc = run_cli("train", "catch", "--preset", "debug", "--steps", "1300", *sets, home=home, check=True)
     assert proc.stdout.count("warning: the world model has collapsed") == 1, proc.stdout
     meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
