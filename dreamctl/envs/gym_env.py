@@ -75,7 +75,10 @@ class Converter:
             return convert_frames(x, cfg.image_size, cfg.grayscale, cfg.resize)
         if self.kind == "one_hot":
             return np.eye(self.shape[0], dtype=np.float32)[x.astype(np.int64).reshape(-1) - self.start]
-        return x.reshape(x.shape[0], -1).astype(np.float32)
+        vector = x.reshape(x.shape[0], -1).astype(np.float32)
+        if x.dtype == np.uint8:  # bytes (e.g. Atari RAM) are scaled as DreamerV2's preprocess scales every uint8 key
+            vector = vector / np.float32(255) - np.float32(0.5)
+        return vector
 
 
 def _is_image(space: gym.Space) -> bool:

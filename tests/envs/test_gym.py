@@ -207,3 +207,27 @@ def test_a_discrete_space_that_starts_elsewhere_than_0_is_counted_from_its_start
         converter.convert(np.array([-1, 1]), load_config("vector").env), [[1, 0, 0], [0, 0, 1]]
     )
     assert env_action(space, np.array(2)) == 1 and space.contains(int(env_action(space, np.array(0))))
+
+
+def test_byte_vectors_are_scaled_to_the_images_range_and_other_numbers_kept():
+    """A uint8 Box that is not an image (Atari RAM, say) becomes x / 255 - 0.5, as DreamerV2's preprocess scales
+    every uint8 observation; float and integer vectors reach the model as they are."""
+    import gymnasium as gym
+    import numpy as np
+
+    from dreamctl.config import load_config
+    from dreamctl.envs.gym_env import layout
+
+    cfg = load_config("vector").env
+    ram = layout(gym.spaces.Box(0, 255, (4,), np.uint8), "test", cfg)["state"]
+    assert ram.kind == "vector"
+    np.testing.assert_allclose(
+        ram.convert(np.array([[0, 51, 255, 102]], np.uint8), cfg), [[-0.5, -0.3, 0.5, -0.1]], rtol=0, atol=1e-7
+    )
+    for space, value in (
+        (gym.spaces.Box(-300.0, 300.0, (2,), np.float32), np.array([[255.0, -3.5]], np.float32)),
+        (gym.spaces.MultiDiscrete([300, 300]), np.array([[255, 7]])),
+    ):
+        converted = layout(space, "test", cfg)["state"].convert(value, cfg)
+        assert converted.dtype == np.float32
+        np.testing.assert_array_equal(converted, value.astype(np.float32))
