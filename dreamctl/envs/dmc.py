@@ -9,8 +9,10 @@ is near zero) terminates; every other end is the time limit: `is_last` without `
 Copies are `DmcCopy` Gymnasium envs batched by the same vector env as `gym:` envs (worker processes when there are
 several), so they share its autoreset and its saving: a checkpoint holds each copy's full MuJoCo integration state,
 the model fields the suite's tasks randomise per episode (reacher's target, swimmer's light, quadruped_escape's
-terrain, for example), the task's random state
-and the episode's step count, and a resumed run continues its episodes bit for bit.
+terrain, for example), the task's random state and the episode's step count; a restored copy first starts an
+episode of its own (for what a task sets at every start and never varies), then takes the saved state, and a resumed
+run continues its episodes bit for bit. What a task draws when it is built (the lqr tasks' system) comes from the
+run's seed.
 
 Rendering is headless: MuJoCo's EGL backend where libEGL is installed, OSMesa otherwise, unless `MUJOCO_GL` is set.
 """
@@ -90,12 +92,14 @@ class DmcCopy(gym.Env):
     Args:
         domain, task: the suite's names (`walker`, `walk`).
         cfg: the env section (image_size, action_repeat, max_frames).
+        model_seed: the seed of what a task draws when it is built rather than per episode (the lqr tasks' springs
+            and dampers), so that a run's seed decides its system and a resumed run rebuilds the same one.
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 - the attribute Gymnasium defines
 
-    def __init__(self, domain: str, task: str, cfg: EnvConfig):
-        self.env = load_suite().load(domain, task)
+    def __init__(self, domain: str, task: str, cfg: EnvConfig, model_seed: int = 0):
+        self.env = load_suite().load(domain, task, task_kwargs={"random": model_seed})
         self.env._step_limit = min(self.env._step_limit, cfg.max_frames)
         self.size, self.repeat = cfg.image_size, cfg.action_repeat
         self.camera = 2 if domain == "quadruped" else 0
@@ -138,6 +142,9 @@ class DmcCopy(gym.Env):
     def load_state(self, state: dict[str, Any]) -> None:
         import mujoco
 
+        # An episode's start also sets what the saved fields leave out and never varies (dog's stand height and
+        # weight, finger's damping and target size); a copy restored without a reset of its own would lack it.
+        self.env.reset()
         physics = self.env.physics
         for name, value in state["model"].items():
             getattr(physics.model, name)[:] = value
@@ -158,7 +165,7 @@ class Dmc(GymnasiumCopies):
     """`num_envs` copies of a suite task, stepped together (in worker processes when there are several)."""
 
     def __init__(self, domain: str, task: str, cfg: EnvConfig, num_envs: int, seed: int):
-        make = functools.partial(DmcCopy, domain, task, cfg)
+        make = functools.partial(DmcCopy, domain, task, cfg, seed)
         probe = make()  # loads the suite and renders once, so that a missing piece is reported here
         try:
             probe.reset(seed=0)
