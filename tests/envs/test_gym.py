@@ -231,3 +231,15 @@ def test_byte_vectors_are_scaled_to_the_images_range_and_other_numbers_kept():
         converted = layout(space, "test", cfg)["state"].convert(value, cfg)
         assert converted.dtype == np.float32
         np.testing.assert_array_equal(converted, value.astype(np.float32))
+
+
+def test_box_actions_are_rescaled_to_finite_bounds_and_passed_as_they_are_where_a_bound_is_infinite():
+    import gymnasium as gym
+    import numpy as np
+
+    from dreamctl.envs.gym_env import env_action
+
+    space = gym.spaces.Box(np.array([-2.0, 0.0, -np.inf], np.float32), np.array([2.0, 10.0, np.inf], np.float32))
+    got = env_action(space, np.array([[0.5, -1.0, 0.25], [1.0, 0.0, -0.75]], np.float32))
+    np.testing.assert_allclose(got, [[1.0, 0.0, 0.25], [2.0, 5.0, -0.75]])
+    assert np.isfinite(got).all() and got.dtype == np.float32
