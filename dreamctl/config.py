@@ -41,7 +41,8 @@ class EnvConfig:
     noop_max: int = 30
     """Up to this many no-op actions after each reset (Atari)."""
     max_frames: int = 108_000
-    """Frame cap per episode; it ends the episode with is_last but not is_terminal."""
+    """Frame cap per episode (Atari and dmc:; gym: envs keep their own time limits); it ends the episode with is_last
+    but not is_terminal."""
     action_set: Literal["minimal", "full"] = "minimal"
     """Atari's minimal action set (the released code) or all 18 actions (the paper's text)."""
     life_loss: bool = False
