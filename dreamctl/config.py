@@ -39,7 +39,8 @@ class EnvConfig:
     sticky_actions: float = 0.25
     """Probability that the emulator repeats the previous action at each frame (Atari)."""
     noop_max: int = 30
-    """Up to this many no-op actions after each reset (Atari)."""
+    """0 to this many no-op frames after each reset, uniformly (Atari; DreamerV3 draws 0 to 30 as here, DreamerV2's
+    gym wrapper drew 1 to 30)."""
     max_frames: int = 108_000
     """Frame cap per episode (Atari and dmc:; gym: envs keep their own time limits); it ends the episode with is_last
     but not is_terminal."""

@@ -2,7 +2,7 @@
 (docs/architecture.md).
 
 Every protocol setting of the config's `env` section maps onto an AtariVectorEnv argument: action repeat
-with max-pooling over the last two frames, sticky actions, up to `noop_max` no-ops at reset, the frame cap,
+with max-pooling over the last two frames, sticky actions, 0 to `noop_max` no-ops at reset, the frame cap,
 the minimal or full action set, the life-loss signal and reward clipping; FIRE is never pressed for the
 agent and frames are not stacked. With `resize: area` the env itself resizes (area interpolation, as
 DreamerV2's code did with cv2.INTER_AREA). With `resize: bilinear` (Atari100k as run by DreamerV3, which
@@ -45,7 +45,7 @@ class Atari(VectorEnvAdapter):
             stack_num=1,
             frameskip=cfg.action_repeat,
             maxpool=cfg.max_pool,
-            noop_max=cfg.noop_max,
+            noop_max=cfg.noop_max + 1,  # ale-py draws 0 to its noop_max - 1 no-ops; the config means 0 to noop_max
             repeat_action_probability=cfg.sticky_actions,
             full_action_space=cfg.action_set == "full",
             max_num_frames_per_episode=cfg.max_frames,

@@ -126,6 +126,17 @@ def test_atari_presets_build_the_published_pong_protocol(preset, channels, stick
         assert cfg.train.steps * cfg.env.action_repeat == 400_000 and cfg.train.score_window_frames == 10_000
 
 
+def test_atari_starts_with_0_to_noop_max_no_op_frames():
+    """ale-py's own argument draws one fewer; the config's noop_max is the most no-op frames an episode starts with."""
+    cfg = load_config("atari", ["env.name=pong", "env.noop_max=2", "env.num_envs=8", "env.sticky_actions=0"])
+    env = make_env(cfg.env, seed=0)
+    try:
+        frames = {int(f) for s in range(10) for f in env.env.reset(seed=s)[1]["episode_frame_number"]}
+    finally:
+        env.close()
+    assert frames == {0, 1, 2}
+
+
 def test_full_action_set_has_18_actions():
     cfg = load_config("atari", ["env.name=pong", "env.action_set=full"])
     env = make_env(cfg.env, seed=0)
