@@ -11,8 +11,8 @@ several), so they share its autoreset and its saving: a checkpoint holds each co
 the model fields the suite's tasks randomise per episode (reacher's target, swimmer's light, quadruped_escape's
 terrain, for example), the task's random state and the episode's step count; a restored copy first starts an
 episode of its own (for what a task sets at every start and never varies), then takes the saved state, and a resumed
-run continues its episodes bit for bit. What a task draws when it is built (the lqr tasks' system) comes from the
-run's seed.
+run continues its episodes bit for bit. What a task draws when it is built (the lqr tasks' system) comes from a fixed
+seed: the same system in every run.
 
 Rendering is headless: MuJoCo's EGL backend where libEGL is installed, OSMesa otherwise, unless `MUJOCO_GL` is set.
 """
@@ -92,14 +92,14 @@ class DmcCopy(gym.Env):
     Args:
         domain, task: the suite's names (`walker`, `walk`).
         cfg: the env section (image_size, action_repeat, max_frames).
-        model_seed: the seed of what a task draws when it is built rather than per episode (the lqr tasks' springs
-            and dampers), so that a run's seed decides its system and a resumed run rebuilds the same one.
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 - the attribute Gymnasium defines
 
-    def __init__(self, domain: str, task: str, cfg: EnvConfig, model_seed: int = 0):
-        self.env = load_suite().load(domain, task, task_kwargs={"random": model_seed})
+    def __init__(self, domain: str, task: str, cfg: EnvConfig):
+        # What a task draws when it is built rather than per episode (the lqr tasks' springs) comes from a fixed seed,
+        # so that every copy, run and resume has the same system; episodes draw from the seeds `reset` is given.
+        self.env = load_suite().load(domain, task, task_kwargs={"random": 0})
         self.env._step_limit = min(self.env._step_limit, cfg.max_frames)
         self.size, self.repeat = cfg.image_size, cfg.action_repeat
         self.camera = 2 if domain == "quadruped" else 0
@@ -165,7 +165,7 @@ class Dmc(GymnasiumCopies):
     """`num_envs` copies of a suite task, stepped together (in worker processes when there are several)."""
 
     def __init__(self, domain: str, task: str, cfg: EnvConfig, num_envs: int, seed: int):
-        make = functools.partial(DmcCopy, domain, task, cfg, seed)
+        make = functools.partial(DmcCopy, domain, task, cfg)
         probe = make()  # loads the suite and renders once, so that a missing piece is reported here
         try:
             probe.reset(seed=0)
