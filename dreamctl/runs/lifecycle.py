@@ -172,7 +172,7 @@ def train(
     ranks = join() if launched_ranks() else None
     device = configure_torch(cfg)
     rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
-    env = make_env(cfg.env, env_seed(cfg, 0, False, rank))
+    env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world))
     try:
         spec = env.spec
         params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
@@ -303,7 +303,7 @@ def _resume(
         if ranks is not None:
             ranks.broadcast(plan)
         device = configure_torch(cfg)
-        env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0))
+        env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0, 1 if ranks is None else ranks.world))
         try:
             trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
             event = {

@@ -91,7 +91,7 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
     raise_refusal(plan)
     cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
     device = configure_torch(cfg)
-    env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank))
+    env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank, ranks.world))
     try:
         trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
         if plan["restore"]:
@@ -110,9 +110,12 @@ def raise_refusal(word: dict[str, Any]) -> None:
         raise word["error"]
 
 
-def env_seed(cfg: Config, resumes: int, restored: bool, rank: int) -> int:
-    """Envs that cannot be restored start new episodes from seeds a resume has not used before."""
-    return (cfg.train.seed + resumes + 1 if restored else cfg.train.seed) + rank * cfg.env.num_envs
+def env_seed(cfg: Config, resumes: int, restored: bool, rank: int, world: int) -> int:
+    """The seed of this rank's first env copy (copy i takes this + i). Each start of a run's training, the first and
+    every resume, takes its own block of world * num_envs seeds, so envs that cannot be restored start new episodes
+    from seeds no earlier start of the run has used."""
+    start = resumes + 1 if restored else 0
+    return cfg.train.seed + (start * world + rank) * cfg.env.num_envs
 
 
 def chunk_reader(run: Run | None, ranks: Ranks | None) -> Callable[[int], dict[str, np.ndarray]]:

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import FAST, fast_args, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
 from resume_checks import assert_identical, final_state, interrupt_then_resume, start, wait_for
 
 from dreamctl.config import load_config
 from dreamctl.errors import SecondSignal, StoppedAtOnce
 from dreamctl.runs import lifecycle
 from dreamctl.runs.fileio import sha256_bytes
+from dreamctl.runs.sharded import env_seed
 
 ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
 # CartPole in two worker processes: gym envs saved mid-episode, and workers that must survive the terminal's Ctrl-C.
@@ -151,3 +154,21 @@ def wait_for_new_temp_checkpoint(run_dir: Path, proc, stale: set[str], timeout: 
             return True
         time.sleep(0.0005)
     return False
+
+
+@given(
+    seed=st.integers(0, 1000),
+    num_envs=st.integers(1, 8),
+    world=st.integers(1, 4),
+    resumes=st.integers(0, 5),
+)
+def test_every_start_of_a_run_seeds_its_env_copies_with_seeds_no_other_start_used(seed, num_envs, world, resumes):
+    """Envs that cannot be restored (ALE, PettingZoo) start new episodes on resume: from seeds that neither the first
+    start nor an earlier resume gave to any copy of any rank."""
+    cfg = load_config("debug", [f"train.seed={seed}", f"env.num_envs={num_envs}"])
+    used: set[int] = set()
+    for restored, k in [(False, 0), *((True, r) for r in range(resumes + 1))]:
+        seeds = {env_seed(cfg, k, restored, rank, world) + i for rank in range(world) for i in range(num_envs)}
+        assert len(seeds) == world * num_envs and not seeds & used
+        used |= seeds
+    assert env_seed(cfg, 0, False, 0, world) == seed  # a new run's first copy takes the run's seed
