@@ -175,9 +175,17 @@ class Run:
     def save_checkpoint(
         self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], step: int, extra: dict[str, Any]
     ) -> dict[str, Any]:
-        """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml."""
+        """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml.
+
+        A step already listed is not written again: training has not moved since (a stop right after a checkpoint,
+        or before a resume's first step), and safetensors orders its header differently in every process, so new
+        bytes would replace a listed file whose run.yaml entry still names the old sha256 until the update below.
+        """
         from safetensors.torch import save as st_save
 
+        for entry in self.meta().get("checkpoints", []):
+            if entry["step"] == step:
+                return entry
         self.checkpoints_dir.mkdir(exist_ok=True)
         data = st_save(tensors, metadata={**metadata, "format_version": json.dumps(CHECKPOINT_FORMAT)})
         name = f"step-{step}.safetensors"

@@ -92,6 +92,19 @@ def test_checkpoint_round_trip_and_tamper_detection(home):
         run.find_checkpoint(5)
 
 
+def test_a_listed_step_is_never_written_again(home):
+    """A stop right after a checkpoint saves the same step again; the listed file and its sha256 stay as they are
+    (a rewrite would put new bytes under the old listed sha256 until run.yaml caught up)."""
+    run = make_run(home)
+    first = run.save_checkpoint({"a": torch.arange(4.0)}, {"x": "1", "y": "2"}, step=300, extra={})
+    path = run.path / first["file"]
+    written = path.stat().st_mtime_ns, path.read_bytes()
+    again = run.save_checkpoint({"a": torch.arange(4.0)}, {"y": "2", "x": "1"}, step=300, extra={})
+    assert again == first and (path.stat().st_mtime_ns, path.read_bytes()) == written
+    assert [c["step"] for c in run.meta()["checkpoints"]] == [300]
+    run.load_checkpoint(run.find_checkpoint(300))  # its sha256 still holds
+
+
 def test_files_written_by_a_newer_dreamctl_are_refused_in_one_sentence_naming_both_versions(home):
     from safetensors.torch import save
 
