@@ -125,6 +125,7 @@ def _dry_run(cfg, preset: str) -> None:
 
     from dreamctl.envs import encoder_of, make_env, no_key_selected
     from dreamctl.runs.system import (
+        check_replay_rows,
         check_whole_worlds,
         configure_torch,
         estimate_memory,
@@ -149,6 +150,7 @@ def _dry_run(cfg, preset: str) -> None:
         reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
         out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
     check_whole_worlds(cfg, spec.num_agents)
+    check_replay_rows(cfg, spec.num_agents)
     mem = estimate_memory(cfg, seen, params)
     out.print(
         f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamctl.config import Config
+from dreamctl.config import Config, get_value
 from dreamctl.config_rules import check_device, validate
 from dreamctl.envs import ObsSpace, is_image, resolve
 from dreamctl.errors import DreamctlError, UsageError
@@ -107,10 +107,26 @@ def check_whole_worlds(cfg: Config, agents: int, ranks: int = 1) -> None:
         raise UsageError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of {among}, since {why}.")
 
 
+def check_replay_rows(cfg: Config, agents: int, ranks: int = 1) -> None:
+    """A replay row is one step of each of a rank's env copies (every agent of every world): refuse, in one sentence,
+    a replay too short for a training window (train.batch_length rows) or for one chunk file (run.replay_chunk)."""
+    copies = cfg.env.num_envs * agents
+    rows = cfg.train.replay_capacity // ranks // copies
+    for key in ("train.batch_length", "run.replay_chunk"):
+        if get_value(cfg, key) > rows:
+            per = f"{copies} env copies" + ("" if ranks == 1 else f" on each of {ranks} ranks")
+            raise UsageError(
+                f"{key} ({get_value(cfg, key)}) must not exceed the {rows} rows the replay keeps for {per} "
+                f"(train.replay_capacity {cfg.train.replay_capacity}); lower it or raise the capacity."
+            )
+
+
 def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1, ranks: int = 1) -> dict[str, int]:
     """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents or do not divide
-    among the data-parallel ranks, or more memory than the machine has. Returns the memory estimate."""
+    among the data-parallel ranks, replay chunks longer than the replay, or more memory than the machine has.
+    Returns the memory estimate."""
     check_whole_worlds(cfg, agents, ranks)
+    check_replay_rows(cfg, agents, ranks)
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:

@@ -86,6 +86,27 @@ CASES = [
         "multiple of multi.attention_heads",
     ),
     (
+        "chunks longer than the replay",
+        [
+            "train",
+            "catch2",
+            "--set",
+            "train.replay_capacity=64",
+            "--set",
+            "train.batch_length=4",
+            "--set",
+            "run.replay_chunk=32",
+        ],
+        2,
+        "run.replay_chunk (32) must not exceed the 8 rows the replay keeps for 8 env copies",
+    ),
+    (
+        "windows longer than the replay",
+        ["train", "catch2", "--set", "train.replay_capacity=64", "--set", "train.batch_length=12"],
+        2,
+        "train.batch_length (12) must not exceed the 8 rows",
+    ),
+    (
         "replay beyond memory",
         ["train", "catch", "--steps", "100000000000", "--set", "train.replay_capacity=100000000000"],
         1,
