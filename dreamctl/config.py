@@ -211,7 +211,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# Keys that never change what a run computes, so `resume` may override them.
+# Keys that never change the algorithm a run computes, so `resume` may override them. run.device and run.threads
+# change the floating-point rounding (another device also resolves `precision: auto` anew), so a resume with other
+# values than the run's continues the same algorithm but no longer bit for bit as the uninterrupted run.
 SAFE_RESUME_KEYS = frozenset(
     {
         "train.steps",
