@@ -62,11 +62,16 @@ class Optimizer:
         return norm.detach()
 
     def state_tensors(self, prefix: str) -> dict[str, Tensor]:
-        """Adam's moments and step counts as named tensors, storable in safetensors."""
+        """Adam's moments and step counts, and the float16 loss scale and its growth count, as named tensors,
+        storable in safetensors."""
         out = {}
         for name, param in self.named:
             for key, value in self.opt.state.get(param, {}).items():
                 out[f"{prefix}{name}/{key}"] = value.detach().reshape(value.shape)
+        scaling = {} if self.scaler is None else self.scaler.state_dict()
+        if scaling:  # empty before the first scaled step
+            out[f"{prefix}{SCALER}scale"] = torch.tensor(scaling["scale"], dtype=torch.float64)
+            out[f"{prefix}{SCALER}growth_tracker"] = torch.tensor(scaling["_growth_tracker"], dtype=torch.int64)
         return out
 
     def load_state_tensors(self, tensors: dict[str, Tensor], prefix: str) -> None:
@@ -76,3 +81,17 @@ class Optimizer:
             if entry:
                 state[index] = entry
         self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
+        if self.scaler is not None and f"{prefix}{SCALER}scale" in tensors:
+            self.scaler.load_state_dict(
+                {
+                    "scale": float(tensors[f"{prefix}{SCALER}scale"]),
+                    "_growth_tracker": int(tensors[f"{prefix}{SCALER}growth_tracker"]),
+                    "growth_factor": self.scaler.get_growth_factor(),
+                    "backoff_factor": self.scaler.get_backoff_factor(),
+                    "growth_interval": self.scaler.get_growth_interval(),
+                }
+            )
+
+
+SCALER = "loss_scaler/"
+"""The names of the loss scaler's tensors, after the optimiser's prefix (no parameter is named so)."""

@@ -70,3 +70,17 @@ def test_loss_scaling_for_float16_steps_as_the_unscaled_optimizer_and_skips_over
     scaled_opt.step(scaled(x).sum() * float("inf"))
     assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
     assert scaled_opt.scaler.get_scale() == 2.0**11
+
+
+def test_the_loss_scale_and_its_growth_count_survive_a_checkpoint():
+    """A float16 run resumed with the default scale would skip or shrink other steps than the uninterrupted run."""
+    x = torch.randn(8, 4)
+    _, _, scaled, scaled_opt = _optimizer_pair(2.0**12)
+    scaled_opt.step(scaled(x).sum() * float("inf"))  # an overflow halves the scale
+    for _ in range(2):
+        scaled_opt.step(scaled(x).square().mean())  # two good steps towards the next growth
+    saved = scaled_opt.state_tensors("optim/m/")
+    *_, fresh_opt = _optimizer_pair(2.0**16)
+    fresh_opt.load_state_tensors(saved, "optim/m/")
+    assert fresh_opt.scaler.state_dict() == scaled_opt.scaler.state_dict()
+    assert fresh_opt.scaler.get_scale() == 2.0**11 and fresh_opt.scaler.state_dict()["_growth_tracker"] == 2
