@@ -280,12 +280,14 @@ class Run:
             path.unlink(missing_ok=True)
 
     def drop_checkpoints_after(self, step: int) -> None:
-        """Resuming from an older checkpoint abandons the later ones: they belong to a history being redone."""
+        """Resuming from an older checkpoint abandons the later ones and their evaluations: they belong to a history
+        being redone (a stale evaluation would otherwise vouch for the new checkpoint of its step as `best`)."""
         doomed: list[Path] = []
 
         def drop(meta: dict[str, Any]) -> None:
             doomed.extend(self.path / c["file"] for c in meta.get("checkpoints", []) if c["step"] > step)
             meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] <= step]
+            meta["evals"] = [e for e in meta.get("evals", []) if e["step"] <= step]
 
         self.update(drop)
         for path in doomed:

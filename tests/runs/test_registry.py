@@ -239,3 +239,15 @@ def test_the_best_checkpoint_is_the_best_greedy_evaluation(home):
     assert run.find_checkpoint("best")["step"] == 10
     run.prune_checkpoints(keep=1)
     assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 30]
+
+
+def test_redoing_history_drops_the_later_checkpoints_and_their_evaluations(home):
+    """Resuming from step 10 redoes 20 and 30: their old evaluations must not make the new step-30 checkpoint `best`."""
+    run = make_run(home)
+    for step in (10, 20, 30):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": 0})
+    run.update(lambda m: m["evals"].extend([{"step": 10, "mean": 1.0}, {"step": 30, "mean": 9.0}]))
+    run.drop_checkpoints_after(10)
+    run.save_checkpoint({"x": torch.ones(1)}, {}, 30, {"first_chunk": 0})  # the redone history's
+    assert [e["step"] for e in run.meta()["evals"]] == [10]
+    assert run.find_checkpoint("best")["step"] == 10
