@@ -14,13 +14,20 @@ from pathlib import Path
 
 from dreamctl.errors import DreamctlError
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise DreamctlError(f"the disk is full while writing {path}; free some space and try again.") from None
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
@@ -30,7 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         _remove_quietly(tmp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             raise DreamctlError(
                 f"the disk is full while writing {path}; free some space and try again (nothing was overwritten)."
             ) from None
@@ -40,6 +47,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log (metrics.jsonl, episodes.jsonl), which is appended to rather than replaced."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise DreamctlError(f"the disk is full while appending to {path}; free some space and try again.") from None
+        raise
 
 
 def fsync_dir(folder: Path) -> None:

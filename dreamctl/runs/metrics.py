@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dreamctl.runs.fileio import atomic_write_text
+from dreamctl.runs.fileio import append_line, atomic_write_text
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -68,5 +68,4 @@ class MetricsLogger:
 
     @staticmethod
     def _append(path: Path, record: dict[str, Any]) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(path, json.dumps(record))

@@ -251,3 +251,23 @@ def test_redoing_history_drops_the_later_checkpoints_and_their_evaluations(home)
     run.save_checkpoint({"x": torch.ones(1)}, {}, 30, {"first_chunk": 0})  # the redone history's
     assert [e["step"] for e in run.meta()["evals"]] == [10]
     assert run.find_checkpoint("best")["step"] == 10
+
+
+@pytest.mark.parametrize("where", ["mkstemp", "append"])
+def test_a_full_disk_is_one_sentence_wherever_a_write_meets_it(tmp_path, monkeypatch, where):
+    import errno
+    import tempfile
+
+    from dreamctl.runs.fileio import append_line
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "mkstemp":
+        monkeypatch.setattr(tempfile, "mkstemp", full)
+        with pytest.raises(DreamctlError, match="the disk is full while writing"):
+            atomic_write_bytes(tmp_path / "f.bin", b"new")
+    else:
+        monkeypatch.setattr("builtins.open", full)
+        with pytest.raises(DreamctlError, match="the disk is full while appending"):
+            append_line(tmp_path / "metrics.jsonl", "{}")
