@@ -49,7 +49,8 @@ class EnvConfig:
     life_loss: bool = False
     """End episodes on a lost life (not part of the protocol)."""
     resize: Literal["area", "bilinear"] = "area"
-    """area (cv2's INTER_AREA, DreamerV2) or antialiased bilinear (Pillow's, DreamerV3's Atari100k)."""
+    """area (pixel-area averaging: Atari frames by ALE's own cv2 INTER_AREA, as DreamerV2; other envs' by torch's
+    area mode, the same where the size divides evenly) or antialiased bilinear (Pillow's, DreamerV3's Atari100k)."""
     max_pool: bool = True
     """Max over the last two frames of each action repeat (Atari)."""
     reward_clip: bool = False

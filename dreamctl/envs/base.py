@@ -185,8 +185,10 @@ def restore_rng(rng: np.random.Generator, data: np.ndarray) -> None:
 def convert_frames(frames: np.ndarray, size: int, grayscale: bool, resize: str) -> np.ndarray:
     """uint8 (N, H, W[, C]) -> uint8 (N, size, size, 1 or 3): colour conversion, then resizing.
 
-    `area` averages the covered pixels (cv2's INTER_AREA, DreamerV2); `bilinear` is antialiased bilinear,
-    which matches Pillow's BILINEAR (DreamerV3's Atari100k runs).
+    `area` averages the covered pixels by torch's area mode (the mean of each output pixel's block of whole input
+    pixels), which equals cv2's INTER_AREA (DreamerV2's) where the size divides evenly; where it does not, as from
+    210x160 Atari frames, edges differ by up to tens of grey levels (Atari runs resize in ALE, with cv2 itself).
+    `bilinear` is antialiased bilinear, which matches Pillow's BILINEAR (DreamerV3's Atari100k runs).
     """
     import torch
     import torch.nn.functional as F
