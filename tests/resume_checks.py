@@ -1,6 +1,7 @@
 """Helpers of the exact-resume checks (tests/runs/test_resume.py and the slow tests/test_learning.py): compare two
 runs' final state bit for bit, and interrupt a run the way a terminal does."""
 
+import json
 import os
 import random
 import signal
@@ -43,6 +44,17 @@ def assert_identical(a_home: Path, b_home: Path) -> None:
     for name in a_chunks:
         for field in a_chunks[name]:
             assert np.array_equal(a_chunks[name][field], b_chunks[name][field]), (name, field)
+    assert logged_metrics(a_home) == logged_metrics(b_home)
+
+
+# What a metrics row says about the clock rather than the run.
+TIMING = {"time", "train/wall_time", "train/agent_steps_per_s", "train/updates_per_s"}
+
+
+def logged_metrics(home: Path) -> list[dict]:
+    """The run's metrics.jsonl rows without their timings."""
+    rows = (home / "runs" / "run-1" / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(row).items() if k not in TIMING} for row in rows]
 
 
 def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: float) -> str:

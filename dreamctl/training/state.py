@@ -45,6 +45,8 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, 
                 tensors[f"obs/{field}"] = torch.from_numpy(np.ascontiguousarray(getattr(trainer.obs, field)))
     tensors["episode/return"] = torch.from_numpy(trainer.episodes_running.ret)
     tensors["episode/length"] = torch.from_numpy(trainer.episodes_running.length)
+    for key, value in trainer.metric_sums.items():  # so that a resumed run logs the same means
+        tensors[f"metrics/{key}"] = value
     chunk = trainer.cfg.run.replay_chunk
     tail_start = trainer.replay.cursor // chunk * chunk
     for key, rows in trainer.replay.rows(tail_start, trainer.replay.cursor).items():
@@ -58,6 +60,7 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         "last_return": trainer.last_return,
         "env_saved": bool(trainer.env.saveable),
         "low_kl_updates": int(trainer.low_kl_updates),
+        "metric_count": trainer.metric_count,
     }
     return ({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {k: json.dumps(v) for k, v in meta.items()})
 
@@ -86,6 +89,8 @@ def restore_trainer(
     trainer.episodes, trainer.wall_time = int(info["episodes"]), float(info["wall_time"])
     trainer.last_return = info["last_return"]
     trainer.low_kl_updates.fill_(int(info.get("low_kl_updates", 0)))  # absent before the collapse watch
+    trainer.metric_sums = {k[len("metrics/") :]: v.to(device) for k, v in tensors.items() if k.startswith("metrics/")}
+    trainer.metric_count = int(info.get("metric_count", 0))  # absent before the sums were saved
     torch.set_rng_state(tensors["rng/torch"])
     if device.type == "cuda" and "rng/cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng/cuda"], device)

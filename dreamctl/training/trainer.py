@@ -133,8 +133,8 @@ class Trainer:
         self.episodes_running = EpisodeTracker(n)
         self.obs: Step | None = None
         self._unshared: list[Episode] = []  # this rank's episodes that rank 0 has not heard of yet
-        self._metric_sums: dict[str, torch.Tensor] = {}
-        self._metric_count = 0
+        self.metric_sums: dict[str, torch.Tensor] = {}  # of the updates since the last metrics flush
+        self.metric_count = 0
         # Updates in a row whose KL was below COLLAPSE_KL, counted on the device (read at each metrics flush).
         self.low_kl_updates = torch.zeros((), dtype=torch.int64, device=device)
         self.warning: str | None = None
@@ -263,8 +263,8 @@ class Trainer:
         self.low_kl_updates = torch.where(metrics["loss/kl"].detach() < COLLAPSE_KL, self.low_kl_updates + 1, 0)
         for key, value in metrics.items():
             value = value.detach().float()
-            self._metric_sums[key] = self._metric_sums[key] + value if key in self._metric_sums else value
-        self._metric_count += 1
+            self.metric_sums[key] = self.metric_sums[key] + value if key in self.metric_sums else value
+        self.metric_count += 1
 
     def _after_tick(self, before: int, total_steps: int) -> None:
         run = self.cfg.run
@@ -307,10 +307,10 @@ class Trainer:
         """Means of the update metrics since the last flush, plus speeds; one host sync per flush."""
         steps0, updates0, time0 = self._log_mark
         now = time.perf_counter()
-        sums = self._metric_sums
+        sums = self.metric_sums
         if self.ranks is not None and sums:  # every rank flushes at the same step, after the same updates
             sums = dict(zip(sums, self.ranks.mean(torch.stack(list(sums.values()))), strict=True))
-        scalars = {k: float(v) / self._metric_count for k, v in sums.items()} if self._metric_count else {}
+        scalars = {k: float(v) / self.metric_count for k, v in sums.items()} if self.metric_count else {}
         scalars["train/updates"] = float(self.updates)
         scalars["train/wall_time"] = self.wall_time
         low_kl_updates = int(self.low_kl_updates)
@@ -318,7 +318,7 @@ class Trainer:
         self.warning = collapse_warning(low_kl_updates)
         scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)
         scalars["train/updates_per_s"] = (self.updates - updates0) / max(now - time0, 1e-9)
-        self._metric_sums, self._metric_count = {}, 0
+        self.metric_sums, self.metric_count = {}, 0
         self._log_mark = (self.env_steps, self.updates, now)
         return scalars
 
