@@ -30,6 +30,7 @@ def final_state(home: Path) -> tuple[dict, dict, dict]:
 
 
 def assert_identical(a_home: Path, b_home: Path) -> None:
+    """a: the uninterrupted run; b: the one stopped and resumed."""
     a, a_meta, a_chunks = final_state(a_home)
     b, b_meta, b_chunks = final_state(b_home)
     assert a_meta["progress"]["env_steps"] == b_meta["progress"]["env_steps"]
@@ -44,7 +45,11 @@ def assert_identical(a_home: Path, b_home: Path) -> None:
     for name in a_chunks:
         for field in a_chunks[name]:
             assert np.array_equal(a_chunks[name][field], b_chunks[name][field]), (name, field)
-    assert logged_metrics(a_home) == logged_metrics(b_home)
+    # Every row the uninterrupted run (a) logged, the stopped and resumed one logged the same; it also logged a last
+    # row where a stint stopped at a step count.
+    a_rows, b_rows = logged_metrics(a_home), logged_metrics(b_home)
+    a_steps = {r["step"] for r in a_rows}
+    assert a_rows == [r for r in b_rows if r["step"] in a_steps]
 
 
 # What a metrics row says about the clock rather than the run.

@@ -271,13 +271,16 @@ class Trainer:
         now = time.perf_counter()
         self.wall_time += now - self._clock
         self._clock = now
-        flush = _crossed(before, self.env_steps, run.log_every) or self.env_steps >= total_steps
+        logs = _crossed(before, self.env_steps, run.log_every)
+        flush = logs or self.env_steps >= total_steps
         saves = _crossed(before, self.env_steps, run.eval_every) or _crossed(
             before, self.env_steps, run.checkpoint_every
         )
         if flush or saves:
             self.share_episodes()
-        scalars = self.flush_metrics() if flush else None  # first, so that the progress carries its warning
+        # First, so that the progress carries its warning. The last row of a stint that ends between log steps
+        # leaves the interval open: a resumed run's next row then averages what the uninterrupted run's does.
+        scalars = self.flush_metrics(close=logs) if flush else None
         self.hooks.on_progress(self.progress(total_steps))
         if scalars is not None:
             self.hooks.on_metrics(self.env_steps, scalars)
@@ -303,8 +306,9 @@ class Trainer:
             stopping,
         )
 
-    def flush_metrics(self) -> dict[str, float]:
-        """Means of the update metrics since the last flush, plus speeds; one host sync per flush."""
+    def flush_metrics(self, close: bool = True) -> dict[str, float]:
+        """Means of the update metrics since the last closed log interval, plus speeds; one host sync per flush.
+        close: start the next interval here (every log step); False reports the interval so far and keeps it open."""
         steps0, updates0, time0 = self._log_mark
         now = time.perf_counter()
         sums = self.metric_sums
@@ -318,8 +322,9 @@ class Trainer:
         self.warning = collapse_warning(low_kl_updates)
         scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)
         scalars["train/updates_per_s"] = (self.updates - updates0) / max(now - time0, 1e-9)
-        self.metric_sums, self.metric_count = {}, 0
-        self._log_mark = (self.env_steps, self.updates, now)
+        if close:
+            self.metric_sums, self.metric_count = {}, 0
+            self._log_mark = (self.env_steps, self.updates, now)
         return scalars
 
     def chunks_needed(self, replay_cursor: int) -> range:

@@ -35,6 +35,20 @@ def steps(env, actions):
     return out
 
 
+def assert_continues(cfg, state, actions, expected):
+    """As `resume` restores: a new env of another seed takes the saved state without a reset of its own, then plays
+    `actions`; every frame, reward and flag must equal the original's."""
+    restored = make_env(cfg, seed=99, num_envs=len(actions[0]))
+    try:
+        restored.set_state(state)
+        got = steps(restored, actions)
+    finally:
+        restored.close()
+    for a, b in zip(expected, got, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize(
     "name",
     ["dmc:walker_walk", "dmc:reacher_easy", "dmc:point_mass_hard", "dmc:swimmer_swimmer6", "dmc:quadruped_escape"],
@@ -57,24 +71,15 @@ def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
         expected = steps(original, actions[15:])
     finally:
         original.close()
-    restored = make_env(cfg, seed=99, num_envs=2)
-    try:
-        restored.reset()
-        restored.set_state(state)
-        got = steps(restored, actions[15:])
-    finally:
-        restored.close()
     assert not any(s[4].any() for s in expected)  # the suite's episodes end by the time limit only
-    for a, b in zip(expected, got, strict=True):
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_array_equal(x, y)
+    assert_continues(cfg, state, actions[15:], expected)
 
 
 @pytest.mark.parametrize("name", ["dmc:finger_spin", "dmc:finger_turn_easy", "dmc:dog_stand", "dmc:lqr_lqr_2_1"])
 def test_a_copy_restored_as_resume_restores_it_continues_bit_for_bit(name):
-    """As `resume` does it: a new env (of another seed) takes the saved state without a reset of its own. What these
-    tasks set at every episode's start and never vary (finger's hinge damping and target size, dog's stand height,
-    which its reward reads) and what lqr draws when it is built (its springs) must be there all the same."""
+    """What these tasks set at every episode's start and never vary (finger's hinge damping and target size, dog's
+    stand height, which its reward reads) and what lqr draws when it is built (its springs) are not in the saved
+    state, and must be there all the same after a restore."""
     cfg = load_config("dmc", [f"env.name={name}", "env.max_frames=20"]).env
     original = make_env(cfg, seed=3, num_envs=1)
     actions = np.random.default_rng(0).uniform(-1, 1, (25, 1, original.spec.action_dim))
@@ -86,15 +91,7 @@ def test_a_copy_restored_as_resume_restores_it_continues_bit_for_bit(name):
         expected = steps(original, actions[5:])
     finally:
         original.close()
-    restored = make_env(cfg, seed=99, num_envs=1)
-    try:
-        restored.set_state(state)
-        got = steps(restored, actions[5:])
-    finally:
-        restored.close()
-    for a, b in zip(expected, got, strict=True):
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_array_equal(x, y)
+    assert_continues(cfg, state, actions[5:], expected)
 
 
 @pytest.mark.parametrize(("discount", "terminated", "truncated"), [(0.0, True, False), (1.0, False, True)])
