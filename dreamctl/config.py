@@ -192,7 +192,8 @@ class RunConfig:
     eval_episodes: int = 1
     """Greedy episodes per evaluation during training."""
     log_every: int = 10_000
-    """Agent steps between metric logs."""
+    """Agent steps between metric logs (each row the means since the last); training that stops at a step count also
+    logs a row there, of the interval so far."""
     replay_chunk: int = 1_024
     """Replay rows per chunk file on disk."""
 
