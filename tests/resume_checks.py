@@ -1,7 +1,6 @@
 """Helpers of the exact-resume checks (tests/runs/test_resume.py and the slow tests/test_learning.py): compare two
 runs' final state bit for bit, and interrupt a run the way a terminal does."""
 
-import json
 import os
 import random
 import signal
@@ -16,6 +15,7 @@ import yaml
 from conftest import dreamctl_command, run_cli
 from safetensors.torch import load_file
 
+from dreamctl.runs.metrics import read_jsonl
 from dreamctl.training.replay import decode_chunk
 
 
@@ -58,8 +58,8 @@ TIMING = {"time", "train/wall_time", "train/agent_steps_per_s", "train/updates_p
 
 def logged_metrics(home: Path) -> list[dict]:
     """The run's metrics.jsonl rows without their timings."""
-    rows = (home / "runs" / "run-1" / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(row).items() if k not in TIMING} for row in rows]
+    rows = read_jsonl(home / "runs" / "run-1" / "metrics.jsonl")
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: float) -> str:

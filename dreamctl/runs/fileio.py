@@ -26,7 +26,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            raise DreamctlError(f"the disk is full while writing {path}; free some space and try again.") from None
+            raise disk_full(f"writing {path}") from None
         raise
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
@@ -38,9 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException as exc:
         _remove_quietly(tmp)
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise DreamctlError(
-                f"the disk is full while writing {path}; free some space and try again (nothing was overwritten)."
-            ) from None
+            raise disk_full(f"writing {path}", " (nothing was overwritten)") from None
         raise
     fsync_dir(path.parent)
 
@@ -56,8 +54,13 @@ def append_line(path: Path, line: str) -> None:
             f.write(line + "\n")
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            raise DreamctlError(f"the disk is full while appending to {path}; free some space and try again.") from None
+            raise disk_full(f"appending to {path}") from None
         raise
+
+
+def disk_full(doing: str, after: str = "") -> DreamctlError:
+    """The one sentence of a write that found the disk full; `doing` names the write."""
+    return DreamctlError(f"the disk is full while {doing}; free some space and try again{after}.")
 
 
 def fsync_dir(folder: Path) -> None:
