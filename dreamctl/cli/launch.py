@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from dreamctl.training.launched import LAUNCHER_PID
+
 SHUTDOWN_SECONDS = 120
 """How long the launcher waits, once stopped, for the ranks to write their last checkpoint before killing them."""
 
@@ -38,6 +40,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     named here), else 1 where a rank failed; or 128 + the signal that stopped the launcher (130 for SIGINT, after the
     ranks wrote one last checkpoint)."""
     os.environ.setdefault("LOGLEVEL", "ERROR")  # torch's elastic agent logs every shutdown as a warning
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks stop when this process dies (stop_with_launcher)
     from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

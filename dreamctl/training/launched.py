@@ -5,8 +5,14 @@ Torch-free, so the command line can ask it before it imports the engine.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from typing import NamedTuple
+
+LAUNCHER_PID = "DREAMCTL_LAUNCHER_PID"
+"""The environment variable in which `--nproc`'s launcher gives its ranks its process id."""
 
 
 class Launched(NamedTuple):
@@ -37,3 +43,17 @@ def is_follower() -> bool:
     """Whether this process is a rank other than 0, which prints nothing unless it fails on its own."""
     launched = launched_ranks()
     return launched is not None and launched.rank > 0
+
+
+def stop_with_launcher() -> None:
+    """Have the kernel send this rank SIGTERM when the process that started it dies (Linux's parent-death signal),
+    so that a launcher killed without a chance to stop its ranks (SIGKILL, the OOM killer) does not leave them
+    training on: they stop as at Ctrl-C, together, after one last checkpoint. A launcher that died before this
+    call (the rank's parent is no longer the pid `--nproc` gave it) gets the same SIGTERM at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher is not None and os.getppid() != int(launcher):
+        os.kill(os.getpid(), signal.SIGTERM)

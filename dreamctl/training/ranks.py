@@ -31,7 +31,7 @@ from torch import Tensor
 
 from dreamctl.errors import DreamctlError
 from dreamctl.model.noise import set_row_shard
-from dreamctl.training.launched import launched_ranks
+from dreamctl.training.launched import launched_ranks, stop_with_launcher
 
 T = TypeVar("T")
 
@@ -139,6 +139,7 @@ def join() -> Ranks:
     tensors (one GPU per rank on each machine: the local rank's). Object exchanges go through gloo."""
     launched = launched_ranks()
     assert launched is not None, "join() runs only in a process that torchrun started"
+    stop_with_launcher()
     if torch.cuda.is_available() and launched.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(launched.local_rank)
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT)

@@ -163,6 +163,35 @@ def test_sigint_to_the_launcher_leaves_one_last_checkpoint_and_exit_130(tmp_path
     assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"]  # the checkpoint of the stop itself
 
 
+def _gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_a_launcher_killed_by_sigkill_takes_its_ranks_down_with_a_last_checkpoint(tmp_path: Path):
+    """SIGKILL leaves the launcher no moment to stop its ranks: the kernel's parent-death signal does, and they stop
+    as at Ctrl-C, together, with a checkpoint at the step where they stop, instead of training on unseen."""
+    home = tmp_path / "home"
+    proc = start(["train", "catch", *fast_args(), "--steps", "100000", *TWO], home)
+    _first_checkpoint(home)
+    ranks = [_pid_of_rank(rank, home) for rank in (0, 1)]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=120)  # the ranks hold the pipes open until they exit
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in ranks):
+        assert time.monotonic() < deadline, "the ranks trained on after their launcher was killed"
+        time.sleep(0.1)
+    meta = _meta(home)
+    assert meta["status"] == "interrupted"
+    step = meta["progress"]["env_steps"]
+    assert meta["checkpoints"][-1]["step"] == step
+    run_cli("resume", "run-1", "--steps", str(step + 200), *TWO, home=home, check=True)
+    assert _meta(home)["status"] == "finished" and _meta(home)["progress"]["env_steps"] == step + 200
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
