@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from dreamctl.errors import SecondSignal
-from dreamctl.training.launched import launched_ranks
+from dreamctl.training.launched import LAUNCHER_GONE, launched_ranks
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -26,7 +26,7 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
     """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. A single
     process says so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died,
     and they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
-    ranks have agreed to stop."""
+    ranks have agreed to stop. A rank whose launcher died (LAUNCHER_GONE) stops as at a first SIGTERM."""
     caught: dict[str, int | None] = {"signal": None}
     announce = launched_ranks() is None
 
@@ -37,8 +37,14 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
         if announce:
             err.print(STOPPING)
 
+    def launcher_gone(_signum, _frame):
+        if caught["signal"] is None:
+            caught["signal"] = signal.SIGTERM
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
+    if not announce:
+        signal.signal(LAUNCHER_GONE, launcher_gone)
     return caught, lambda: caught["signal"] is not None
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
-from dreamctl.envs import check_new_run_env, make_env
+from dreamctl.envs import EnvSpec, check_new_run_env, make_env
 from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
@@ -44,7 +45,7 @@ from dreamctl.runs.system import (
     versions,
 )
 from dreamctl.training.launched import launched_ranks
-from dreamctl.training.ranks import RankLost, Ranks, host_name, join
+from dreamctl.training.ranks import RankLost, Ranks, host_name, join, leaving
 from dreamctl.training.rollout import evaluation_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
@@ -170,60 +171,72 @@ def train(
     cfg = prepare(cfg)
     check_new_run_env(cfg.env)
     ranks = join() if launched_ranks() else None
-    device = configure_torch(cfg)
-    rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
-    env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world))
-    try:
-        spec = env.spec
-        params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
-        preflight(cfg, spec.obs_space, params, spec.num_agents, world)
-        trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
-        hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
-        if ranks is not None and not ranks.is_root:
-            raise_refusal(ranks.broadcast(None))  # rank 0 created the run, or says why it could not
-            return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
-        meta = {
-            "env": cfg.env.name,
-            "preset": preset,
-            "seed": cfg.train.seed,
-            "command": " ".join(command if command is not None else sys.argv),
-            "versions": versions(),
-            "device": str(device),
-            "precision": precision_label(cfg, device),
-            "ranks": {"world_size": world, "hosts": hosts},
-            "target_steps": cfg.train.steps,
-            "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
-            "env_spec": {
-                "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
-                "action_dim": spec.action_dim,
-                "discrete": spec.discrete,
-                "action_repeat": spec.action_repeat,
-                "agents": spec.num_agents,
-            },
-            "parameters": params,
-            "checkpoints": [],
-            "evals": [],
-            "history": [{"event": "created", "time": now()}],
-            "error": None,
-            "config": cfg.to_dict(),
-        }
+    with leaving(ranks):
+        device = configure_torch(cfg)
+        rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
+        env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world))
         try:
-            run = Registry(home).create(meta, name)
-        except Exception as exc:
-            _tell_followers(ranks, exc, "create the run")
-            raise
-        if ranks is not None:
-            ranks.broadcast({})
-        if on_created:
-            on_created(run)
-        with run.locked():
-            logger = MetricsLogger(run.path)
-            trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
-            return _execute(run, cfg, trainer, logger, should_stop)
-    finally:
-        env.close()
-        if ranks is not None:
-            ranks.close()
+            spec = env.spec
+            params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
+            preflight(cfg, spec.obs_space, params, spec.num_agents, world)
+            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+            hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
+            if ranks is not None and not ranks.is_root:
+                raise_refusal(ranks.broadcast(None))  # rank 0 created the run, or says why it could not
+                return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
+            meta = _new_run_meta(cfg, spec, preset, command, device, hosts, params)
+            try:
+                run = Registry(home).create(meta, name)
+            except Exception as exc:
+                _tell_followers(ranks, exc, "create the run")
+                raise
+            if ranks is not None:
+                ranks.broadcast({})
+            if on_created:
+                on_created(run)
+            with run.locked():
+                logger = MetricsLogger(run.path)
+                trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
+                return _execute(run, cfg, trainer, logger, should_stop)
+        finally:
+            env.close()
+
+
+def _new_run_meta(
+    cfg: Config,
+    spec: EnvSpec,
+    preset: str,
+    command: Sequence[str] | None,
+    device: torch.device,
+    hosts: list[str],
+    params: int,
+) -> dict[str, Any]:
+    """run.yaml of a run about to be created."""
+    return {
+        "env": cfg.env.name,
+        "preset": preset,
+        "seed": cfg.train.seed,
+        "command": " ".join(command if command is not None else sys.argv),
+        "versions": versions(),
+        "device": str(device),
+        "precision": precision_label(cfg, device),
+        "ranks": {"world_size": len(hosts), "hosts": hosts},
+        "target_steps": cfg.train.steps,
+        "progress": {"env_steps": 0, "frames": 0, "updates": 0, "wall_time": 0.0},
+        "env_spec": {
+            "obs": {key: list(shape) for key, shape in spec.obs_space.items()},
+            "action_dim": spec.action_dim,
+            "discrete": spec.discrete,
+            "action_repeat": spec.action_repeat,
+            "agents": spec.num_agents,
+        },
+        "parameters": params,
+        "checkpoints": [],
+        "evals": [],
+        "history": [{"event": "created", "time": now()}],
+        "error": None,
+        "config": cfg.to_dict(),
+    }
 
 
 def resume(
@@ -238,14 +251,11 @@ def resume(
     """Continue a run from a checkpoint (default: its latest) to `steps` total agent steps, with as many ranks as
     trained it."""
     ranks = join() if launched_ranks() else None
-    try:
+    with leaving(ranks):
         if ranks is not None and not ranks.is_root:
             trainer, finished = resume_follower(ranks, should_stop)
             return Outcome(None, finished, trainer.env_steps, trainer.last_return)
         return _resume(ref, home, steps, overrides, checkpoint, progress, should_stop, ranks)
-    finally:
-        if ranks is not None:
-            ranks.close()
 
 
 def _resume(

@@ -14,6 +14,11 @@ from typing import NamedTuple
 LAUNCHER_PID = "DREAMCTL_LAUNCHER_PID"
 """The environment variable in which `--nproc`'s launcher gives its ranks its process id."""
 
+LAUNCHER_GONE = signal.SIGUSR2
+"""The signal a rank receives when its launcher dies. Not SIGTERM: the kernel sends it again each time the rank
+passes to another of the dying launcher's threads, and a second SIGTERM means "stop at once"; this one is a single
+request to stop however often it comes (`dreamctl.terminal.stop_signals`)."""
+
 
 class Launched(NamedTuple):
     rank: int
@@ -46,14 +51,14 @@ def is_follower() -> bool:
 
 
 def stop_with_launcher() -> None:
-    """Have the kernel send this rank SIGTERM when the process that started it dies (Linux's parent-death signal),
-    so that a launcher killed without a chance to stop its ranks (SIGKILL, the OOM killer) does not leave them
-    training on: they stop as at Ctrl-C, together, after one last checkpoint. A launcher that died before this
-    call (the rank's parent is no longer the pid `--nproc` gave it) gets the same SIGTERM at once."""
+    """Have the kernel send this rank LAUNCHER_GONE when the process that started it dies (Linux's parent-death
+    signal), so that a launcher killed without a chance to stop its ranks (SIGKILL, the OOM killer) does not leave
+    them training on: they stop as at SIGTERM, together, after one last checkpoint. A launcher that died before this
+    call (the rank's parent is no longer the pid `--nproc` gave it) gets the same signal at once."""
     if not sys.platform.startswith("linux"):
         return
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(LAUNCHER_GONE), 0, 0, 0)
     launcher = os.environ.get(LAUNCHER_PID)
     if launcher is not None and os.getppid() != int(launcher):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), LAUNCHER_GONE)

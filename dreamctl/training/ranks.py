@@ -18,11 +18,12 @@ A collective that fails (another rank died) raises RankLost: the caller records 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import re
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -109,15 +110,17 @@ class Ranks:
         self._call(dist.broadcast_object_list, box, src=0)
         return box[0]  # type: ignore[return-value]
 
-    def close(self) -> None:
-        """Leave the job together: a rank that tore its group down while another still used it aborted at exit
-        ("terminate called without an active exception"), failing a run that had finished."""
+    def close(self, together: bool = True) -> None:
+        """Leave the job: together (a barrier first), as a rank that tore its group down while another still used it
+        aborted at exit ("terminate called without an active exception"), failing a run that had finished; or at
+        once (`together=False`), where the others may be inside a collective this rank will never join."""
         if not dist.is_initialized():
             return
-        try:
-            dist.barrier()
-        except (RuntimeError, ConnectionError):
-            pass  # another rank is gone already: nothing left to wait for
+        if together:
+            try:
+                dist.barrier()
+            except (RuntimeError, ConnectionError):
+                pass  # another rank is gone already: nothing left to wait for
         dist.destroy_process_group()
 
     def _call(self, collective: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -132,6 +135,23 @@ class Ranks:
                 f"another rank of this {self.world}-rank job stopped ({_first_sentence(exc)}), so this one stops too; "
                 "the run is interrupted and `dreamctl resume` continues it from its latest checkpoint."
             ) from None
+
+
+@contextlib.contextmanager
+def leaving(ranks: Ranks | None) -> Iterator[None]:
+    """Leave the job when the block ends (nothing to leave in a single process): together when it ends normally, at
+    once when it raises. A rank stopped at once (a second signal) or failing on its own leaves the others waiting
+    in a collective it will never join; at a barrier it would wait with them for the collectives' 30-minute
+    timeout, where leaving closes its connections and their collective fails at once (RankLost)."""
+    if ranks is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        ranks.close(together=False)
+        raise
+    ranks.close()
 
 
 def join() -> Ranks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from conftest import random_batch, tiny_config
 
 from dreamctl.model.agent import Agent
 from dreamctl.model.noise import set_row_shard, uniform_like
-from dreamctl.training.ranks import _first_sentence, join
+from dreamctl.training.ranks import RankLost, Ranks, _first_sentence, join, leaving
 
 CASES = {
     "catch": ("train.batch_size=4",),
@@ -69,7 +70,7 @@ def _update(agent: Agent, batch: dict) -> None:
     agent.train_step(batch)
 
 
-def _rank(rank: int, world: int, port: int, case: str, out: Path) -> None:
+def _join(rank: int, world: int, port: int) -> Ranks:
     os.environ.update(
         WORLD_SIZE=str(world),
         RANK=str(rank),
@@ -78,7 +79,11 @@ def _rank(rank: int, world: int, port: int, case: str, out: Path) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    ranks = join()
+    return join()
+
+
+def _rank(rank: int, world: int, port: int, case: str, out: Path) -> None:
+    ranks = _join(rank, world, port)
     try:
         agent = _agent(case, ranks.average_gradients)
         batch = random_batch(agent.cfg)
@@ -109,6 +114,35 @@ def test_two_ranks_on_half_batches_update_as_one_process_on_the_whole_batch(case
             torch.testing.assert_close(got[key], value, rtol=0, atol=TOLERANCE, msg=f"rank {rank}: {key}")
             moved += int(not torch.equal(value, before[key]))
         assert moved > len(expected) // 2  # the update moved most parameters, which the ranks followed
+
+
+def _stop_at_once_on_rank_1(rank: int, world: int, port: int, out: Path) -> None:
+    ranks = _join(rank, world, port)
+    try:
+        with leaving(ranks):
+            if rank == 1:
+                raise KeyboardInterrupt  # a second signal: stop here, wherever the others are
+            ranks.mean(torch.ones(1000))
+    except RankLost:
+        (out / "rank0").write_text("lost")
+    except KeyboardInterrupt:
+        pass
+
+
+def test_a_rank_that_stops_at_once_fails_the_others_next_collective_at_once(tmp_path: Path):
+    """Rank 1 leaves without joining the collective rank 0 is bound for: rank 0 must meet a closed connection
+    (RankLost) rather than wait for the collectives' 30-minute timeout, as it did while rank 1 waited at a barrier."""
+    job = mp.start_processes(
+        _stop_at_once_on_rank_1, args=(2, _free_port(), tmp_path), nprocs=2, start_method="spawn", join=False
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while not job.join(timeout=1):
+            assert time.monotonic() < deadline, "rank 0 still waits for rank 1"
+    finally:
+        for process in job.processes:
+            process.kill()
+    assert (tmp_path / "rank0").read_text() == "lost"
 
 
 @pytest.mark.parametrize(
