@@ -6,9 +6,10 @@ rather than a failure minutes into training.
 
 from __future__ import annotations
 
+import math
 import re
 
-from dreamctl.config import Config, get_value
+from dreamctl.config import Config, all_keys, get_value
 from dreamctl.errors import UsageError
 
 POSITIVE_KEYS = (
@@ -23,11 +24,17 @@ POSITIVE_KEYS = (
     "model.classes",
     "model.mlp_units",
     "behavior.horizon",
+    "behavior.slow_critic_every",
     "train.steps",
     "train.train_every",
     "train.batch_size",
     "train.batch_length",
     "train.replay_capacity",
+    "train.model_lr",
+    "train.actor_lr",
+    "train.critic_lr",
+    "train.adam_eps",
+    "train.grad_clip",
     "run.checkpoint_every",
     "run.keep_checkpoints",
     "run.eval_episodes",
@@ -39,7 +46,13 @@ POSITIVE_KEYS = (
 NON_NEGATIVE_KEYS = (
     "env.noop_max",
     "model.mlp_layers",
+    "model.kl_scale",
     "model.free_nats",
+    "model.image_scale",
+    "model.vector_scale",
+    "model.reward_scale",
+    "model.discount_scale",
+    "behavior.actor_entropy",
     "train.prefill",
     "train.pretrain",
     "train.seed",
@@ -59,6 +72,15 @@ UNIT_INTERVAL_KEYS = (
 
 def validate(cfg: Config) -> Config:
     """Value rules that types alone cannot state; run once before anything is created."""
+    for key in all_keys():
+        value = get_value(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{key} must be a finite number, got {value}.")
+    for key in ("env.cnn_keys", "env.mlp_keys"):
+        try:
+            re.compile(get_value(cfg, key))
+        except re.error as exc:
+            raise UsageError(f"{key} is not a valid regular expression ({exc}).") from None
     for key in POSITIVE_KEYS:
         if get_value(cfg, key) <= 0:
             raise UsageError(f"{key} must be positive, got {get_value(cfg, key)}.")

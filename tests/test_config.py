@@ -1,5 +1,7 @@
 """The typed config: presets load completely, bad keys and types are named, overrides are checked."""
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -98,10 +100,24 @@ def test_wrong_types_are_named(override, message):
 
 
 @pytest.mark.parametrize(
-    "override", ["train.steps=0", "env.num_envs=-1", "behavior.discount=1.5", "train.replay_capacity=3"]
+    "override, message",
+    [
+        ("train.steps=0", "train.steps must be positive, got 0."),
+        ("env.num_envs=-1", "env.num_envs must be positive"),
+        ("behavior.discount=1.5", "behavior.discount must lie in"),
+        ("train.replay_capacity=3", "train.batch_length steps per env copy"),
+        ("behavior.slow_critic_every=0", "behavior.slow_critic_every must be positive"),  # was a ZeroDivisionError
+        ("train.model_lr=-1", "train.model_lr must be positive"),  # was torch's "Invalid learning rate"
+        ("train.grad_clip=0", "train.grad_clip must be positive"),
+        ("model.kl_scale=-0.1", "model.kl_scale must not be negative"),
+        ("behavior.actor_entropy=-1e-3", "behavior.actor_entropy must not be negative"),
+        ("train.actor_lr=.nan", "train.actor_lr must be a finite number, got nan."),
+        ("model.reward_scale=.inf", "model.reward_scale must be a finite number, got inf."),
+        ("env.cnn_keys=(", "env.cnn_keys is not a valid regular expression"),  # was re.error, found at env creation
+    ],
 )
-def test_values_out_of_range_are_refused(override):
-    with pytest.raises(UsageError):
+def test_values_out_of_range_are_refused(override, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
         validate(load_config("debug", [override]))
 
 
