@@ -387,7 +387,8 @@ class Registry:
         named = {run.meta().get("name"): run for run in self._readable_runs()}
         if not match and ref in named:
             return named[ref]
-        hint = "" if match else did_you_mean(ref, [name for name in named if name])
+        candidates = [name for name in named if name] + [run.path.name for run in runs] + ["latest"]
+        hint = "" if match else did_you_mean(ref, candidates)
         raise UsageError(f"no run '{ref}' under {self.root}{hint}; `dreamctl list` shows the runs there.")
 
     def all_runs(self) -> list[Run]:

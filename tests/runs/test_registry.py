@@ -43,6 +43,9 @@ def test_references(home):
             reg.resolve(bad)
     with pytest.raises(UsageError, match="no run 'beta'"):
         reg.resolve("beta")
+    for typo, meant in (("alpah", "alpha"), ("latets", "latest"), ("rum-2", "run-2"), ("run2", "run-2")):
+        with pytest.raises(UsageError, match=f"did you mean '{meant}'"):
+            reg.resolve(typo)
     with pytest.raises(UsageError, match="already exists"):
         make_run(home, name="alpha")
     for bad_name in ("latest", "run-3", "9lives", "has space", "a/b"):
