@@ -25,6 +25,7 @@ from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.registry import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
 from dreamctl.tools.dream_figure import FIGURE_FORMATS
+from dreamctl.tools.video import check_output
 
 X_AXES = ("steps", "frames", "hours")
 GROUP_KEYS = ("env", "preset", "seed")
@@ -180,6 +181,7 @@ def plot(
         raise UsageError(f"--x takes {', '.join(X_AXES)}, got '{x_axis}'{did_you_mean(x_axis, X_AXES)}.")
     if out.suffix.lower() not in FIGURE_FORMATS:
         raise UsageError(f"--out must end in {', '.join(FIGURE_FORMATS)}, got '{out.name}'.")
+    check_output(out, FIGURE_FORMATS)
     if window is not None and window < 1:
         raise UsageError(f"--smooth must be 1 or more, got {window}.")
     if data is not None and (data.suffix.lower() != ".csv" or not data.parent.is_dir()):
@@ -216,7 +218,6 @@ def plot(
         axes[0, 0].legend(fontsize="small", loc="best")
     fig.tight_layout()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
         if data is not None:
             with open(data, "w", newline="", encoding="utf-8") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,14 @@ def check_output(path: Path, formats: tuple[str, ...] = FORMATS) -> Path:
     path = Path(path).expanduser()
     if path.suffix.lower() not in formats:
         raise UsageError(f"output '{path}' must end in {', '.join(formats[:-1])} or {formats[-1]}.")
+    if path.is_dir():
+        raise UsageError(f"cannot write '{path}': it is a folder.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"cannot write '{path}': {path.parent} is a file, not a folder.")
     if not path.parent.is_dir():
         raise UsageError(f"cannot write '{path}': the folder {path.parent} does not exist.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write '{path}': the file is read-only.")
     try:
         with open(path.parent / f".{path.name}.probe", "wb"):
             pass

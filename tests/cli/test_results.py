@@ -20,6 +20,7 @@ from matplotlib import image
 from dreamctl.errors import UsageError
 from dreamctl.runs.registry import Registry
 from dreamctl.tools.plot import band, plot, smooth
+from dreamctl.tools.video import check_output
 
 
 @pytest.fixture(scope="module")
@@ -370,3 +371,23 @@ def test_a_users_preset_file_is_never_compared_with_the_bundled_preset_of_its_st
     config = load_config("debug", ["model.deter=64"]).to_dict()
     assert config_changes("debug", config) == {"model.deter": {"preset": 128, "run": 64}}
     assert config_changes("debug.yaml", config) is None
+
+
+def test_output_paths_are_refused_before_any_work(tmp_path, monkeypatch):
+    """eval's --video, imagine's --out and plot's --out: each says in one sentence why a path cannot be written."""
+    folder = tmp_path / "clip.mp4"
+    folder.mkdir()
+    with pytest.raises(UsageError, match="it is a folder"):
+        check_output(folder)
+    not_a_folder = tmp_path / "figure.png"
+    not_a_folder.write_bytes(b"")
+    with pytest.raises(UsageError, match=r"figure\.png is a file, not a folder"):
+        check_output(not_a_folder / "clip.mp4")
+    with pytest.raises(UsageError, match=r"the folder .*missing does not exist"):
+        plot([], tmp_path / "missing" / "curves.png")  # refused before reading any run; no folder is made
+    assert not (tmp_path / "missing").exists()
+    locked = tmp_path / "locked.mp4"
+    locked.write_bytes(b"")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user without write permission
+    with pytest.raises(UsageError, match="the file is read-only"):
+        check_output(locked)
