@@ -36,8 +36,11 @@ class CheckpointError(DreamctlError):
     """A checkpoint is missing, truncated or does not match its recorded sha256."""
 
 
-class SecondSignal(KeyboardInterrupt):
-    """Raised by the CLI's handler at a second SIGINT or SIGTERM (`dreamctl.terminal.stop_signals`): stop now."""
+class SecondSignal(BaseException):
+    """Raised by the CLI's handler at a second SIGINT or SIGTERM (`dreamctl.terminal.stop_signals`): stop now.
+
+    A BaseException, so that no `except Exception` swallows it, and not a KeyboardInterrupt, which Typer turns into
+    its own exit 130 wherever it arises (a second SIGTERM before training began then exited 130, unexplained)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

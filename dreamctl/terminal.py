@@ -3,6 +3,7 @@ the closing lines of a training command."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -15,15 +16,35 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from dreamctl.errors import SecondSignal
 from dreamctl.training.launched import LAUNCHER_GONE, launched_ranks
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+class _Console(Console):
+    """A rich console that goes quiet when its reader goes away (`dreamctl train catch | head -1`) instead of exiting 1
+    as rich's does, which left a run created but never trained, or failed a command that had done its work."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _to_devnull(self.file)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point the stream's file descriptor at /dev/null: what is written to it later succeeds and goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
+out = _Console(soft_wrap=True)
+err = _Console(stderr=True, soft_wrap=True)
 
 
 STOPPING = "[yellow]stopping after the current step and writing a checkpoint...[/yellow]"
 
 
 def stop_signals() -> tuple[dict[str, int | None], Any]:
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. A single
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. SIGHUP (the
+    terminal closed, an SSH session dropped) stops as a first SIGTERM does, silently, and never at once. A single
     process says so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died,
     and they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
     ranks have agreed to stop. A rank whose launcher died (LAUNCHER_GONE) stops as at a first SIGTERM."""
@@ -41,8 +62,16 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
         if caught["signal"] is None:
             caught["signal"] = signal.SIGTERM
 
+    def hang_up(signum, _frame):
+        for console in (out, err):  # the terminal is gone: writing to it would fail
+            console.quiet = True
+            _to_devnull(console.file)
+        if caught["signal"] is None:
+            caught["signal"] = signum
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
+    signal.signal(signal.SIGHUP, hang_up)
     if not announce:
         signal.signal(LAUNCHER_GONE, launcher_gone)
     return caught, lambda: caught["signal"] is not None
@@ -135,14 +164,15 @@ class ProgressView:
 
 
 def finish(outcome, caught, verb: str) -> None:
-    """Say how a train or resume ended: what comes next, or (stopped by a signal) how to continue, exit 130/143."""
+    """Say how a train or resume ended: what comes next, or (stopped by a signal) how to continue, exit 128 + the
+    signal."""
     run = outcome.run
+    code = 128 + (caught["signal"] or signal.SIGTERM)  # 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
     if run is None:  # a rank other than 0: rank 0 says how the job ended
         if not outcome.finished:
-            raise typer.Exit(130 if caught["signal"] == signal.SIGINT else 143)
+            raise typer.Exit(code)
         return
     if not outcome.finished:
-        code = 130 if caught["signal"] == signal.SIGINT else 143
         err.print(
             f"{run.ref} stopped at {outcome.env_steps:,} agent steps with a checkpoint; continue it with "
             f"`{run.resume_command(outcome.ranks)}`."

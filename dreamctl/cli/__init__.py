@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from typer.exceptions import Abort, TyperException
 
 from dreamctl.cli.app import app
-from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.errors import DreamctlError, SecondSignal, UsageError
 from dreamctl.terminal import err
 from dreamctl.training.launched import is_follower
 
@@ -45,6 +46,9 @@ def run() -> int:
     except (Abort, KeyboardInterrupt):
         err.print("error: stopped by the user.")
         code = 130
+    except SecondSignal as exc:  # before training began, or after it ended: there was no run to stop at once
+        err.print(f"error: stopped at once by a second {signal.Signals(exc.signum).name}.")
+        code = 128 + exc.signum
     except Exception as exc:
         if debug:
             raise

@@ -65,6 +65,48 @@ def test_a_run_being_trained_refuses_a_second_trainer_and_sigterm_exits_143(tmp_
     assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["status"] == "interrupted"
 
 
+def test_a_closed_terminal_sighup_stops_with_a_checkpoint_and_exits_129(tmp_path):
+    """A dropped SSH session sends SIGHUP: the run stops as at SIGTERM, with a checkpoint where it stops, and writes
+    nothing more to the terminal (which is gone); SIGHUP's default ended the process with nothing saved since the
+    last checkpoint and the run still marked running."""
+    home = tmp_path / "home"
+    proc = start(ARGS + ["--steps", "5000"], home)
+    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 129, err
+    assert "resume" not in err  # said to a terminal that is gone: nothing
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["status"] == "interrupted"
+    assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"] > 0
+
+
+def test_a_reader_that_goes_away_does_not_stop_training(tmp_path):
+    """`dreamctl train ... | head -1`: the first line is read, the pipe closes, and the run trains to its end, where
+    rich's console exited 1 at the next line, leaving a run created and never trained."""
+    home = tmp_path / "home"
+    proc = start(ARGS + ["--steps", "300"], home)
+    proc.stdout.readline()
+    proc.stdout.close()
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["status"] == "finished"
+
+
+def test_a_second_signal_before_training_begins_is_said_and_exits_128_plus_it(monkeypatch, capsys):
+    """SecondSignal outside a run's training (here while `envs` lists the games) ends as one sentence with the
+    signal's status; as a KeyboardInterrupt Typer turned it into its own exit 130 with no reason given."""
+    from dreamctl import cli, scores
+
+    def second_sigterm():
+        raise SecondSignal(signal.SIGTERM)
+
+    monkeypatch.setattr(scores, "table", second_sigterm)
+    monkeypatch.setattr("sys.argv", ["dreamctl", "envs"])
+    assert cli.run() == 143
+    assert capsys.readouterr().err.strip().endswith("error: stopped at once by a second SIGTERM.")
+
+
 def test_a_second_signal_stops_at_once_marks_the_run_interrupted_and_it_resumes(tmp_path):
     """The CLI's handler raises SecondSignal at a second SIGINT/SIGTERM, wherever training is; here it comes from
     the stop check after 80 ticks of 4 agent steps and the reset (324 agent steps, past the checkpoint at 200)."""
