@@ -9,9 +9,11 @@ file never executes code stored in it.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,8 +121,10 @@ class Run:
             data = yaml.safe_load((self.path / "run.yaml").read_text())
         except FileNotFoundError:
             raise DreamctlError(f"{self.ref} has no run.yaml; the folder {self.path} is not a complete run.") from None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             raise DreamctlError(f"{self.ref}'s run.yaml is not valid YAML; restore it or delete the run.") from None
+        except OSError as exc:  # a folder in its place, no permission to read it, an I/O error
+            raise DreamctlError(f"{self.ref}'s run.yaml cannot be read ({exc.strerror or exc}).") from None
         if not isinstance(data, dict):
             raise DreamctlError(f"{self.ref}'s run.yaml is not a mapping; restore it or delete the run.")
         check_version(f"{self.ref}'s run.yaml", "schema", data.get("schema_version", 1), SCHEMA_VERSION)
@@ -148,12 +152,18 @@ class Run:
     # ------------------------------------------------------------------ locking
 
     def is_locked(self) -> bool:
-        probe = filelock.FileLock(str(self.path / "lock"), is_singleton=False)
+        """Whether a process holds the run's lock (`locked`), asked without creating or writing anything, so that
+        `list` and `show` work on a read-only registry and leave no lock file in a run folder being deleted."""
         try:
-            probe.acquire(timeout=0)
-        except filelock.Timeout:
+            fd = os.open(self.path / "lock", os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: no process ever took the lock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while another holds filelock's LOCK_EX
+        except BlockingIOError:
             return True
-        probe.release()
+        finally:
+            os.close(fd)  # and with it the shared lock
         return False
 
     @contextmanager
@@ -358,7 +368,11 @@ class Registry:
                 "updated": now(),
                 **meta,
             }
-            run.write_meta(meta)
+            try:
+                run.write_meta(meta)
+            except BaseException:  # a full disk: no empty folder may stay behind as the latest run
+                shutil.rmtree(path, ignore_errors=True)
+                raise
         return run
 
     def check_new_name(self, name: str | None) -> None:

@@ -223,6 +223,45 @@ def test_damaged_run_yaml_does_not_hide_other_runs(home):
         reg.resolve("2").meta()
 
 
+def test_run_yaml_that_is_not_text_or_not_a_file_does_not_hide_other_runs(home):
+    make_run(home, name="good")
+    binary, folder = make_run(home), make_run(home)
+    (binary.path / "run.yaml").write_bytes(b"\xd8\xff\x00 not utf-8")
+    (folder.path / "run.yaml").unlink()
+    (folder.path / "run.yaml").mkdir()
+    reg = Registry(home)
+    assert reg.resolve("good").id == 1
+    with pytest.raises(DreamctlError, match="not valid YAML"):
+        reg.resolve("2").meta()
+    with pytest.raises(DreamctlError, match=r"run\.yaml cannot be read"):
+        reg.resolve("3").meta()
+
+
+def test_asking_whether_a_run_is_locked_writes_nothing(home):
+    """`list` asks every running run; on a read-only registry, or a run folder being deleted, taking the lock to
+    ask created a lock file or failed with an OSError."""
+    run = make_run(home)
+    assert not (run.path / "lock").exists()
+    assert not run.is_locked() and run.status() == "interrupted"
+    assert not (run.path / "lock").exists()
+    with run.locked():
+        assert run.is_locked()  # another process's holding is checked in test_lock_refuses_a_second_holder...
+    assert not run.is_locked()
+
+
+def test_a_run_whose_run_yaml_cannot_be_written_leaves_no_folder(home, monkeypatch):
+    """A full disk at `train`: the new run's folder would be an unreadable run that `latest` resolves to."""
+    make_run(home)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dreamctl.runs.registry.atomic_write_text", disk_full)
+    with pytest.raises(OSError):
+        make_run(home)
+    assert [r.id for r in Registry(home).all_runs()] == [1]
+
+
 def test_package_never_unpickles():
     root = Path(__file__).resolve().parents[2] / "dreamctl"
     for path in root.rglob("*.py"):
