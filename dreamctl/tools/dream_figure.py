@@ -7,13 +7,28 @@ under the real actions, as in the dream video of images; a dashed line marks whe
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from dreamctl.errors import DreamctlError
+from dreamctl.runs.fileio import atomic_write_bytes
 from dreamctl.tools.video import write_video
 
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
+def write_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib Figure in the format its suffix names (FIGURE_FORMATS), atomically: an older file of that
+    name stays whole until the new one is complete, and a write that fails says why in one sentence."""
+    rendered = io.BytesIO()
+    fig.savefig(rendered, format=path.suffix.lower().lstrip("."), dpi=100)
+    try:
+        atomic_write_bytes(path, rendered.getvalue())
+    except OSError as exc:
+        raise DreamctlError(f"cannot write {path}: {exc.strerror or exc}.") from None
 
 
 def dimensions(values: dict[str, np.ndarray]) -> list[tuple[str, int]]:
@@ -56,7 +71,7 @@ def write_vector_figure(path: Path, truth: dict[str, np.ndarray], model: dict[st
 
     if path.suffix.lower() in FIGURE_FORMATS:
         draw(steps)
-        fig.savefig(path, dpi=100)
+        write_figure(fig, path)
     else:
         frames = []
         for upto in range(1, steps + 1):

@@ -13,6 +13,7 @@ writes, so a reader can check the figure against the logs.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from dreamctl.errors import DreamctlError, UsageError, did_you_mean
+from dreamctl.runs.fileio import atomic_write_text
 from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.registry import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
-from dreamctl.tools.dream_figure import FIGURE_FORMATS
+from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_figure
 from dreamctl.tools.video import check_output
 
 X_AXES = ("steps", "frames", "hours")
@@ -217,15 +219,16 @@ def plot(
     if axes[0, 0].get_legend_handles_labels()[0]:  # a run with evaluations and no episode yet has no labelled line
         axes[0, 0].legend(fontsize="small", loc="best")
     fig.tight_layout()
-    try:
-        fig.savefig(out, dpi=100)
-        if data is not None:
-            with open(data, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=["panel", "series", "kind", "x", "y", "std"])
-                writer.writeheader()
-                writer.writerows(rows)
-    except OSError as exc:
-        raise DreamctlError(f"cannot write {exc.filename or out}: {exc.strerror or exc}.") from None
+    write_figure(fig, out)
+    if data is not None:
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=["panel", "series", "kind", "x", "y", "std"])
+        writer.writeheader()
+        writer.writerows(rows)
+        try:
+            atomic_write_text(data, table.getvalue())
+        except OSError as exc:
+            raise DreamctlError(f"cannot write {data}: {exc.strerror or exc}.") from None
     return {"out": str(out), "panels": panels, "rows": rows, "references": references}
 
 

@@ -88,7 +88,11 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 15) -> None:
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         tmp.replace(path)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C while encoding too: no hidden temp file stays behind
         tmp.unlink(missing_ok=True)
-        raise DreamctlError(f"could not write the video {path} ({exc.strerror or exc}).") from None
+        if isinstance(exc, OSError):
+            raise DreamctlError(f"could not write the video {path} ({exc.strerror or exc}).") from None
+        raise

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib import image
 
-from dreamctl.errors import UsageError
+from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.runs.registry import Registry
 from dreamctl.tools.plot import band, plot, smooth
 from dreamctl.tools.video import check_output
@@ -130,6 +130,23 @@ def test_plot_against_hours_and_frames(two_seeds, tmp_path):
         expected = [e["wall_time"] / 3600 for e in episodes] if axis == "hours" else [e["frame"] for e in episodes]
         np.testing.assert_allclose(raw, expected)
     assert (tmp_path / "hours.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_a_plot_that_cannot_be_written_leaves_the_old_file_whole(two_seeds, tmp_path, monkeypatch):
+    """A full disk, an I/O error: the figure was written in place, and a failed write left a truncated PNG."""
+    out, points = tmp_path / "curves.png", tmp_path / "points.csv"
+    out.write_bytes(b"old figure")
+    points.write_text("old points")
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    runs = [Registry(two_seeds).resolve("run-1")]
+    with pytest.raises(DreamctlError, match=r"cannot write .*curves\.png: Input/output error\.$"):
+        plot(runs, out, data=points)
+    assert out.read_bytes() == b"old figure" and points.read_text() == "old points"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "points.csv"]  # no temp file left
 
 
 def test_plot_without_out_writes_into_the_run(two_seeds):
