@@ -192,6 +192,11 @@ def policy_label(policy: str | None) -> str:
     return "sampled" if policy == "sample" else "greedy"
 
 
+def episodes_label(count: int, policy: str | None) -> str:
+    """`1 greedy episode`, `20 sampled episodes`."""
+    return f"{count} {policy_label(policy)} episode{'' if count == 1 else 's'}"
+
+
 def size_label(n: float) -> str:
     """Bytes as B, KiB, MiB or GiB."""
     if n < 1024:

@@ -41,7 +41,8 @@ def run() -> int:
         command = ctx.command_path if ctx is not None else "dreamctl"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # none where the help was the answer (`dreamctl` alone)
-            err.print(f"error: {message.rstrip('.')}; see `{command} --help`.", markup=False, highlight=False)
+            joined = f"{message} See" if message.endswith("?") else f"{message.rstrip('.')}; see"  # did you mean ...?
+            err.print(f"error: {joined} `{command} --help`.", markup=False, highlight=False)
         code = getattr(exc, "exit_code", 2)
     except (Abort, KeyboardInterrupt):
         err.print("error: stopped by the user.")

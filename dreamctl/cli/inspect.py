@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dreamctl.cli.app import Home, app
 from dreamctl.errors import UsageError, did_you_mean
-from dreamctl.terminal import duration_label, out, policy_label, size_label
+from dreamctl.terminal import duration_label, episodes_label, out, size_label
 
 
 def _reference_label(reference: dict | None) -> str:
@@ -154,7 +154,7 @@ def show(
     if s["dreamerv2"]:
         out.print(f"DreamerV2's published return: {_reference_label(s['dreamerv2'])}")
     for e in s["evals"]:
-        summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {e['episodes']} {policy_label(e.get('policy'))} episodes"
+        summary = f"{e['mean']:.2f} ± {e['std']:.2f} over {episodes_label(e['episodes'], e.get('policy'))}"
         if e.get("win_rate") is not None:
             summary += f", {100 * e['win_rate']:.0f}% of battles won"
         out.print(f"eval at step {e['step']:,}: {summary}")

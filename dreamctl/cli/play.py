@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
-from dreamctl.terminal import out, policy_label
+from dreamctl.terminal import episodes_label, out
 
 
 @app.command("eval")
@@ -62,7 +62,7 @@ def eval_(
         return
     out.print(
         f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: "
-        f"{result['episodes']} {policy_label(result['policy'])} episodes, "
+        f"{episodes_label(result['episodes'], result['policy'])}, "
         f"return {result['mean']:.2f} ± {result['std']:.2f} (min {result['min']:g}, max {result['max']:g})"
     )
     for agent in result["agents"] or []:

@@ -112,7 +112,7 @@ def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp
     assert "% won, sampled" in run_cli("list", home=home, check=True).stdout
     shown = run_cli("show", "latest", home=home, check=True).stdout
     won = f"{100 * during['win_rate']:.0f}% of battles won"
-    assert f"eval at step 200: {during['mean']:.2f} ± 0.00 over 1 greedy episodes, {won}" in shown
+    assert f"eval at step 200: {during['mean']:.2f} ± 0.00 over 1 greedy episode, {won}" in shown
 
 
 def test_training_logs_which_battles_were_won_and_plot_draws_the_share(tmp_path: Path):
