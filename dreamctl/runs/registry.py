@@ -136,11 +136,14 @@ class Run:
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read-modify-write run.yaml under a short lock, so eval and training never lose each other's edits."""
-        with filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False):
-            data = self.meta()
-            change(data)
-            self.write_meta(data)
-            return data
+        try:
+            with filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False):
+                data = self.meta()
+                change(data)
+                self.write_meta(data)
+                return data
+        except PermissionError:
+            raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only; run.yaml cannot be updated.") from None
 
     def status(self, meta: dict[str, Any] | None = None) -> str:
         """`running` only while a process holds the lock; a killed trainer's run shows as `interrupted`."""
@@ -171,6 +174,8 @@ class Run:
         """Hold the run's OS lock (it dies with the process, so a killed trainer never blocks the run)."""
         try:
             self._lock.acquire(timeout=0)
+        except PermissionError:
+            raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only, so it cannot be trained.") from None
         except filelock.Timeout:
             raise RunBusyError(
                 f"{self.ref} is being trained by another process; wait for it to finish or stop it (Ctrl-C) first."

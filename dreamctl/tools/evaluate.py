@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dreamctl.config import from_dict
-from dreamctl.errors import UsageError
+from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.registry import Registry, Run, obs_space_of
@@ -63,6 +64,8 @@ def evaluate(
             policy) instead of taking its mode (DreamerV2's evaluation).
     """
     run = Registry(home).resolve(ref)
+    if not os.access(run.path, os.W_OK):  # found before the episodes are played, not after
+        raise DreamctlError(f"{run.ref}'s folder {run.path} is read-only; the evaluation could not be recorded.")
     video_path = check_output(Path(video)) if video else None
     agent, meta, step = load_agent(run, checkpoint, device)
     record = None

@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
 from conftest import run_cli
@@ -260,6 +261,25 @@ def test_a_run_whose_run_yaml_cannot_be_written_leaves_no_folder(home, monkeypat
     with pytest.raises(OSError):
         make_run(home)
     assert [r.id for r in Registry(home).all_runs()] == [1]
+
+
+def test_a_read_only_run_folder_is_said_in_one_sentence_before_any_work(home, monkeypatch):
+    """eval played every episode, then failed on meta.lock with an unexpected PermissionError; resume likewise."""
+    from dreamctl.tools.evaluate import evaluate
+
+    run = make_run(home)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", denied)
+    with pytest.raises(DreamctlError, match=r"is read-only; run\.yaml cannot be updated"):
+        run.update(lambda meta: None)
+    with pytest.raises(DreamctlError, match="is read-only, so it cannot be trained"), run.locked():
+        pass
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user who may not write there
+    with pytest.raises(DreamctlError, match="is read-only; the evaluation could not be recorded"):
+        evaluate("run-1", home=home)  # refused before looking for a checkpoint (this run has none)
 
 
 def test_package_never_unpickles():
