@@ -3,6 +3,7 @@ the closing lines of a training command."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -25,6 +26,14 @@ class _Console(Console):
         self.quiet = True
         _to_devnull(self.file)
 
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError as exc:  # EIO: a terminal that hung up under a process that outlives it (a rank of --nproc)
+            if exc.errno != errno.EIO:
+                raise
+            self.on_broken_pipe()
+
 
 def _to_devnull(stream: Any) -> None:
     """Point the stream's file descriptor at /dev/null: what is written to it later succeeds and goes nowhere."""
@@ -44,7 +53,8 @@ STOPPING = "[yellow]stopping after the current step and writing a checkpoint...[
 
 def stop_signals() -> tuple[dict[str, int | None], Any]:
     """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. SIGHUP (the
-    terminal closed, an SSH session dropped) stops as a first SIGTERM does, silently, and never at once. A single
+    terminal closed, an SSH session dropped) stops as a first SIGTERM does, never at once, and silences what went to
+    the terminal; under nohup (SIGHUP ignored) it stays ignored. A single
     process says so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died,
     and they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
     ranks have agreed to stop. A rank whose launcher died (LAUNCHER_GONE) stops as at a first SIGTERM."""
@@ -63,15 +73,20 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
             caught["signal"] = signal.SIGTERM
 
     def hang_up(signum, _frame):
-        for console in (out, err):  # the terminal is gone: writing to it would fail
-            console.quiet = True
-            _to_devnull(console.file)
+        for console in (out, err):  # the terminal is gone, and writing to it fails; a log file or a pipe stays
+            try:
+                if console.file.isatty():
+                    console.quiet = True
+                    _to_devnull(console.file)
+            except (OSError, ValueError):
+                pass  # no descriptor to redirect: the console's own checks handle what follows
         if caught["signal"] is None:
             caught["signal"] = signum
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
-    signal.signal(signal.SIGHUP, hang_up)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup the run is meant to outlive the terminal
+        signal.signal(signal.SIGHUP, hang_up)
     if not announce:
         signal.signal(LAUNCHER_GONE, launcher_gone)
     return caught, lambda: caught["signal"] is not None

@@ -81,7 +81,7 @@ def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: fl
     return err
 
 
-def start(args, home):
+def start(args, home, **popen):
     env = {**os.environ, "DREAMCTL_HOME": str(home)}
     return subprocess.Popen(
         dreamctl_command() + list(args),
@@ -90,6 +90,7 @@ def start(args, home):
         text=True,
         env=env,
         start_new_session=True,  # its own process group, as a terminal gives a command
+        **popen,
     )
 
 

@@ -47,7 +47,7 @@ def run() -> int:
     except (Abort, KeyboardInterrupt):
         err.print("error: stopped by the user.")
         code = 130
-    except SecondSignal as exc:  # before training began, or after it ended: there was no run to stop at once
+    except SecondSignal as exc:  # outside a run's training loop, which says itself which run stopped and where
         err.print(f"error: stopped at once by a second {signal.Signals(exc.signum).name}.")
         code = 128 + exc.signum
     except Exception as exc:

@@ -144,13 +144,14 @@ def _copy(make: Callable[[], gym.Env], index: int) -> gym.Env:
 
 
 def _worker_copy(make: Callable[[], gym.Env], index: int) -> gym.Env:
-    """A copy in its own worker process, which leaves Ctrl-C and SIGTERM to the trainer: a terminal sends SIGINT to
-    the whole process group, and a worker that died of it could not give its state to the checkpoint the trainer
-    writes before it stops (the trainer closes the workers itself). AsyncVectorEnv also calls this once in the
-    trainer's own process, to read the spaces, where the signals must stay the trainer's."""
+    """A copy in its own worker process, which leaves Ctrl-C, SIGTERM and SIGHUP to the trainer: a terminal sends
+    SIGINT (and SIGHUP when it closes) to the whole process group, and a worker that died of it could not give its
+    state to the checkpoint the trainer writes before it stops (the trainer closes the workers itself).
+    AsyncVectorEnv also calls this once in the trainer's own process, to read the spaces, where the signals must stay
+    the trainer's."""
     if multiprocessing.parent_process() is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
     return _copy(make, index)
 
 

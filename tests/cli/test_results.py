@@ -1,6 +1,7 @@
 """Seeing results through the real CLI: `plot`, `show` and `list` with a damaged run; the maths of the curves."""
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -408,3 +409,31 @@ def test_output_paths_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user without write permission
     with pytest.raises(UsageError, match="the file is read-only"):
         check_output(locked)
+
+
+def test_a_terminal_that_hung_up_silences_the_console_instead_of_failing(tmp_path):
+    """Writing to a terminal that hung up fails with EIO (a rank of --nproc still holds it after its launcher got
+    the hang-up); the console goes quiet instead of failing the run it reports on."""
+    from dreamctl.terminal import _Console
+
+    class HungUpTerminal:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def write(self, text):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return self.fd
+
+        def isatty(self):
+            return True
+
+    with open(tmp_path / "tty", "w") as stand_in:
+        console = _Console(file=HungUpTerminal(stand_in.fileno()))
+        console.print("stopping after the current step and writing a checkpoint...")
+        assert console.quiet
+        console.print("and nothing after")

@@ -81,6 +81,42 @@ def test_a_closed_terminal_sighup_stops_with_a_checkpoint_and_exits_129(tmp_path
     assert meta["checkpoints"][-1]["step"] == meta["progress"]["env_steps"] > 0
 
 
+def test_under_nohup_a_hang_up_stays_ignored(tmp_path):
+    """`nohup dreamctl train ...`: SIGHUP is ignored when the command starts, and must stay so."""
+    home = tmp_path / "home"
+    ignore_hang_up = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+    proc = start(ARGS + ["--steps", "5000"], home, preexec_fn=ignore_hang_up)
+    wait_for(home / "runs" / "run-1" / "metrics.jsonl")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(3)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+
+
+def _hang_up_handler_of_a_worker(queue) -> None:
+    import gymnasium as gym
+
+    from dreamctl.envs.gym_env import _worker_copy
+
+    _worker_copy(lambda: gym.make("CartPole-v1"), 0)
+    queue.put(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
+
+
+def test_env_workers_leave_a_hang_up_to_the_trainer():
+    """A closed terminal signals the whole process group; a worker started by spawn (DMC's) died of SIGHUP, and the
+    trainer could not gather its state into the last checkpoint."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    worker = context.Process(target=_hang_up_handler_of_a_worker, args=(queue,))
+    worker.start()
+    assert queue.get(timeout=120) is True
+    worker.join(timeout=60)
+
+
 def test_a_reader_that_goes_away_does_not_stop_training(tmp_path):
     """`dreamctl train ... | head -1`: the first line is read, the pipe closes, and the run trains to its end, where
     rich's console exited 1 at the next line, leaving a run created and never trained."""
