@@ -20,6 +20,8 @@ class DreamctlError(Exception):
     exit_code = 1
     said_elsewhere = False
     """Set where another process already told the user (rank 0 of a job relays its refusal to the other ranks)."""
+    every_rank = False
+    """Set where every rank of a job raises it together (rank 0's refusal, relayed), so they can leave together."""
 
 
 class UsageError(DreamctlError):

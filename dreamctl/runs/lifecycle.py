@@ -354,6 +354,7 @@ def _tell_followers(ranks: Ranks | None, exc: Exception, doing: str = "resume th
     if ranks is not None:
         relayed = exc if isinstance(exc, DreamctlError) else DreamctlError(f"rank 0 could not {doing}: {exc}")
         ranks.broadcast({"error": relayed})
+        relayed.every_rank = True  # as the copies the others receive are (raise_refusal)
 
 
 def _execute(

@@ -9,6 +9,7 @@ file never executes code stored in it.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -29,6 +30,9 @@ from dreamctl.runs.fileio import atomic_write_bytes, atomic_write_text, sha256_b
 if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
     import numpy as np
     import torch
+
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+"""What an attempt to write into a run folder raises where it may not: no permission, or a read-only mount."""
 
 SCHEMA_VERSION = 2
 """The layout of run.yaml this dreamctl writes; it reads every version up to this one."""
@@ -142,7 +146,9 @@ class Run:
                 change(data)
                 self.write_meta(data)
                 return data
-        except PermissionError:
+        except OSError as exc:
+            if exc.errno not in READ_ONLY:
+                raise
             raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only; run.yaml cannot be updated.") from None
 
     def status(self, meta: dict[str, Any] | None = None) -> str:
@@ -163,10 +169,21 @@ class Run:
             return False  # no lock file: no process ever took the lock
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while another holds filelock's LOCK_EX
-        except BlockingIOError:
-            return True
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return True
+            return self._held_by_another()  # no flock on this file system (ENOSYS): ask as the holder would lock
         finally:
             os.close(fd)  # and with it the shared lock
+        return False
+
+    def _held_by_another(self) -> bool:
+        probe = filelock.FileLock(str(self.path / "lock"), is_singleton=False)
+        try:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
+            return True
+        probe.release()
         return False
 
     @contextmanager
@@ -174,12 +191,14 @@ class Run:
         """Hold the run's OS lock (it dies with the process, so a killed trainer never blocks the run)."""
         try:
             self._lock.acquire(timeout=0)
-        except PermissionError:
-            raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only, so it cannot be trained.") from None
         except filelock.Timeout:
             raise RunBusyError(
                 f"{self.ref} is being trained by another process; wait for it to finish or stop it (Ctrl-C) first."
             ) from None
+        except OSError as exc:
+            if exc.errno not in READ_ONLY:
+                raise
+            raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only, so it cannot be trained.") from None
         try:
             yield
         finally:

@@ -106,7 +106,7 @@ def raise_refusal(word: dict[str, Any]) -> None:
     """On a rank r > 0: raise the refusal or failure rank 0 sent (`{"error": ...}`) instead of its plan, marked as
     said by rank 0."""
     if "error" in word:
-        word["error"].said_elsewhere = True
+        word["error"].said_elsewhere = word["error"].every_rank = True
         raise word["error"]
 
 

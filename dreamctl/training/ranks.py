@@ -139,17 +139,18 @@ class Ranks:
 
 @contextlib.contextmanager
 def leaving(ranks: Ranks | None) -> Iterator[None]:
-    """Leave the job when the block ends (nothing to leave in a single process): together when it ends normally, at
-    once when it raises. A rank stopped at once (a second signal) or failing on its own leaves the others waiting
-    in a collective it will never join; at a barrier it would wait with them for the collectives' 30-minute
-    timeout, where leaving closes its connections and their collective fails at once (RankLost)."""
+    """Leave the job when the block ends (nothing to leave in a single process): together when it ends normally or
+    with a refusal every rank raises (`every_rank`), at once otherwise. A rank stopped at once (a second signal) or
+    failing on its own leaves the others bound for a collective it will never join; at a barrier it would wait with
+    them for the collectives' 30-minute timeout, where leaving closes its connections and their collective fails
+    (RankLost)."""
     if ranks is None:
         yield
         return
     try:
         yield
-    except BaseException:
-        ranks.close(together=False)
+    except BaseException as exc:
+        ranks.close(together=getattr(exc, "every_rank", False))
         raise
     ranks.close()
 

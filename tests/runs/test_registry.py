@@ -1,5 +1,6 @@
 """The run store: ids, references, checkpoints with sha256, locks, pruning, atomic writes."""
 
+import errno
 import multiprocessing as mp
 import os
 import signal
@@ -269,14 +270,16 @@ def test_a_read_only_run_folder_is_said_in_one_sentence_before_any_work(home, mo
 
     run = make_run(home)
 
-    def denied(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
+    for refusal in (PermissionError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system")):
 
-    monkeypatch.setattr(filelock.FileLock, "acquire", denied)
-    with pytest.raises(DreamctlError, match=r"is read-only; run\.yaml cannot be updated"):
-        run.update(lambda meta: None)
-    with pytest.raises(DreamctlError, match="is read-only, so it cannot be trained"), run.locked():
-        pass
+        def denied(*args, refusal=refusal, **kwargs):
+            raise refusal
+
+        monkeypatch.setattr(filelock.FileLock, "acquire", denied)
+        with pytest.raises(DreamctlError, match=r"is read-only; run\.yaml cannot be updated"):
+            run.update(lambda meta: None)
+        with pytest.raises(DreamctlError, match="is read-only, so it cannot be trained"), run.locked():
+            pass
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user who may not write there
     with pytest.raises(DreamctlError, match="is read-only; the evaluation could not be recorded"):
         evaluate("run-1", home=home)  # refused before looking for a checkpoint (this run has none)

@@ -4,6 +4,7 @@ update on the whole batch."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import random_batch, tiny_config
 
+from dreamctl.errors import SecondSignal
 from dreamctl.model.agent import Agent
 from dreamctl.model.noise import set_row_shard, uniform_like
 from dreamctl.training.ranks import RankLost, Ranks, _first_sentence, join, leaving
@@ -121,11 +123,11 @@ def _stop_at_once_on_rank_1(rank: int, world: int, port: int, out: Path) -> None
     try:
         with leaving(ranks):
             if rank == 1:
-                raise KeyboardInterrupt  # a second signal: stop here, wherever the others are
+                raise SecondSignal(signal.SIGTERM)  # stop here, wherever the others are
             ranks.mean(torch.ones(1000))
     except RankLost:
         (out / "rank0").write_text("lost")
-    except KeyboardInterrupt:
+    except SecondSignal:
         pass
 
 
