@@ -52,12 +52,13 @@ STOPPING = "[yellow]stopping after the current step and writing a checkpoint...[
 
 
 def stop_signals() -> tuple[dict[str, int | None], Any]:
-    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. SIGHUP (the
-    terminal closed, an SSH session dropped) stops as a first SIGTERM does, never at once, and silences what went to
-    the terminal; under nohup (SIGHUP ignored) it stays ignored. A single
+    """First SIGINT/SIGTERM: finish the current step, checkpoint, exit. A second one stops at once. A single
     process says so at once. Data-parallel ranks do not: the launcher also stops the survivors of a rank that died,
     and they must not promise a checkpoint that can no longer be gathered; rank 0's ProgressView says it once the
-    ranks have agreed to stop. A rank whose launcher died (LAUNCHER_GONE) stops as at a first SIGTERM."""
+    ranks have agreed to stop. A rank whose launcher died (LAUNCHER_GONE) stops as at a first SIGTERM.
+
+    SIGHUP (the terminal closed, an SSH session dropped) stops as a first SIGTERM does, never at once, and silences
+    what went to the terminal; under nohup (SIGHUP ignored from the start) it stays ignored."""
     caught: dict[str, int | None] = {"signal": None}
     announce = launched_ranks() is None
 
