@@ -81,16 +81,17 @@ def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: fl
     return err
 
 
-def start(args, home, **popen):
+def start(args, home, nohup=False):
+    """`dreamctl <args>` in the background, in its own process group as a terminal gives a command (under `nohup`,
+    which starts it with SIGHUP ignored, where asked)."""
     env = {**os.environ, "DREAMCTL_HOME": str(home)}
     return subprocess.Popen(
-        dreamctl_command() + list(args),
+        ["nohup"] * nohup + dreamctl_command() + list(args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        start_new_session=True,  # its own process group, as a terminal gives a command
-        **popen,
+        start_new_session=True,
     )
 
 
