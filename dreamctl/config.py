@@ -325,7 +325,10 @@ def _sections() -> list[str]:
 
 def _assign(cfg: Config, key: str, value: Any, source: str) -> None:
     section, _, name = key.partition(".")
-    if section not in _sections() or not name:
+    if section in _sections() and not name:
+        first = dataclasses.fields(getattr(cfg, section))[0].name
+        raise UsageError(f"'{key}' in {source} is a section, not a key; name a key in it, such as {section}.{first}.")
+    if section not in _sections():
         raise UsageError(f"unknown config key '{key}' in {source}{did_you_mean(key, all_keys())}.")
     target = getattr(cfg, section)
     hints = typing.get_type_hints(type(target))

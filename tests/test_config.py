@@ -121,6 +121,11 @@ def test_values_out_of_range_are_refused(override, message):
         validate(load_config("debug", [override]))
 
 
+def test_a_section_named_as_a_key_is_said_to_be_a_section():
+    with pytest.raises(UsageError, match=r"'model' in --set is a section, not a key; name a key in it, such as "):
+        load_config("debug", ["model=3"])
+
+
 def test_preset_file_that_is_not_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("env: [unclosed\n")
