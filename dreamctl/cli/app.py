@@ -28,11 +28,14 @@ def check_run(ref: str, home: Optional[Path]) -> None:
     Registry(home).resolve(ref)
 
 
-def check_new_name(name: Optional[str], home: Optional[Path]) -> None:
-    """Refuse a name a new run may not take before loading torch (and before starting any rank)."""
+def check_new_run(name: Optional[str], home: Optional[Path]) -> None:
+    """Refuse a name a new run may not take, or a --home that cannot hold a registry, before loading torch (and
+    before starting any rank)."""
     from dreamctl.runs.registry import Registry
 
-    Registry(home).check_new_name(name)
+    registry = Registry(home)
+    registry.check_home()
+    registry.check_new_name(name)
 
 
 def checkpoint_ref(text: str) -> str | int:

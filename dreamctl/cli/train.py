@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from dreamctl.cli.app import Home, app, check_new_name, check_run, checkpoint_ref
+from dreamctl.cli.app import Home, app, check_new_run, check_run, checkpoint_ref
 from dreamctl.cli.launch import launch, without_nproc
 from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
 from dreamctl.training.launched import is_follower, launched_ranks
@@ -94,7 +94,7 @@ def train(
         _dry_run(cfg, preset_label)
         return
     if launched_ranks() is None:  # a job's ranks hear rank 0's refusal from it (runs/lifecycle.py)
-        check_new_name(name, home)
+        check_new_run(name, home)
     if nproc > 1:
         raise typer.Exit(launch(nproc, without_nproc(sys.argv[1:])))
     from dreamctl.runs import (

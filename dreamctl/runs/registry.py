@@ -364,6 +364,17 @@ class Registry:
         self.root = Path(home).expanduser() if home else default_home()
         self.runs_dir = self.root / "runs"
 
+    def check_home(self) -> None:
+        """Refuse, in one sentence, a root that is a file or lies under one, where no registry can be made (asked
+        before a new run's env and time estimate, not after)."""
+        for folder in (self.runs_dir, *self.runs_dir.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise DreamctlError(
+                        f"cannot create the registry at {self.root} ({folder} is a file); pass a writable --home."
+                    )
+                return
+
     def create(self, meta: dict[str, Any], name: str | None) -> Run:
         """Allocate the next run id atomically (mkdir either succeeds or sees the other process's folder)."""
         try:

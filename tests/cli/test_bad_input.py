@@ -176,3 +176,15 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(monkeypatch, has_bf1
         with pytest.raises(UsageError, match="use --precision 32"):
             runs.configure_torch(cfg)
     assert runs.configure_torch(load_config("debug", ["run.precision=32", "run.device=cpu"])).type == "cpu"
+
+
+def test_a_home_that_is_a_file_is_refused_before_the_run_is_timed(tmp_path):
+    not_a_folder = tmp_path / "home"
+    not_a_folder.write_text("")
+    proc = run_cli("train", "catch", "--home", str(not_a_folder / "registry"), home=tmp_path / "unused")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: cannot create the registry at {not_a_folder / 'registry'} ({not_a_folder} is a file); "
+        "pass a writable --home."
+    )
+    assert "≈" not in proc.stdout  # no time estimate came first
