@@ -21,12 +21,17 @@ FIGURE_FORMATS = (".png", ".svg", ".pdf")
 
 
 def write_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib Figure in the format its suffix names (FIGURE_FORMATS), atomically: an older file of that
-    name stays whole until the new one is complete, and a write that fails says why in one sentence."""
+    """Save a matplotlib Figure in the format its suffix names (FIGURE_FORMATS), as `write_output` writes."""
     rendered = io.BytesIO()
     fig.savefig(rendered, format=path.suffix.lower().lstrip("."), dpi=100)
+    write_output(path, rendered.getvalue())
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file the user asked for, atomically: an older file of that name stays whole until the new one is
+    complete, and a write that fails says why in one sentence."""
     try:
-        atomic_write_bytes(path, rendered.getvalue())
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise DreamctlError(f"cannot write {path}: {exc.strerror or exc}.") from None
 

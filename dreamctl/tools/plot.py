@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from dreamctl.errors import DreamctlError, UsageError, did_you_mean
-from dreamctl.runs.fileio import atomic_write_text
+from dreamctl.errors import UsageError, did_you_mean
 from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.registry import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
-from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_figure
+from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_figure, write_output
 from dreamctl.tools.video import check_output
 
 X_AXES = ("steps", "frames", "hours")
@@ -225,10 +224,7 @@ def plot(
         writer = csv.DictWriter(table, fieldnames=["panel", "series", "kind", "x", "y", "std"])
         writer.writeheader()
         writer.writerows(rows)
-        try:
-            atomic_write_text(data, table.getvalue())
-        except OSError as exc:
-            raise DreamctlError(f"cannot write {data}: {exc.strerror or exc}.") from None
+        write_output(data, table.getvalue().encode())
     return {"out": str(out), "panels": panels, "rows": rows, "references": references}
 
 
