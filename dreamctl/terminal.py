@@ -23,8 +23,17 @@ class _Console(Console):
     as rich's does, which left a run created but never trained, or failed a command that had done its work."""
 
     def on_broken_pipe(self) -> None:
+        self.silence()
+
+    def silence(self) -> None:
+        """From now on print nothing, and point the file's descriptor at /dev/null, so that other writers to it
+        (a final flush at exit) succeed and go nowhere."""
         self.quiet = True
-        _to_devnull(self.file)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.file.fileno())
+        finally:
+            os.close(devnull)
 
     def _check_buffer(self) -> None:
         try:
@@ -33,15 +42,6 @@ class _Console(Console):
             if exc.errno != errno.EIO:
                 raise
             self.on_broken_pipe()
-
-
-def _to_devnull(stream: Any) -> None:
-    """Point the stream's file descriptor at /dev/null: what is written to it later succeeds and goes nowhere."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, stream.fileno())
-    finally:
-        os.close(devnull)
 
 
 out = _Console(soft_wrap=True)
@@ -77,8 +77,7 @@ def stop_signals() -> tuple[dict[str, int | None], Any]:
         for console in (out, err):  # the terminal is gone, and writing to it fails; a log file or a pipe stays
             try:
                 if console.file.isatty():
-                    console.quiet = True
-                    _to_devnull(console.file)
+                    console.silence()
             except (OSError, ValueError):
                 pass  # no descriptor to redirect: the console's own checks handle what follows
         if caught["signal"] is None:
