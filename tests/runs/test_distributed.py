@@ -171,9 +171,10 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_a_launcher_killed_by_sigkill_takes_its_ranks_down_with_a_last_checkpoint(tmp_path: Path):
+def test_a_launcher_killed_by_sigkill_takes_its_ranks_down_with_a_last_checkpoint(tmp_path: Path, monkeypatch):
     """SIGKILL leaves the launcher no moment to stop its ranks: the kernel's parent-death signal does, and they stop
     as at Ctrl-C, together, with a checkpoint at the step where they stop, instead of training on unseen."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the killed launcher cannot remove its temporary folder
     home = tmp_path / "home"
     proc = start(["train", "catch", *fast_args(), "--steps", "100000", *TWO], home)
     _first_checkpoint(home)
