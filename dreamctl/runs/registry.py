@@ -1,4 +1,4 @@
-"""The run store: ids, run.yaml, checkpoints, replay chunks and locks.
+"""The run store: ids, run.yaml, checkpoints and replay chunks (the training lock: `run_lock.py`).
 
 Layout under the root: runs/run-<N>/{run.yaml, checkpoints/step-<S>.safetensors, replay/chunk-<K>.bin,
 metrics.jsonl, episodes.jsonl, tb/, videos/}. Every file is written atomically; checkpoints are listed in
@@ -9,14 +9,12 @@ file never executes code stored in it.
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +22,13 @@ import filelock
 import yaml
 from safetensors import SafetensorError
 
-from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError, did_you_mean
+from dreamctl.errors import CheckpointError, DreamctlError, UsageError, did_you_mean
 from dreamctl.runs.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
+from dreamctl.runs.run_lock import READ_ONLY, RunLock
 
 if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
     import numpy as np
     import torch
-
-READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
-"""What an attempt to write into a run folder raises where it may not: no permission, or a read-only mount."""
 
 SCHEMA_VERSION = 2
 """The layout of run.yaml this dreamctl writes; it reads every version up to this one."""
@@ -93,7 +89,7 @@ class Run:
     def __init__(self, path: Path):
         self.path = path
         self.id = int(path.name.split("-", 1)[1])
-        self._lock = filelock.FileLock(str(path / "lock"), is_singleton=False)
+        self._lock = RunLock(path, self.ref)
 
     @property
     def ref(self) -> str:
@@ -161,48 +157,12 @@ class Run:
     # ------------------------------------------------------------------ locking
 
     def is_locked(self) -> bool:
-        """Whether a process holds the run's lock (`locked`), asked without creating or writing anything, so that
-        `list` and `show` work on a read-only registry and leave no lock file in a run folder being deleted."""
-        try:
-            fd = os.open(self.path / "lock", os.O_RDONLY)
-        except OSError:
-            return False  # no lock file: no process ever took the lock
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while another holds filelock's LOCK_EX
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return True
-            return self._held_by_another()  # no flock on this file system (ENOSYS): ask as the holder would lock
-        finally:
-            os.close(fd)  # and with it the shared lock
-        return False
+        """Whether a process trains the run now (holds its lock); asking writes nothing."""
+        return self._lock.is_held()
 
-    def _held_by_another(self) -> bool:
-        probe = filelock.FileLock(str(self.path / "lock"), is_singleton=False)
-        try:
-            probe.acquire(timeout=0)
-        except filelock.Timeout:
-            return True
-        probe.release()
-        return False
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the run's OS lock (it dies with the process, so a killed trainer never blocks the run)."""
-        try:
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise RunBusyError(
-                f"{self.ref} is being trained by another process; wait for it to finish or stop it (Ctrl-C) first."
-            ) from None
-        except OSError as exc:
-            if exc.errno not in READ_ONLY:
-                raise
-            raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only, so it cannot be trained.") from None
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the run's training lock for a `with` block (it dies with the process)."""
+        return self._lock.hold()
 
     # ------------------------------------------------------------------ checkpoints
 
