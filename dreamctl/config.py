@@ -83,6 +83,9 @@ class ModelConfig:
     """Units of each hidden MLP layer."""
     reward_transform: Literal["tanh", "identity"] = "tanh"
     """What the reward head learns: tanh(reward) (Atari) or the raw reward."""
+    reward_multiplier: float = 1.0
+    """The env's rewards times this, before the transform: the units of the reward head, the critic and the actor's
+    returns (evaluations still report the env's own returns). DreamerV2's settings suit rewards of order 1 a step."""
     discount_head: bool = True
     """Learn the discount (episode ends) with a head; without it the discount is gamma everywhere."""
     kl_balance: float = 0.8

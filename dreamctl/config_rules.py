@@ -23,6 +23,7 @@ POSITIVE_KEYS = (
     "model.stoch",
     "model.classes",
     "model.mlp_units",
+    "model.reward_multiplier",
     "behavior.horizon",
     "behavior.slow_critic_every",
     "train.steps",

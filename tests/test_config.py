@@ -110,6 +110,7 @@ def test_wrong_types_are_named(override, message):
         ("train.model_lr=-1", "train.model_lr must be positive"),  # was torch's "Invalid learning rate"
         ("train.grad_clip=0", "train.grad_clip must be positive"),
         ("model.kl_scale=-0.1", "model.kl_scale must not be negative"),
+        ("model.reward_multiplier=0", "model.reward_multiplier must be positive"),
         ("behavior.actor_entropy=-1e-3", "behavior.actor_entropy must not be negative"),
         ("train.actor_lr=.nan", "train.actor_lr must be a finite number, got nan."),
         ("model.reward_scale=.inf", "model.reward_scale must be a finite number, got inf."),

@@ -82,6 +82,20 @@ def test_the_loss_sums_the_nll_of_every_observation_key_worked_by_hand(monkeypat
     torch.testing.assert_close(m["loss/model"], expected)
 
 
+@pytest.mark.parametrize(
+    "transform, multiplier, expected",
+    [
+        ("identity", 1.0, [0.05, -0.2, 1.0]),
+        ("identity", 10.0, [0.5, -2.0, 10.0]),
+        ("tanh", 10.0, [0.46211716, -0.96402758, 1.0]),  # tanh(0.5), tanh(-2), tanh(10) in float32
+    ],
+)
+def test_the_reward_target_multiplies_before_the_transform(transform, multiplier, expected):
+    cfg = tiny_config(f"model.reward_transform={transform}", f"model.reward_multiplier={multiplier}")
+    wm = WorldModel(cfg.model, {"position": (2,)}, 3, 0.99)
+    torch.testing.assert_close(wm.reward_target(torch.tensor([0.05, -0.2, 1.0])), torch.tensor(expected))
+
+
 @pytest.mark.parametrize("shape", [(32, 32, 1), (64, 64)])
 def test_images_the_conv_encoder_cannot_read_are_refused(shape):
     with pytest.raises(ValueError):
