@@ -104,6 +104,7 @@ def test_trains_through_the_cli_and_eval_reports_each_agent_and_the_win_rate(tmp
     assert [a["agent"] for a in result["agents"]] == list(range(5))
     assert all(len(a["returns"]) == 2 for a in result["agents"])
     assert result["win_rate"] in (0.0, 0.5, 1.0)
+    assert all(0.0 <= r <= 2.0 + 1e-5 for r in result["returns"])  # SMAX's units, not the preset's 10x (SMAC's)
     listed = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
     assert listed[0]["preset"] == "smax" and listed[0]["win_rate"] == result["win_rate"]
     assert "% won" in run_cli("list", home=home, check=True).stdout and listed[0]["eval_policy"] == "greedy"
