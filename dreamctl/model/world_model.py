@@ -119,7 +119,7 @@ class WorldModel(nn.Module):
         return self.vector_decoder(feat, only=ACTION_MASK_KEY)[ACTION_MASK_KEY] > 0.5
 
     def reward_target(self, reward: Tensor) -> Tensor:
-        """What the reward head learns from the env's rewards (...): their transform after `reward_multiplier`."""
+        """What the reward head learns from the env's rewards (any shape): their transform after `reward_multiplier`."""
         reward = reward * self.cfg.reward_multiplier
         return torch.tanh(reward) if self.cfg.reward_transform == "tanh" else reward
 
