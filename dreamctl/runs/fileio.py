@@ -15,6 +15,8 @@ from pathlib import Path
 from dreamctl.errors import DreamctlError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+"""What an attempt to write into a run folder raises where it may not: no permission, or a read-only mount."""
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -23,8 +23,8 @@ import yaml
 from safetensors import SafetensorError
 
 from dreamctl.errors import CheckpointError, DreamctlError, UsageError, did_you_mean
-from dreamctl.runs.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
-from dreamctl.runs.run_lock import READ_ONLY, RunLock
+from dreamctl.runs.fileio import READ_ONLY, atomic_write_bytes, atomic_write_text, sha256_bytes
+from dreamctl.runs.run_lock import RunLock
 
 if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
     import numpy as np

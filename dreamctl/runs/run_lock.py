@@ -13,16 +13,13 @@ from pathlib import Path
 import filelock
 
 from dreamctl.errors import DreamctlError, RunBusyError
-
-READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
-"""What an attempt to write into a run folder raises where it may not: no permission, or a read-only mount."""
+from dreamctl.runs.fileio import READ_ONLY
 
 
 class RunLock:
     """The training lock of the run folder `path`, named `ref` (`run-<N>`) in its errors."""
 
     def __init__(self, path: Path, ref: str):
-        self.folder = path
         self.path = path / "lock"
         self.ref = ref
         self._lock = filelock.FileLock(str(self.path), is_singleton=False)
@@ -66,7 +63,8 @@ class RunLock:
         except OSError as exc:
             if exc.errno not in READ_ONLY:
                 raise
-            raise DreamctlError(f"{self.ref}'s folder {self.folder} is read-only, so it cannot be trained.") from None
+            folder = self.path.parent
+            raise DreamctlError(f"{self.ref}'s folder {folder} is read-only, so it cannot be trained.") from None
         try:
             yield
         finally:
