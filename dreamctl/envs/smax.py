@@ -6,11 +6,12 @@ The allies are the agents, against SMAX's heuristic enemy (what JaxMARL's own SM
 copies (envs/agents.py's layout). Each ally observes SMAX's unit list (`state`, float32: the other units it sees and
 itself), its available actions (`action_mask`, see dreamctl/keys.py: move in four directions, stop, attack enemy j) and
 its one-hot index (`agent`). Every ally receives the team reward: the enemies' health lost (normalised so that a
-battle's total is at most 1) and 1 more for a won battle. A unit that dies reports that step as terminal for it and
-is absent from then on (Step.is_present). A battle ends when one side is dead (terminal for every ally) or after
-SMAX's 100 steps (a time limit, not terminal); `won` says for each battle whether the allies won the last one that
-ended. The battles' state and the PRNG key are numpy arrays in checkpoints, so a resumed run continues its battles
-bit for bit.
+battle's total is at most 1) and 1 more for a won battle. A unit that dies stays in its battle: SMAX keeps giving it
+the team reward ("to allow for noble sacrifice", says its `compute_reward`), its observation is SMAX's dead unit's and
+its only available action is stop, so its return is the team's until the battle ends. A battle ends when one side is
+dead (terminal for every ally) or after SMAX's 100 steps (a time limit, not terminal); `won` says for each battle
+whether the allies won the last one that ended. The battles' state and the PRNG key are numpy arrays in checkpoints,
+so a resumed run continues its battles bit for bit.
 """
 
 from __future__ import annotations
@@ -113,7 +114,6 @@ def _battles(map_name: str) -> tuple[Any, Any, Callable[..., Any], Callable[...,
             "obs": jnp.where(restart, first_obs, stack(obs)),
             "avail": jnp.where(restart, first_avail, stack(env.get_avail_actions(after))),
             "reward": jnp.where(restart, 0.0, stack(reward)),
-            "dead": ~restart & stack({a: dones[a] for a in allies}),
             "done": ~restart & dones["__all__"],
             "decided": ~restart & dones["__all__"] & ~(alive[:m].any() & alive[m:].any()),
             "won": ~restart & dones["__all__"] & alive[:m].any() & ~alive[m:].any(),
@@ -154,7 +154,6 @@ class Smax(BatchedEnv):
         self.identity = agent_one_hots(num_envs, m)
         self.key = np.asarray(jax.random.PRNGKey(seed))  # a raw uint32 (2,) key, storable as it is
         self.ended = np.zeros(num_envs, bool)
-        self.present = np.ones((num_envs, m), bool)
         self.battle_won = np.zeros(num_envs, bool)
         self.state: Any = None
         self.treedef: Any = None
@@ -168,7 +167,7 @@ class Smax(BatchedEnv):
     def reset(self) -> Step:
         obs, avail, self.state = self._reset(self._keys())
         self.treedef = self.jax.tree_util.tree_structure(self.state)
-        self.ended[:], self.present[:], self.battle_won[:] = False, True, False
+        self.ended[:], self.battle_won[:] = False, False
         return first_step(self._obs(obs, avail))
 
     def step(self, action: np.ndarray) -> Step:
@@ -177,20 +176,15 @@ class Smax(BatchedEnv):
         actions = np.asarray(action, np.int32).reshape(self.battles, self.allies)
         out, self.state = self._step(self._keys(), self.state, actions, restart)
         out = {key: np.asarray(value) for key, value in out.items()}
-        present = np.where(restart[:, None], True, self.present)  # who played this step
-        died = present & out["dead"]
         done = out["done"]
-        self.present = present & ~out["dead"]  # `dead` is never set where a battle restarts
         self.ended = done
         self.battle_won = np.where(done, out["won"], self.battle_won)
-        is_terminal = died | (done & out["decided"])[:, None]
         return Step(
             self._obs(out["obs"], out["avail"]),
             out["reward"].astype(np.float32).reshape(-1),
             np.repeat(restart, self.allies),
             np.repeat(done, self.allies),
-            is_terminal.reshape(-1),
-            present.reshape(-1),
+            np.repeat(done & out["decided"], self.allies),
         )
 
     @property
@@ -201,7 +195,7 @@ class Smax(BatchedEnv):
         leaves = self.jax.tree_util.tree_leaves(self.state)
         arrays = {f"leaf{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
         key = self.key.astype(np.int64)  # checkpoints hold no unsigned 32-bit tensors
-        return {**arrays, "key": key, "ended": self.ended, "present": self.present, "won": self.battle_won}
+        return {**arrays, "key": key, "ended": self.ended, "won": self.battle_won}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         if self.treedef is None:
@@ -209,7 +203,7 @@ class Smax(BatchedEnv):
         leaves = [self.jax.device_put(state[f"leaf{i}"]) for i in range(self.treedef.num_leaves)]
         self.state = self.jax.tree_util.tree_unflatten(self.treedef, leaves)
         self.key = state["key"].astype(np.uint32)
-        self.ended, self.present, self.battle_won = state["ended"].copy(), state["present"].copy(), state["won"].copy()
+        self.ended, self.battle_won = state["ended"].copy(), state["won"].copy()
 
     def _obs(self, obs: Any, avail: Any) -> dict[str, np.ndarray]:
         n = self.num_envs

@@ -1,5 +1,6 @@
 """SMAX battles (`smax:<map>`): allies as adjacent copies with their unit lists and action masks, units that die
-absent until the battle ends, won battles, exact continuation from saved state, and the real CLI."""
+kept in their battle with the team reward until it ends, won battles, exact continuation from saved state, and the
+real CLI."""
 
 import json
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_the_maps_are_smaxs_own():
     assert sorted(MAPS) == sorted(MAP_NAME_TO_SCENARIO)
 
 
-def test_battles_step_together_and_units_that_die_are_absent_until_the_battle_ends():
+def test_battles_step_together_and_units_that_die_keep_the_team_reward_until_the_battle_ends():
     env = _env("smax:3m", 4)
     rng = np.random.default_rng(0)
     try:
@@ -42,28 +43,25 @@ def test_battles_step_together_and_units_that_die_are_absent_until_the_battle_en
         assert env.spec.obs_space == {"state": (75,), ACTION_MASK_KEY: (8,), AGENT_KEY: (3,)}
         step = env.reset()
         assert step.is_first.all() and step.obs[AGENT_KEY].tolist() == np.tile(np.eye(3), (4, 1)).tolist()
-        gone = np.zeros(12, bool)  # allies that died in the current battle
-        ends = wins = deaths = 0
+        ends = wins = decided = 0
+        rewarded_while_dead = 0.0
         for _ in range(400):
             step = env.step(_random_available(step, rng))
+            assert step.is_present is None  # every ally plays until its battle ends, dead or alive
             battle = step.reward.reshape(4, 3)
-            assert (battle == battle[:, :1]).all()  # the team reward
-            if step.is_first.any():
-                assert (step.is_present[step.is_first]).all() and (step.reward[step.is_first] == 0).all()
-                gone[step.is_first] = False
-            playing = ~step.is_first
-            assert (step.is_present[playing] == ~gone[playing]).all()  # present until its death step, absent after
-            died = step.is_present & step.is_terminal & ~step.is_last
-            deaths += died.sum()
-            mask = step.obs[ACTION_MASK_KEY]
-            assert (mask[died] == np.eye(8)[4]).all()  # a dead unit can only stop
-            gone |= died
-            last = step.is_last.reshape(4, 3)
-            assert (last == last[:, :1]).all()  # a battle ends for all its allies together
+            assert (battle == battle[:, :1]).all()  # the team reward, dead allies included
+            assert (step.reward[step.is_first] == 0).all()
+            dead = ~step.is_first & (step.obs[ACTION_MASK_KEY] == np.eye(8)[4]).all(-1)  # a dead unit can only stop
+            assert (step.obs["state"][dead] == 0).all()
+            rewarded_while_dead += step.reward[dead].sum()
+            assert not (step.is_terminal & ~step.is_last).any()  # a death ends nobody's return
+            last, terminal = step.is_last.reshape(4, 3), step.is_terminal.reshape(4, 3)
+            assert (last == last[:, :1]).all() and (terminal == terminal[:, :1]).all()  # per battle, all allies
             ends += last[:, 0].sum()
+            decided += terminal[:, 0].sum()
             wins += (last[:, 0] & env.won).sum()
-            gone[step.is_last] = False
-        assert ends >= 4 and deaths > 0
+            assert not (env.won & ~terminal[:, 0] & last[:, 0]).any()  # a won battle was decided, not timed out
+        assert ends >= 4 and decided > 0 and rewarded_while_dead > 0
         assert wins < ends  # random allies rarely win against the heuristic enemy
     finally:
         env.close()
@@ -84,7 +82,7 @@ def test_a_saved_state_continues_the_battles_bit_for_bit():
             a, b = env.step(action), copy.step(action)
             for key in a.obs:
                 np.testing.assert_array_equal(a.obs[key], b.obs[key])
-            for field in ("reward", "is_first", "is_last", "is_terminal", "is_present"):
+            for field in ("reward", "is_first", "is_last", "is_terminal"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
             np.testing.assert_array_equal(env.won, copy.won)
     finally:
