@@ -184,7 +184,7 @@ class Smax(BatchedEnv):
             out["reward"].astype(np.float32).reshape(-1),
             np.repeat(restart, self.allies),
             np.repeat(done, self.allies),
-            np.repeat(done & out["decided"], self.allies),
+            np.repeat(out["decided"], self.allies),  # decided implies done
         )
 
     @property
