@@ -192,7 +192,8 @@ class PettingZooEnv(BatchedEnv):
                 }
                 obs, rewards, terminated, truncated, _ = world.step(acts)
                 self.last_obs[w].update(obs)
-                reward[w] += [float(rewards.get(agent, 0.0)) for agent in self.agents]
+                # an agent's rewards end with its episode, even where the env keeps listing and rewarding it
+                reward[w] += np.where(self.present[w], [float(rewards.get(agent, 0.0)) for agent in self.agents], 0.0)
                 ends = np.array([bool(terminated.get(a, False)) for a in self.agents])
                 ended_now = ends & self.present[w]
                 self.terminated[w] |= ended_now

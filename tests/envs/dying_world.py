@@ -77,3 +77,11 @@ class KeepingWorld(DyingWorld):
         if self.done == set(self.possible_agents):
             self.agents = []
         return obs, rewards, terminated, truncated, {a: {} for a in obs}
+
+
+class RewardingWorld(KeepingWorld):
+    """KeepingWorld, but every listed agent is rewarded each step, finished ones included (a team reward)."""
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = super().step(actions)
+        return obs, {a: float(self.possible_agents.index(a) + 1) for a in rewards}, terminated, truncated, info

@@ -148,6 +148,33 @@ def test_an_agent_the_env_keeps_listing_after_it_finished_gets_the_resting_actio
     assert worlds[-1].given_after_end == [0] * 6  # b at steps 3-6, c at steps 5-6: never the 1 the rows held
 
 
+@pytest.mark.parametrize("repeat", [1, 2])
+def test_an_agent_gets_no_reward_after_it_finished_though_the_env_keeps_rewarding_it(monkeypatch, repeat):
+    import sys
+    import types
+
+    import dying_world
+
+    from dreamctl.envs import pettingzoo_env
+
+    module = types.ModuleType("rewarding_v0")
+    module.parallel_env = lambda render_mode=None: dying_world.RewardingWorld(render_mode)
+    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
+    monkeypatch.setitem(sys.modules, "dreamctl_testing.rewarding_v0", module)
+    env = _env("pz:testing/rewarding_v0", 1, f"env.action_repeat={repeat}")
+    try:
+        env.reset()
+        steps = [env.step(np.zeros(3, np.int64)) for _ in range(6 // repeat)]
+    finally:
+        env.close()
+    assert steps[-1].is_last.all() and not any(s.is_last.any() for s in steps[:-1])
+    # a's 6 env steps x 1, b's 2 x 2 (terminated after env step 2), c's 4 x 3 (truncated after env step 4); the
+    # env's rewards for b and c after they finished fall on no row, padding or not
+    assert np.sum([s.reward for s in steps], 0).tolist() == [6.0, 4.0, 12.0]
+    for s in steps:
+        assert not s.reward[~s.is_present].any()
+
+
 def test_training_with_agents_that_finish_early_stores_their_absence(dying_family, tmp_path):
     from dreamctl import load_config, train
     from dreamctl.training.replay import decode_chunk
