@@ -198,7 +198,8 @@ def action_size(space: gym.Space, name: str) -> tuple[int, bool]:
 def env_action(space: gym.Space, action: np.ndarray) -> np.ndarray:
     """The agent's action as `space` takes it: for Discrete the index counted from the space's `start`, and for a
     Box the vector in [-1, 1] rescaled to the box's bounds; a dimension without two finite bounds takes the action
-    as it is (as DreamerV2's NormalizeAction wrapper does). action: (...) indices or (..., A) vectors."""
+    as it is (as DreamerV2's NormalizeAction wrapper does), kept inside its one finite bound where it has one.
+    action: (...) indices or (..., A) vectors."""
     if isinstance(space, gym.spaces.Discrete):
         return np.asarray(action, np.int64) + int(space.start)
     assert isinstance(space, gym.spaces.Box)  # `action_size` refuses every other kind
@@ -208,7 +209,7 @@ def env_action(space: gym.Space, action: np.ndarray) -> np.ndarray:
     if bounded.all():
         return low + (clipped + 1.0) / 2.0 * (high - low)
     scaled = np.where(bounded, low, 0.0) + (clipped + 1.0) / 2.0 * np.where(bounded, high - low, 0.0)
-    return np.where(bounded, scaled, clipped).astype(np.float32)
+    return np.where(bounded, scaled, np.clip(clipped, low, high)).astype(np.float32)
 
 
 class GymnasiumCopies(VectorEnvAdapter):

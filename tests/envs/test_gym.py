@@ -239,7 +239,10 @@ def test_box_actions_are_rescaled_to_finite_bounds_and_passed_as_they_are_where_
 
     from dreamctl.envs.gym_env import env_action
 
-    space = gym.spaces.Box(np.array([-2.0, 0.0, -np.inf], np.float32), np.array([2.0, 10.0, np.inf], np.float32))
-    got = env_action(space, np.array([[0.5, -1.0, 0.25], [1.0, 0.0, -0.75]], np.float32))
-    np.testing.assert_allclose(got, [[1.0, 0.0, 0.25], [2.0, 5.0, -0.75]])
-    assert np.isfinite(got).all() and got.dtype == np.float32
+    low = np.array([-2.0, 0.0, -np.inf, 0.0, -np.inf], np.float32)
+    high = np.array([2.0, 10.0, np.inf, np.inf, 0.5], np.float32)
+    space = gym.spaces.Box(low, high)
+    got = env_action(space, np.array([[0.5, -1.0, 0.25, -0.7, 0.9], [1.0, 0.0, -0.75, 0.3, -0.2]], np.float32))
+    # one finite bound: the action as it is, kept on the allowed side of that bound
+    np.testing.assert_allclose(got, [[1.0, 0.0, 0.25, 0.0, 0.5], [2.0, 5.0, -0.75, 0.3, -0.2]])
+    assert np.isfinite(got).all() and got.dtype == np.float32 and all(space.contains(row) for row in got)
