@@ -126,6 +126,10 @@ class DmcCopy(gym.Env):
     def _frame(self) -> np.ndarray:
         return self.env.physics.render(self.size, self.size, camera_id=self.camera)
 
+    def close(self) -> None:
+        """Frees the simulation and its rendering context now (dm_control's own `close` keeps both)."""
+        self.env.physics.free()
+
     def saved_state(self) -> dict[str, Any]:
         """Everything the copy's future depends on, as arrays and numbers (`gym_state.encode` writes them)."""
         import mujoco

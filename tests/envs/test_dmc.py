@@ -75,6 +75,16 @@ def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
     assert_continues(cfg, state, actions[15:], expected)
 
 
+def test_closing_a_copy_frees_its_simulation_and_renderer():
+    from dreamctl.envs.dmc import DmcCopy
+
+    copy = DmcCopy("cartpole", "swingup", load_config("dmc", ["env.name=dmc:cartpole_swingup"]).env)
+    frame, _ = copy.reset(seed=0)
+    assert frame.shape == (64, 64, 3) and copy.env.physics._contexts is not None
+    copy.close()
+    assert not hasattr(copy.env.physics, "_data") and copy.env.physics._contexts is None
+
+
 @pytest.mark.parametrize("name", ["dmc:finger_spin", "dmc:finger_turn_easy", "dmc:dog_stand", "dmc:lqr_lqr_2_1"])
 def test_a_copy_restored_as_resume_restores_it_continues_bit_for_bit(name):
     """What these tasks set at every episode's start and never vary (finger's hinge damping and target size, dog's
