@@ -71,7 +71,7 @@ class TruncNormalDist:
     clip = 1e-6
 
     def __init__(self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0):
-        self.mean, self.std = mean.float(), std.float()
+        self.mean, self.std = at_least_float32(mean), at_least_float32(std)
         self.low, self.high = low, high
         self.alpha = (low - self.mean) / self.std
         self.beta = (high - self.mean) / self.std
@@ -89,7 +89,7 @@ class TruncNormalDist:
         return self.mean.clamp(self.low + self.clip, self.high - self.clip)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        z = (value.float() - self.mean) / self.std
+        z = (value.to(self.mean.dtype) - self.mean) / self.std
         log_pdf = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) - self.std.log() - self.mass.log()
         return log_pdf.sum(-1)
 
