@@ -5,6 +5,8 @@ of the top row and falls one row per step; the paddle moves along the bottom row
 and keeps its place between drops. When the ball reaches the paddle's row it is a catch (+1) or a miss (-1) and
 a new ball appears. An episode is 10 drops (70 steps), so returns lie in [-10, 10]; every ball is catchable, so
 +10 is optimal, and any policy blind to the ball catches 1 in 5: a random policy scores -6 on average.
+The 10th landing ends the game, a terminal step; the frame does not count the drops, so the world model's discount
+head can only learn how often a landing is the last, and the values near a landing blend the two cases.
 All copies are simulated together in numpy; the state (including the random generator) can be saved.
 """
 

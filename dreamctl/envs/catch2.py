@@ -5,8 +5,9 @@ its own stream: when one lands on the bottom row, the next ball of its stream ap
 row; the streams start half a fall apart, so a ball lands every 3 or 4 steps. Each agent moves its own paddle
 (left, stay, right) along the bottom row; paddles may share a column. A landing is a catch for the team (+1) when
 either paddle is under the ball, else a miss (-1); both agents receive this team reward. An episode is `DROPS`
-landings. One paddle cannot catch every ball (the next may land 7 columns away 3 steps later), but two can, each
-following its own stream (a ball gives 7 steps to cross at most 7 columns), so splitting the work pays.
+landings, its last a terminal step that the frame does not announce (as in catch). One paddle cannot catch every
+ball (the next may land 7 columns away 3 steps later), but two can, each following its own stream (a ball gives 7
+steps to cross at most 7 columns), so splitting the work pays.
 
 `RANDOM_RETURN` and `OPTIMAL_RETURN` are the team returns of uniform random actions and of that division of labour,
 measured over 20,000 episodes (a test re-measures them). All copies are simulated together in numpy; the state
