@@ -164,7 +164,7 @@ class PettingZooEnv(BatchedEnv):
 
     def reset(self) -> Step:
         for w, world in enumerate(self.worlds):
-            self.last_obs[w], _ = world.reset(seed=self.seed + w)
+            self.last_obs[w] = self._start(world, seed=self.seed + w)
         self.ended[:], self.present[:], self.terminated[:] = False, True, False
         return first_step(self._observations())
 
@@ -179,7 +179,7 @@ class PettingZooEnv(BatchedEnv):
         is_present = self.present.copy()  # an agent finishing in this step is present in it
         for w, world in enumerate(self.worlds):
             if self.ended[w]:
-                self.last_obs[w], _ = world.reset()
+                self.last_obs[w] = self._start(world)
                 self.ended[w], is_first[w], self.present[w], self.terminated[w] = False, True, True, False
                 is_present[w] = True
                 continue
@@ -217,6 +217,17 @@ class PettingZooEnv(BatchedEnv):
     def close(self) -> None:
         for world in getattr(self, "worlds", []):
             world.close()
+
+    def _start(self, world: Any, seed: int | None = None) -> dict[str, Any]:
+        """A world's first observations, one for each of its agents (dreamctl has no row for one that joins later)."""
+        obs, _ = world.reset(seed=seed)
+        missing = [agent for agent in self.agents if agent not in obs]
+        if missing:
+            raise UsageError(
+                f"{self.name} starts an episode without observing {', '.join(map(str, missing))}; dreamctl trains "
+                "envs whose agents are all there when each episode starts."
+            )
+        return obs
 
     def _env_action(self, action: np.ndarray) -> Any:
         converted = env_action(self.action_space, action)

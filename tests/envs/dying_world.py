@@ -85,3 +85,12 @@ class RewardingWorld(KeepingWorld):
     def step(self, actions):
         obs, rewards, terminated, truncated, info = super().step(actions)
         return obs, {a: float(self.possible_agents.index(a) + 1) for a in rewards}, terminated, truncated, info
+
+
+class LateWorld(DyingWorld):
+    """DyingWorld, but agent `c` joins only after the episode's first step: the reset does not observe it."""
+
+    def reset(self, seed=None, options=None):
+        obs, info = super().reset(seed, options)
+        self.agents = ["a", "b"]
+        return {a: obs[a] for a in self.agents}, {a: info[a] for a in self.agents}

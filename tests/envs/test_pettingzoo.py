@@ -14,6 +14,7 @@ from dreamctl.config import load_config
 from dreamctl.envs import make_env
 from dreamctl.envs.agents import AGENT_KEY
 from dreamctl.envs.pettingzoo_env import load_parallel_env
+from dreamctl.errors import UsageError
 
 
 def _env(name: str, worlds: int, *sets: str):
@@ -173,6 +174,26 @@ def test_an_agent_gets_no_reward_after_it_finished_though_the_env_keeps_rewardin
     assert np.sum([s.reward for s in steps], 0).tolist() == [6.0, 4.0, 12.0]
     for s in steps:
         assert not s.reward[~s.is_present].any()
+
+
+def test_an_env_that_starts_without_one_of_its_agents_is_one_sentence(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    import dying_world
+
+    from dreamctl.envs import pettingzoo_env
+
+    module = types.ModuleType("late_v0")
+    module.parallel_env = lambda render_mode=None: dying_world.LateWorld(render_mode)
+    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
+    monkeypatch.setitem(sys.modules, "dreamctl_testing.late_v0", module)
+    env = _env("pz:testing/late_v0", 1)
+    try:
+        with pytest.raises(UsageError, match=r"^pz:testing/late_v0 starts an episode without observing c; [^.]*\.$"):
+            env.reset()
+    finally:
+        env.close()
 
 
 def test_training_with_agents_that_finish_early_stores_their_absence(dying_family, tmp_path):
