@@ -93,6 +93,11 @@ def _converter(space: gym.Space, source: str | None, cfg: EnvConfig, what: str) 
     """The converter of one (non-Dict) space, or a UsageError that names the space."""
     if _is_image(space):
         return Converter(source, "image", (cfg.image_size, cfg.image_size, 1 if cfg.grayscale else 3))
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3:
+        raise UsageError(
+            f"{what} is a uint8 array of shape {space.shape}, which looks like frames but is not one image with 1 "
+            "or 3 channels last (height x width x channels); wrap the env to give such frames, one at a time."
+        )
     if isinstance(space, gym.spaces.Box):
         return Converter(source, "vector", (int(np.prod(space.shape, dtype=np.int64)) or 1,))
     if isinstance(space, gym.spaces.Discrete):

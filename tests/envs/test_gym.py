@@ -209,6 +209,20 @@ def test_a_discrete_space_that_starts_elsewhere_than_0_is_counted_from_its_start
     assert env_action(space, np.array(2)) == 1 and space.contains(int(env_action(space, np.array(0))))
 
 
+@pytest.mark.parametrize("shape", [(3, 32, 32), (32, 32, 4)])
+def test_frames_with_channels_first_or_stacked_are_refused_in_one_sentence(shape):
+    """Flattened, they would reach the model as a vector of thousands of bytes, which it cannot learn from."""
+    import gymnasium as gym
+    import numpy as np
+
+    from dreamctl.config import load_config
+    from dreamctl.envs.gym_env import layout
+    from dreamctl.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^the observation of test is a uint8 array of shape [^.]*\.$"):
+        layout(gym.spaces.Box(0, 255, shape, np.uint8), "test", load_config("vector").env)
+
+
 def test_byte_vectors_are_scaled_to_the_images_range_and_other_numbers_kept():
     """A uint8 Box that is not an image (Atari RAM, say) becomes x / 255 - 0.5, as DreamerV2's preprocess scales
     every uint8 observation; float and integer vectors reach the model as they are."""
