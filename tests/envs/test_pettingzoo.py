@@ -90,18 +90,26 @@ def test_two_player_atari_reads_the_roms_that_ale_py_ships():
         env.close()
 
 
-@pytest.fixture
-def dying_family(monkeypatch):
-    """`pz:testing/dying_v0` names tests/envs/dying_world.py's env, whose agents finish at different times."""
+def _register(monkeypatch, env: str, make) -> str:
+    """Makes `pz:testing/<env>` name a parallel env built by `make(render_mode)`, for this test only."""
     import sys
-
-    import dying_world
+    import types
 
     from dreamctl.envs import pettingzoo_env
 
+    module = types.ModuleType(env)
+    module.parallel_env = make
     monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
-    monkeypatch.setitem(sys.modules, "dreamctl_testing.dying_v0", dying_world)
-    return "pz:testing/dying_v0"
+    monkeypatch.setitem(sys.modules, f"dreamctl_testing.{env}", module)
+    return f"pz:testing/{env}"
+
+
+@pytest.fixture
+def dying_family(monkeypatch):
+    """`pz:testing/dying_v0` names tests/envs/dying_world.py's env, whose agents finish at different times."""
+    import dying_world
+
+    return _register(monkeypatch, "dying_v0", dying_world.parallel_env)
 
 
 def test_an_agent_that_finishes_early_is_absent_until_its_world_ends(dying_family):
@@ -124,19 +132,15 @@ def test_an_agent_that_finishes_early_is_absent_until_its_world_ends(dying_famil
 
 
 def test_an_agent_the_env_keeps_listing_after_it_finished_gets_the_resting_action(monkeypatch):
-    import sys
-    import types
-
     import dying_world
 
-    from dreamctl.envs import pettingzoo_env
-
     worlds: list = []
-    module = types.ModuleType("keeping_v0")
-    module.parallel_env = lambda render_mode=None: worlds.append(dying_world.KeepingWorld(render_mode)) or worlds[-1]
-    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
-    monkeypatch.setitem(sys.modules, "dreamctl_testing.keeping_v0", module)
-    env = _env("pz:testing/keeping_v0", 1)
+    name = _register(
+        monkeypatch,
+        "keeping_v0",
+        lambda render_mode=None: worlds.append(dying_world.KeepingWorld(render_mode)) or worlds[-1],
+    )
+    env = _env(name, 1)
     try:
         env.reset()
         steps = [env.step(np.ones(3, np.int64)) for _ in range(6)]
@@ -151,18 +155,10 @@ def test_an_agent_the_env_keeps_listing_after_it_finished_gets_the_resting_actio
 
 @pytest.mark.parametrize("repeat", [1, 2])
 def test_an_agent_gets_no_reward_after_it_finished_though_the_env_keeps_rewarding_it(monkeypatch, repeat):
-    import sys
-    import types
-
     import dying_world
 
-    from dreamctl.envs import pettingzoo_env
-
-    module = types.ModuleType("rewarding_v0")
-    module.parallel_env = lambda render_mode=None: dying_world.RewardingWorld(render_mode)
-    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
-    monkeypatch.setitem(sys.modules, "dreamctl_testing.rewarding_v0", module)
-    env = _env("pz:testing/rewarding_v0", 1, f"env.action_repeat={repeat}")
+    name = _register(monkeypatch, "rewarding_v0", dying_world.RewardingWorld)
+    env = _env(name, 1, f"env.action_repeat={repeat}")
     try:
         env.reset()
         steps = [env.step(np.zeros(3, np.int64)) for _ in range(6 // repeat)]
@@ -176,19 +172,10 @@ def test_an_agent_gets_no_reward_after_it_finished_though_the_env_keeps_rewardin
         assert not s.reward[~s.is_present].any()
 
 
-def test_an_env_that_starts_without_one_of_its_agents_is_one_sentence(monkeypatch, tmp_path):
-    import sys
-    import types
-
+def test_an_env_that_starts_without_one_of_its_agents_is_one_sentence(monkeypatch):
     import dying_world
 
-    from dreamctl.envs import pettingzoo_env
-
-    module = types.ModuleType("late_v0")
-    module.parallel_env = lambda render_mode=None: dying_world.LateWorld(render_mode)
-    monkeypatch.setitem(pettingzoo_env.MODULE_OF_FAMILY, "testing", "dreamctl_testing")
-    monkeypatch.setitem(sys.modules, "dreamctl_testing.late_v0", module)
-    env = _env("pz:testing/late_v0", 1)
+    env = _env(_register(monkeypatch, "late_v0", dying_world.LateWorld), 1)
     try:
         with pytest.raises(UsageError, match=r"^pz:testing/late_v0 starts an episode without observing c; [^.]*\.$"):
             env.reset()
