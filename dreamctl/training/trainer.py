@@ -139,7 +139,7 @@ class Trainer:
         self.low_kl_updates = torch.zeros((), dtype=torch.int64, device=device)
         self.warning: str | None = None
         self._clock = time.perf_counter()
-        self._log_mark = (0, 0, time.perf_counter())
+        self._log_mark = (0, 0, time.perf_counter())  # (agent steps, updates, time) where the log interval began
 
     # ---------------------------------------------------------------- the loop
 
@@ -149,6 +149,7 @@ class Trainer:
 
     def run(self, total_steps: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until `total_steps` agent steps; returns False if `should_stop` ended it early."""
+        self._log_mark = (self.env_steps, self.updates, time.perf_counter())  # a resumed run's speeds start here
         if self.obs is None:
             self.start()
         self._clock = time.perf_counter()
