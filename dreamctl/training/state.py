@@ -73,8 +73,8 @@ def restore_trainer(
 ) -> bool:
     """Put a checkpoint's state into a freshly built trainer of the same config; `load_chunk(k)` reads chunk k.
 
-    Returns False when the envs could not be restored (they cannot save their state, as ALE's vector env), in
-    which case the trainer starts new episodes.
+    Returns False when the envs could not be restored (they cannot save their state, as ALE's vector env), on this
+    rank or on any other, in which case the trainer starts new episodes.
     """
     info = {k: json.loads(v) for k, v in meta.items()}
     device = trainer.device
@@ -97,7 +97,10 @@ def restore_trainer(
     restore_rng(trainer.rng, tensors["rng/numpy"].numpy())
     random.setstate(_to_tuple(json.loads(bytes(tensors["rng/python"].numpy()).decode())))
     env_state = {k[len("env/") :]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
-    if trainer.env.saveable and env_state and info["env_saved"]:
+    continues = bool(trainer.env.saveable and env_state and info["env_saved"])
+    if trainer.ranks is not None:  # all ranks continue their episodes or none: their step schedules must match
+        continues = not trainer.ranks.any(not continues)
+    if continues:
         trainer.env.set_state(env_state)
         fields = {f: tensors[f"obs/{f}"].numpy() for f in Step._fields[1:] if f"obs/{f}" in tensors}
         trainer.obs = Step(_observation(tensors), **fields)

@@ -1,0 +1,78 @@
+"""A trainer restored from a checkpoint: the speeds it logs count only its own work, and data-parallel ranks agree
+on whether their episodes continue."""
+
+import time
+
+import numpy as np
+import torch
+from conftest import tiny_config
+
+from dreamctl.envs.base import BatchedEnv, EnvSpec, Step
+from dreamctl.training.state import restore_trainer, trainer_state
+from dreamctl.training.trainer import Trainer
+
+TICK_SECONDS = 0.02
+
+
+class Counter(BatchedEnv):
+    """Copies that observe their step count; each step takes at least `pause` seconds. It saves its state."""
+
+    saveable = True
+
+    def __init__(self, num_envs: int, pause: float = 0.0):
+        self.num_envs, self.pause, self.t = num_envs, pause, 0
+        self.spec = EnvSpec("counter", {"state": (1,)}, 2, True, 1)
+
+    def _step(self, first: bool) -> Step:
+        n = self.num_envs
+        obs = {"state": np.full((n, 1), self.t, np.float32)}
+        return Step(obs, np.zeros(n, np.float32), np.full(n, first), np.zeros(n, bool), np.zeros(n, bool))
+
+    def reset(self) -> Step:
+        return self._step(first=True)
+
+    def step(self, action: np.ndarray) -> Step:
+        time.sleep(self.pause)
+        self.t += 1
+        return self._step(first=False)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {"t": np.array([self.t])}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.t = int(state["t"][0])
+
+
+def _config():
+    return tiny_config("train.prefill=100000", "env.num_envs=2")  # random play only: no updates to wait for
+
+
+def test_a_resumed_trainer_logs_the_speed_of_its_own_steps_not_of_the_restored_ones():
+    first = Trainer(_config(), Counter(2), torch.device("cpu"))
+    first.run(400)
+    tensors, meta = trainer_state(first)
+    resumed = Trainer(_config(), Counter(2, pause=TICK_SECONDS), torch.device("cpu"))
+    assert restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    resumed.run(440)  # 20 ticks of 2 agent steps, each at least TICK_SECONDS long
+    speed = resumed.flush_metrics()["train/agent_steps_per_s"]
+    assert 0 < speed <= 40 / (20 * TICK_SECONDS)  # the 400 restored steps are not this interval's
+
+
+class OtherRankCouldNotRestore:
+    """The one collective restore_trainer makes, answered as when another rank's envs could not save their state."""
+
+    def any(self, flag: bool) -> bool:
+        return True
+
+
+def test_every_rank_starts_new_episodes_when_one_rank_cannot_continue_its_own():
+    first = Trainer(_config(), Counter(2), torch.device("cpu"))
+    first.run(40)
+    tensors, meta = trainer_state(first)
+    resumed = Trainer(_config(), Counter(2), torch.device("cpu"))
+    resumed.ranks = OtherRankCouldNotRestore()  # type: ignore[assignment]
+    assert not restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    assert resumed.obs is None and resumed.env.t == 0  # this rank could have continued, and does not
+    assert resumed.env_steps == 40  # the counters are restored either way, so every rank's schedule is the same
+    fresh = Trainer(_config(), Counter(2), torch.device("cpu"))
+    assert torch.equal(resumed.act_state.latent.deter, fresh.act_state.latent.deter)
