@@ -44,7 +44,9 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+        # TensorBoard hides events at purge_step and later; those at the checkpoint's step stay, as in the jsonl.
+        purge_step = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self._append(self.metrics_path, {"step": step, "time": time.time(), **values})
