@@ -334,9 +334,11 @@ def _resume(
                 event["note"] = "no checkpoint had been written, so training restarted from step 0"
                 for chunk in run.replay_dir.glob("chunk-*.bin"):
                     chunk.unlink()
+            # The later checkpoints go before the logs are cut back to `start`: a resume that dies in between then
+            # leaves log rows that the next resume cuts, never cut logs beside checkpoints that would continue them.
+            run.drop_checkpoints_after(start)
             logger = MetricsLogger(run.path, resume_step=start)
             trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
-            run.drop_checkpoints_after(start)
 
             def mark(m: dict[str, Any]) -> None:
                 m.update(status="running", error=None, target_steps=target, config=cfg.to_dict(), device=str(device))

@@ -18,6 +18,7 @@ from dreamctl.config import load_config
 from dreamctl.errors import SecondSignal, StoppedAtOnce
 from dreamctl.runs import lifecycle
 from dreamctl.runs.fileio import sha256_bytes
+from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.sharded import env_seed
 
 ARGS = ["train", "catch", "--preset", "debug", "--seed", "5", *fast_args()]
@@ -249,3 +250,24 @@ def test_every_start_of_a_run_seeds_its_env_copies_with_seeds_no_other_start_use
         assert len(seeds) == world * num_envs and not seeds & used
         used |= seeds
     assert env_seed(cfg, 0, False, 0, world) == seed  # a new run's first copy takes the run's seed
+
+
+def test_a_resume_from_an_older_checkpoint_that_dies_while_cutting_the_logs_leaves_no_gap(tmp_path, monkeypatch):
+    """Resuming from step 200 of a run checkpointed at 200 and 400 cuts the logs back to 200 and abandons the 400
+    checkpoint. A resume killed after cutting the logs must not leave the 400 checkpoint listed: a later plain
+    resume would continue from it with the rows between 200 and 400 gone."""
+    home = tmp_path / "home"
+    cfg = load_config("debug", ["env.name=catch", "train.seed=5", "train.steps=400", *FAST])
+    lifecycle.train(cfg, home=home)
+    real_logger = lifecycle.MetricsLogger
+
+    def killed_after_cutting_the_logs(run_dir, resume_step=None):
+        real_logger(run_dir, resume_step).close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lifecycle, "MetricsLogger", killed_after_cutting_the_logs)
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.resume("run-1", home=home, steps=600, checkpoint=200)
+    run = home / "runs" / "run-1"
+    assert max(row["step"] for row in read_jsonl(run / "metrics.jsonl")) == 200
+    assert [c["step"] for c in yaml.safe_load((run / "run.yaml").read_text())["checkpoints"]] == [200]
