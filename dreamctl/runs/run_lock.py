@@ -16,6 +16,11 @@ from dreamctl.errors import DreamctlError, RunBusyError
 from dreamctl.runs.fileio import READ_ONLY
 
 
+PROBE_WAIT_SECONDS = 0.5
+"""How long taking the lock waits before calling the run busy: `list` and `show` ask whether a run is held by taking a
+shared lock for an instant (`is_held`), which must not look like a trainer to a `train` or `resume` starting then."""
+
+
 class RunLock:
     """The training lock of the run folder `path`, named `ref` (`run-<N>`) in its errors."""
 
@@ -55,7 +60,7 @@ class RunLock:
         """Hold the lock for the `with` block; a run another process holds, or a read-only folder, is refused in one
         sentence."""
         try:
-            self._lock.acquire(timeout=0)
+            self._lock.acquire(timeout=PROBE_WAIT_SECONDS)
         except filelock.Timeout:
             raise RunBusyError(
                 f"{self.ref} is being trained by another process; wait for it to finish or stop it (Ctrl-C) first."
