@@ -1,9 +1,11 @@
 """The run store: ids, references, checkpoints with sha256, locks, pruning, atomic writes."""
 
 import errno
+import fcntl
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -198,6 +200,17 @@ def test_lock_refuses_a_second_holder_and_dies_with_its_process(home):
     assert run.status() == "interrupted"
     with run.locked():
         pass
+
+
+def test_a_trainer_starting_while_list_looks_at_the_lock_is_not_refused(home):
+    run = make_run(home)
+    with run.locked():
+        pass  # the lock file exists, as after any earlier training
+    fd = os.open(run.path / "lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # `is_locked`'s shared lock, taken at this very moment
+    threading.Timer(0.1, os.close, [fd]).start()  # and let go of, as is_locked does at once
+    with run.locked():
+        assert run.is_locked()
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
