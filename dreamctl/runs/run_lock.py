@@ -15,7 +15,6 @@ import filelock
 from dreamctl.errors import DreamctlError, RunBusyError
 from dreamctl.runs.fileio import READ_ONLY
 
-
 PROBE_WAIT_SECONDS = 0.5
 """How long taking the lock waits before calling the run busy: `list` and `show` ask whether a run is held by taking a
 shared lock for an instant (`is_held`), which must not look like a trainer to a `train` or `resume` starting then."""
