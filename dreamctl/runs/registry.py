@@ -311,9 +311,16 @@ class Run:
             raise CheckpointError(f"replay chunk {path} is corrupt, so the replay cannot be restored.") from None
 
     def remove_temp_files(self) -> None:
-        """Leftovers of writes interrupted by a kill; never read, safe to delete once the lock is held."""
-        for tmp in self.path.rglob(".*.tmp"):
+        """Delete the leftovers of a killed trainer's writes, once the training lock is held: the temp files of
+        checkpoints/, replay/ and the logs, which only the lock's holder writes, and run.yaml's under its edit lock.
+        Other commands' temp files (eval's run.yaml edit, a video, a plot) may belong to writes under way."""
+        leftovers = [*self.checkpoints_dir.glob(".*.tmp"), *self.replay_dir.glob(".*.tmp")]
+        leftovers += [*self.path.glob(".metrics.jsonl.*.tmp"), *self.path.glob(".episodes.jsonl.*.tmp")]
+        for tmp in leftovers:
             tmp.unlink(missing_ok=True)
+        with filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False):
+            for tmp in self.path.glob(".run.yaml.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

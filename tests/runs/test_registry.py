@@ -213,6 +213,21 @@ def test_a_trainer_starting_while_list_looks_at_the_lock_is_not_refused(home):
         assert run.is_locked()
 
 
+def test_resume_deletes_a_killed_trainers_temp_files_and_no_other_commands(home):
+    run = make_run(home)
+    (run.path / "videos").mkdir()
+    (run.path / "checkpoints").mkdir(exist_ok=True)
+    (run.path / "replay").mkdir(exist_ok=True)
+    trainers = ["checkpoints/.ckpt-200.safetensors.a1.tmp", "replay/.chunk-3.bin.b2.tmp", ".metrics.jsonl.c3.tmp"]
+    trainers.append(".run.yaml.d4.tmp")
+    others = ["videos/.dream.png.e5.tmp", ".plot.png.f6.tmp"]  # `imagine` and `plot` may be writing them now
+    for name in trainers + others:
+        (run.path / name).write_bytes(b"partial")
+    with run.locked():
+        run.remove_temp_files()
+    assert [name for name in trainers + others if (run.path / name).exists()] == others
+
+
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")
