@@ -332,13 +332,17 @@ class Registry:
         self.runs_dir = self.root / "runs"
 
     def check_home(self) -> None:
-        """Refuse, in one sentence, a root that is a file or lies under one, where no registry can be made (asked
-        before a new run's env and time estimate, not after)."""
+        """Refuse, in one sentence, a root where no run can be made: under a file, or in a folder this process may
+        not write (asked before a new run's env and time estimate, not after)."""
         for folder in (self.runs_dir, *self.runs_dir.parents):
             if folder.exists():
                 if not folder.is_dir():
                     raise DreamctlError(
                         f"cannot create the registry at {self.root} ({folder} is a file); pass a writable --home."
+                    )
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise DreamctlError(
+                        f"cannot create the registry at {self.root} ({folder} is read-only); pass a writable --home."
                     )
                 return
 
@@ -346,35 +350,39 @@ class Registry:
         """Allocate the next run id atomically (mkdir either succeeds or sees the other process's folder)."""
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+            with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
+                return self._create_locked(meta, name)
+        except OSError as exc:  # a full disk writing run.yaml is said by atomic_write_text
             raise DreamctlError(
                 f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
             ) from None
-        with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
-            self.check_new_name(name)
-            number = max((r.id for r in self.all_runs()), default=0) + 1
-            while True:
-                path = self.runs_dir / f"run-{number}"
-                try:
-                    path.mkdir()
-                    break
-                except FileExistsError:
-                    number += 1
-            run = Run(path)
-            meta = {
-                "schema_version": SCHEMA_VERSION,
-                "id": run.ref,
-                "name": name,
-                "status": "running",
-                "created": now(),
-                "updated": now(),
-                **meta,
-            }
+
+    def _create_locked(self, meta: dict[str, Any], name: str | None) -> Run:
+        """create()'s work under the registry lock."""
+        self.check_new_name(name)
+        number = max((r.id for r in self.all_runs()), default=0) + 1
+        while True:
+            path = self.runs_dir / f"run-{number}"
             try:
-                run.write_meta(meta)
-            except BaseException:  # a full disk: no empty folder may stay behind as the latest run
-                shutil.rmtree(path, ignore_errors=True)
-                raise
+                path.mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        run = Run(path)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "id": run.ref,
+            "name": name,
+            "status": "running",
+            "created": now(),
+            "updated": now(),
+            **meta,
+        }
+        try:
+            run.write_meta(meta)
+        except BaseException:  # a full disk: no empty folder may stay behind as the latest run
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return run
 
     def check_new_name(self, name: str | None) -> None:

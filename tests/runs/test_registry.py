@@ -313,6 +313,21 @@ def test_a_read_only_run_folder_is_said_in_one_sentence_before_any_work(home, mo
         evaluate("run-1", home=home)  # refused before looking for a checkpoint (this run has none)
 
 
+def test_a_home_where_no_run_can_be_made_is_said_in_one_sentence(home, monkeypatch):
+    make_run(home)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user who may not write there
+    with pytest.raises(DreamctlError, match=rf"^cannot create the registry at {home} \(.* is read-only\); pass"):
+        Registry(home).check_home()  # asked before the env is built and the run is timed
+    monkeypatch.undo()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", read_only)  # a home that turned read-only after the check
+    with pytest.raises(DreamctlError, match=r"\(Read-only file system\); pass a writable --home\.$"):
+        make_run(home)
+
+
 def test_package_never_unpickles():
     root = Path(__file__).resolve().parents[2] / "dreamctl"
     for path in root.rglob("*.py"):
