@@ -226,7 +226,10 @@ class Run:
         path = self.path / entry["file"]
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} is missing; pick another with --checkpoint STEP.")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror}).") from None
         if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
             raise CheckpointError(
                 f"checkpoint {path} does not match the sha256 recorded in run.yaml (it is "
@@ -323,7 +326,14 @@ class Run:
                 tmp.unlink(missing_ok=True)
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        """The bytes of the run's files; a file a trainer replaces or prunes while they are counted is skipped."""
+        total = 0
+        for path in self.path.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except FileNotFoundError:
+                continue
+        return total
 
 
 class Registry:

@@ -328,6 +328,37 @@ def test_a_home_where_no_run_can_be_made_is_said_in_one_sentence(home, monkeypat
         make_run(home)
 
 
+def test_a_file_a_trainer_deletes_while_list_measures_the_run_is_skipped(home, monkeypatch):
+    run = make_run(home)
+    (run.path / "pruned").write_bytes(b"x" * 1000)
+    size = run.disk_bytes()
+    real_is_file = Path.is_file
+
+    def pruned_in_between(path):  # is_file sees the checkpoint; the trainer deletes it before stat
+        found = real_is_file(path)
+        if path.name == "pruned":
+            path.unlink()
+        return found
+
+    monkeypatch.setattr(Path, "is_file", pruned_in_between)
+    assert run.disk_bytes() == size - 1000
+
+
+def test_a_checkpoint_that_cannot_be_read_is_said_in_one_sentence(home, monkeypatch):
+    run = make_run(home)
+    run.save_checkpoint({"w": torch.zeros(3)}, {}, 10, {})
+    [entry] = run.meta()["checkpoints"]
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(
+        CheckpointError, match=r"^checkpoint .*step-10.safetensors cannot be read \(Permission denied\)\.$"
+    ):
+        run.load_checkpoint(entry)
+
+
 def test_package_never_unpickles():
     root = Path(__file__).resolve().parents[2] / "dreamctl"
     for path in root.rglob("*.py"):
