@@ -287,7 +287,7 @@ def test_a_run_whose_run_yaml_cannot_be_written_leaves_no_folder(home, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("dreamctl.runs.registry.atomic_write_text", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(DreamctlError, match=r"\(No space left on device\); pass a writable --home\.$"):
         make_run(home)
     assert [r.id for r in Registry(home).all_runs()] == [1]
 
