@@ -131,7 +131,7 @@ class TrainConfig:
     steps: int = 50_000_000
     """Agent steps to train (50M agent steps = 200M Atari frames)."""
     seed: int = 0
-    """Seeds torch, numpy, Python and the envs."""
+    """Seeds torch, numpy, Python and the envs; at most 2^30 - 1 (ALE takes 32-bit signed seeds)."""
     prefill: int = 50_000
     """Random-policy agent steps before the first update."""
     pretrain: int = 1
@@ -284,8 +284,8 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Typed construction: every unknown key and every wrongly typed value is named."""
     cfg = Config()
     for section, values in data.items():
-        if section not in _sections():
-            raise UsageError(f"unknown section '{section}' in {source}{did_you_mean(section, _sections())}.")
+        if section not in _sections():  # a YAML key may be a number or null, not only a string
+            raise UsageError(f"unknown section '{section}' in {source}{did_you_mean(str(section), _sections())}.")
         if not isinstance(values, dict):
             raise UsageError(f"section '{section}' in {source} must be a mapping of keys to values.")
         for key, value in values.items():
@@ -356,11 +356,20 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
             return value
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise UsageError(
+                    f"{key} in {source} must be an integer below 2^63, got one of {len(str(value))} digits."
+                )
             return value
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)
     elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UsageError(
+                f"{key} in {source} must be a finite number, got an integer of {len(str(value))} digits."
+            ) from None
     elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise UsageError(f"{key} in {source} must be {_type_name(kind)}, got {value!r}.")

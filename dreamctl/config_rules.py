@@ -12,6 +12,10 @@ import re
 from dreamctl.config import Config, all_keys, get_value
 from dreamctl.errors import UsageError
 
+MAX_SEED = 2**30 - 1
+"""The largest seed. ALE takes 32-bit signed seeds, and a run's env copies take the seeds above its own, a block
+per start of its training (`runs.sharded.env_seed`): 2^30 more than any run uses."""
+
 POSITIVE_KEYS = (
     "env.num_envs",
     "env.image_size",
@@ -93,6 +97,12 @@ def validate(cfg: Config) -> Config:
             raise UsageError(f"{key} must lie in [0, 1], got {get_value(cfg, key)}.")
     if cfg.train.batch_length < 2:
         raise UsageError("train.batch_length must be at least 2.")
+    if cfg.behavior.horizon < 2:
+        raise UsageError(
+            "behavior.horizon must be at least 2: the actor learns from the imagined states before the last."
+        )
+    if cfg.train.seed > MAX_SEED:
+        raise UsageError(f"train.seed must be at most {MAX_SEED} (2^30 - 1), got {cfg.train.seed}.")
     per_env = cfg.train.replay_capacity // cfg.env.num_envs
     if per_env < cfg.train.batch_length:
         raise UsageError(

@@ -82,6 +82,8 @@ def test_unknown_key_names_the_key_and_suggests_the_closest():
         load_config("debug", ["model.detr=3"])
     with pytest.raises(UsageError, match="unknown section 'modle'"):
         from_dict({"modle": {"deter": 3}})
+    with pytest.raises(UsageError, match="unknown section '1'"):  # YAML reads `1:` as a number
+        from_dict({1: {"a": 2}})
 
 
 @pytest.mark.parametrize(

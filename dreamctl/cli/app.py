@@ -41,6 +41,6 @@ def check_new_run(name: Optional[str], home: Optional[Path]) -> None:
 def checkpoint_ref(text: str) -> str | int:
     if text in ("latest", "best"):
         return text
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     raise UsageError(f"--checkpoint must be a step number, latest or best, got '{text}'.")

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
+from dreamctl.config_rules import MAX_SEED
 from dreamctl.terminal import episodes_label, out
 
 
@@ -18,7 +19,7 @@ def eval_(
     episodes: int = typer.Option(10, "--episodes", "-n", min=1, help="Episodes to play."),
     checkpoint: str = typer.Option("latest", "--checkpoint", help="A checkpoint step, latest or best."),
     video: Optional[Path] = typer.Option(None, "--video", help="Write the first episode to this .mp4 or .gif."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the evaluation envs and policy."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the evaluation envs and policy."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
     sample: bool = typer.Option(
@@ -100,7 +101,7 @@ def imagine(
     context: int = typer.Option(5, "--context", min=1, help="Real frames the model observes first."),
     horizon: int = typer.Option(45, "--horizon", min=1, help="Steps the model then dreams open-loop."),
     samples: int = typer.Option(4, "--samples", min=1, max=16, help="Sequences side by side."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the envs and the model's sampling."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the envs and the model's sampling."),
     checkpoint: str = typer.Option("latest", "--checkpoint", help="A checkpoint step, latest or best."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]."),
     home: Optional[Path] = Home,

@@ -12,6 +12,7 @@ import typer
 
 from dreamctl.cli.app import Home, app, check_new_run, check_run, checkpoint_ref
 from dreamctl.cli.launch import launch, without_nproc
+from dreamctl.config_rules import MAX_SEED
 from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
 from dreamctl.training.launched import is_follower, launched_ranks
 
@@ -50,7 +51,7 @@ def train(
         "one agent step is env.action_repeat frames (4 on Atari).",
     ),
     seed: Optional[int] = typer.Option(
-        None, "--seed", min=0, show_default=False, help="Seeds torch, numpy and the envs."
+        None, "--seed", min=0, max=MAX_SEED, show_default=False, help="Seeds torch, numpy and the envs."
     ),
     name: Optional[str] = typer.Option(None, "--name", help="A unique name to refer to the run by."),
     overrides: Optional[List[str]] = typer.Option(

@@ -81,10 +81,16 @@ def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
 
 
 def check_new_run_env(cfg: EnvConfig) -> None:
-    """Refuse, for a new run, env settings its env would silently ignore: the built-in games draw one 64x64 grey
-    frame per agent step. (Runs recorded before this check open as they were trained.)"""
+    """Refuse, for a new run, env settings it could not train with or its env would silently ignore: the conv
+    encoder reads 64x64 frames, and the built-in games draw one 64x64 grey frame per agent step. (Runs recorded
+    before this check open as they were trained.)"""
     name = resolve(cfg.name)
     if name not in ("catch", "catch2", "reach"):
+        if cfg.image_size != 64:
+            raise UsageError(
+                f"DreamerV2's conv encoder reads 64x64 frames, so env.image_size cannot be {cfg.image_size}; "
+                "set env.image_size=64."
+            )
         return
     for key, value, needed in (("image_size", cfg.image_size, 64), ("action_repeat", cfg.action_repeat, 1)):
         if value != needed:
