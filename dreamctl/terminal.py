@@ -4,6 +4,7 @@ the closing lines of a training command."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import time
@@ -46,6 +47,12 @@ class _Console(Console):
 
 out = _Console(soft_wrap=True)
 err = _Console(stderr=True, soft_wrap=True)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, as it is (no markup, highlighting or wrapping); like every line of `out`, it
+    goes nowhere once the reader has gone (`dreamctl list --json | head -c 100`) instead of failing the command."""
+    out.out(json.dumps(value), highlight=False)
 
 
 STOPPING = "[yellow]stopping after the current step and writing a checkpoint...[/yellow]"

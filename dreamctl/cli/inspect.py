@@ -3,7 +3,6 @@ environments dreamctl knows."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,7 +13,7 @@ from rich.table import Table
 
 from dreamctl.cli.app import Home, app
 from dreamctl.errors import UsageError, did_you_mean
-from dreamctl.terminal import duration_label, episodes_label, out, size_label
+from dreamctl.terminal import duration_label, episodes_label, out, print_json, size_label
 
 
 def _reference_label(reference: dict | None) -> str:
@@ -45,7 +44,7 @@ def list_(
     registry = Registry(home)
     rows = [r for r in run_rows(registry) if status is None or r["status"] == status]
     if as_json:
-        print(json.dumps(rows))
+        print_json(rows)
         return
     out.print(f"Registry: {registry.root}")
     if not rows:
@@ -119,7 +118,7 @@ def show(
 
     s = run_summary(Registry(home).resolve(run))
     if as_json:
-        print(json.dumps(s))
+        print_json(s)
         return
     if s["reason"] is not None:
         out.print(f"[bold]{s['id']}[/bold] · [red]{s['status']}[/red] · {size_label(s['disk_bytes'])} in {s['path']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +9,7 @@ import typer
 
 from dreamctl.cli.app import Home, app, check_run, checkpoint_ref
 from dreamctl.config_rules import MAX_SEED
-from dreamctl.terminal import episodes_label, out
+from dreamctl.terminal import episodes_label, out, print_json
 
 
 @app.command("eval")
@@ -59,7 +58,7 @@ def eval_(
             "agents",
             "win_rate",
         )
-        print(json.dumps({k: result[k] for k in keys}))
+        print_json({k: result[k] for k in keys})
         return
     out.print(
         f"[green]{result['run']}[/green] at step {result['checkpoint_step']:,}: "

@@ -2,10 +2,12 @@
 and leaves the runs already in the registry usable."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import yaml
-from conftest import fast_args, run_cli
+from conftest import dreamctl_command, fast_args, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +198,18 @@ def test_a_home_that_is_a_file_is_refused_before_the_run_is_timed(tmp_path):
         "pass a writable --home."
     )
     assert "≈" not in proc.stdout  # no time estimate came first
+
+
+@pytest.mark.parametrize(
+    "args", [["list", "--json"], ["show", "keep", "--json"], ["eval", "keep", "-n", "1", "--json"]]
+)
+def test_json_for_a_reader_that_went_away_is_no_failure(registry, args):
+    """`dreamctl list --json | head -c 100` under `set -o pipefail`: the command did its work and its reader chose to
+    stop, so it exits 0 and says nothing (its print() exited 1 in silence)."""
+    home, _ = registry
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the first byte is written
+    env = {**os.environ, "DREAMCTL_HOME": str(home)}
+    proc = subprocess.run(dreamctl_command() + args, stdout=writer, stderr=subprocess.PIPE, text=True, env=env)
+    os.close(writer)
+    assert (proc.returncode, proc.stderr) == (0, "")
