@@ -17,7 +17,7 @@ import torch
 
 from dreamctl.config import from_dict
 from dreamctl.envs import BatchedEnv, make_env
-from dreamctl.errors import UsageError
+from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.model.rssm import State
 from dreamctl.runs.registry import Registry, obs_space_of
@@ -117,7 +117,12 @@ def imagine(
     agent, meta, step = load_agent(run, checkpoint, device)
     wm = agent.world_model
     if out_path is None:  # default: the run's own videos/ folder
-        (run.path / "videos").mkdir(exist_ok=True)
+        try:
+            (run.path / "videos").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise DreamctlError(
+                f"cannot make {run.path / 'videos'} ({exc.strerror}); pass --out FILE to write the dream elsewhere."
+            ) from None
         out_path = run.path / "videos" / f"imagine-step-{step}{'.mp4' if has_images else '.png'}"
     cfg = from_dict(meta["config"])
     env = make_env(cfg.env, seed, num_envs=samples)

@@ -213,3 +213,16 @@ def test_json_for_a_reader_that_went_away_is_no_failure(registry, args):
     proc = subprocess.run(dreamctl_command() + args, stdout=writer, stderr=subprocess.PIPE, text=True, env=env)
     os.close(writer)
     assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_imagine_that_cannot_make_the_runs_videos_folder_says_so(registry):
+    home, _ = registry
+    blocker = home / "runs" / "run-1" / "videos"
+    assert not blocker.exists()
+    blocker.write_text("a file where the folder goes")
+    try:
+        proc = run_cli("imagine", "keep", "--horizon", "2", home=home)
+    finally:
+        blocker.unlink()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: cannot make {blocker} (File exists); pass --out FILE"), proc.stderr
