@@ -342,6 +342,7 @@ def _resume(
 
             def mark(m: dict[str, Any]) -> None:
                 m.update(status="running", error=None, target_steps=target, config=cfg.to_dict(), device=str(device))
+                m["precision"] = precision_label(cfg, device)  # `auto` may resolve otherwise on another device
                 m.setdefault("history", []).append(event)
 
             run.update(mark)

@@ -271,3 +271,14 @@ def test_a_resume_from_an_older_checkpoint_that_dies_while_cutting_the_logs_leav
     run = home / "runs" / "run-1"
     assert max(row["step"] for row in read_jsonl(run / "metrics.jsonl")) == 200
     assert [c["step"] for c in yaml.safe_load((run / "run.yaml").read_text())["checkpoints"]] == [200]
+
+
+def test_a_resume_records_the_precision_it_computes_in(tmp_path, monkeypatch):
+    """A run on `precision: auto` computes in float32 on a CPU and in bf16 on a GPU: a resume on another device must
+    not leave the old precision in run.yaml (and in `show`)."""
+    home = tmp_path / "home"
+    lifecycle.train(load_config("debug", ["env.name=catch", "train.steps=200", *FAST]), home=home)
+    assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["precision"] == "32"
+    monkeypatch.setattr(lifecycle, "precision_label", lambda cfg, device: "bf16")  # as `auto` on a GPU
+    lifecycle.resume("run-1", home=home, steps=220)
+    assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["precision"] == "bf16"
