@@ -65,6 +65,13 @@ def disk_full(doing: str, after: str = "") -> DreamctlError:
     return DreamctlError(f"the disk is full while {doing}; free some space and try again{after}.")
 
 
+def make_folder(folder: Path) -> None:
+    """mkdir that lasts through a power cut: a new folder's entry in its parent is flushed as a file's is."""
+    if not folder.is_dir():
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -23,7 +23,14 @@ import yaml
 from safetensors import SafetensorError
 
 from dreamctl.errors import CheckpointError, DreamctlError, UsageError, did_you_mean
-from dreamctl.runs.fileio import READ_ONLY, atomic_write_bytes, atomic_write_text, sha256_bytes
+from dreamctl.runs.fileio import (
+    READ_ONLY,
+    atomic_write_bytes,
+    atomic_write_text,
+    fsync_dir,
+    make_folder,
+    sha256_bytes,
+)
 from dreamctl.runs.run_lock import RunLock
 
 if TYPE_CHECKING:  # tensors are read and written only by the commands that train or load a model
@@ -180,7 +187,7 @@ class Run:
         for entry in self.meta().get("checkpoints", []):
             if entry["step"] == step:
                 return entry
-        self.checkpoints_dir.mkdir(exist_ok=True)
+        make_folder(self.checkpoints_dir)
         data = st_save(tensors, metadata={**metadata, "format_version": json.dumps(CHECKPOINT_FORMAT)})
         name = f"step-{step}.safetensors"
         atomic_write_bytes(self.checkpoints_dir / name, data)
@@ -299,7 +306,7 @@ class Run:
     def write_chunk(self, index: int, rows: dict[str, np.ndarray], rank: int = 0) -> None:
         from dreamctl.training.replay import encode_chunk
 
-        self.replay_dir.mkdir(exist_ok=True)
+        make_folder(self.replay_dir)
         atomic_write_bytes(self.chunk_path(index, rank), encode_chunk(rows))
 
     def read_chunk(self, index: int, rank: int = 0) -> dict[str, np.ndarray]:
@@ -359,7 +366,8 @@ class Registry:
     def create(self, meta: dict[str, Any], name: str | None) -> Run:
         """Allocate the next run id atomically (mkdir either succeeds or sees the other process's folder)."""
         try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            make_folder(self.runs_dir)
             with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
                 return self._create_locked(meta, name)
         except OSError as exc:  # a full disk writing run.yaml is said by atomic_write_text
@@ -393,6 +401,7 @@ class Registry:
         except BaseException:  # a full disk: no empty folder may stay behind as the latest run
             shutil.rmtree(path, ignore_errors=True)
             raise
+        fsync_dir(self.runs_dir)  # the new run's entry, as run.yaml's is in it
         return run
 
     def check_new_name(self, name: str | None) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import filelock
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -357,6 +358,27 @@ def test_a_checkpoint_that_cannot_be_read_is_said_in_one_sentence(home, monkeypa
         CheckpointError, match=r"^checkpoint .*step-10.safetensors cannot be read \(Permission denied\)\.$"
     ):
         run.load_checkpoint(entry)
+
+
+def test_every_new_folder_and_file_of_a_run_is_flushed_into_its_parent(home, monkeypatch):
+    """After a power cut, run.yaml may list only what the disk kept: the run's folder in runs/, checkpoints/ and
+    replay/ in the run's folder, each file in its folder."""
+    from dreamctl.runs import fileio, registry
+
+    synced = []
+    real = fileio.fsync_dir
+
+    def recorded(folder):
+        synced.append(Path(folder))
+        real(folder)
+
+    monkeypatch.setattr(fileio, "fsync_dir", recorded)
+    monkeypatch.setattr(registry, "fsync_dir", recorded)
+    run = make_run(home)
+    run.save_checkpoint({"w": torch.zeros(3)}, {}, 10, {})
+    run.write_chunk(0, {"reward": np.zeros((2, 4), np.float32)})
+    parents = {home / "runs", run.path, run.path / "checkpoints", run.path / "replay"}
+    assert parents <= set(synced)
 
 
 def test_package_never_unpickles():
