@@ -90,6 +90,28 @@ def obs_space_of(meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {"image": tuple(spec["obs_shape"])}
 
 
+META_SHAPES: dict[str, type] = {
+    "config": dict,
+    "versions": dict,
+    "ranks": dict,
+    "progress": dict,
+    "env_spec": dict,
+    "score": dict,
+    "checkpoints": list,
+    "evals": list,
+    "history": list,
+    "warnings": list,
+}
+"""The run.yaml fields that every reader walks into: a hand-edited file with one of them of another shape is
+unreadable (said in one sentence, and `list` shows it as such) rather than a TypeError wherever it is read."""
+
+
+def _has_shape(value: Any, kind: type) -> bool:
+    if kind is dict:
+        return isinstance(value, dict)
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
 class Run:
     """One run folder. Reads are cheap; writes to run.yaml go through `update`."""
 
@@ -135,6 +157,11 @@ class Run:
         if not isinstance(data, dict):
             raise DreamctlError(f"{self.ref}'s run.yaml is not a mapping; restore it or delete the run.")
         check_version(f"{self.ref}'s run.yaml", "schema", data.get("schema_version", 1), SCHEMA_VERSION)
+        for key, kind in META_SHAPES.items():
+            value = data.get(key)
+            if value is not None and not _has_shape(value, kind):
+                what = "a mapping" if kind is dict else "a list of mappings"
+                raise DreamctlError(f"{self.ref}'s run.yaml field `{key}` is not {what}; restore it or delete the run.")
         return data
 
     def write_meta(self, data: dict[str, Any]) -> None:

@@ -268,6 +268,23 @@ def test_run_yaml_that_is_not_text_or_not_a_file_does_not_hide_other_runs(home):
         reg.resolve("3").meta()
 
 
+def test_a_run_yaml_with_a_field_of_the_wrong_shape_is_unreadable_and_hides_no_run(home):
+    """A hand-edited `evals: 5` made `list` and `show` fail for every run with a TypeError."""
+    from dreamctl.runs.listing import run_rows
+    from dreamctl.runs.summary import run_summary
+
+    make_run(home, name="good")
+    edited = make_run(home)
+    text = (edited.path / "run.yaml").read_text().replace("evals: []", "evals: 5")
+    (edited.path / "run.yaml").write_text(text)
+    rows = run_rows(Registry(home))
+    assert [row["status"] for row in rows] == [Registry(home).resolve("good").status(), "unreadable"]
+    assert (
+        rows[1]["reason"] == "run-2's run.yaml field `evals` is not a list of mappings; restore it or delete the run."
+    )
+    assert run_summary(edited)["status"] == "unreadable"
+
+
 def test_asking_whether_a_run_is_locked_writes_nothing(home):
     """`list` asks every running run; on a read-only registry, or a run folder being deleted, taking the lock to
     ask created a lock file or failed with an OSError."""
