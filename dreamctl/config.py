@@ -201,6 +201,10 @@ class RunConfig:
     """Replay rows per chunk file on disk."""
 
 
+PRECISIONS: tuple[str, ...] = typing.get_args(typing.get_type_hints(RunConfig)["precision"])
+"""The values of run.precision (and of `train --precision`)."""
+
+
 @dataclass
 class Config:
     """A run's whole config; its defaults equal presets/atari.yaml (a test checks it)."""

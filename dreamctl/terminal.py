@@ -135,15 +135,16 @@ class ProgressView:
         self.training_since: tuple[float, int] | None = None  # (time, agent steps) when prefill ended
 
     def __enter__(self):
-        self.bar.__enter__()
-        return self
+        return self  # the bar appears with the first progress, so a command refused before it prints nothing
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        if self.task is not None:
+            self.bar.stop()
 
     def __call__(self, p) -> None:
         now = time.monotonic()
         if self.task is None:
+            self.bar.start()
             self.task = self.bar.add_task(
                 "prefill", total=p.total_steps, completed=p.env_steps, rates="", ret="-", eta=""
             )

@@ -160,7 +160,8 @@ def catch_3000(tmp_path_factory) -> TimedRun:
             first.append((now, view.time_left(p, now)))
 
     began = time.monotonic()
-    lifecycle.train(cfg, home=home, preset="debug", progress=on_progress)
+    with view:
+        lifecycle.train(cfg, home=home, preset="debug", progress=on_progress)
     ended = time.monotonic()
     at, eta = first[0]
     return TimedRun(home, estimate.seconds(cfg), ended - began, eta, ended - at)

@@ -12,7 +12,9 @@ import typer
 
 from dreamctl.cli.app import Home, app, check_new_run, check_run, checkpoint_ref
 from dreamctl.cli.launch import launch, without_nproc
-from dreamctl.config_rules import MAX_SEED
+from dreamctl.config import PRECISIONS
+from dreamctl.config_rules import MAX_SEED, check_device
+from dreamctl.errors import UsageError
 from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
 from dreamctl.training.launched import is_follower, launched_ranks
 
@@ -23,6 +25,15 @@ NPROC = typer.Option(
     help="Data-parallel ranks on this machine (torch.distributed: gloo on CPUs, nccl with one GPU each); the batch "
     "is split among them. Across machines, start `torchrun ... -m dreamctl train ...` instead (docs/distributed.md).",
 )
+
+
+def check_flags(device: str | None, precision: str | None) -> None:
+    """Refuse a mistyped --device or --precision under the flag's own name (as config keys they would be named
+    run.device and run.precision)."""
+    if device is not None:
+        check_device(device, "--device")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'.")
 
 
 @app.command()
@@ -76,6 +87,7 @@ def train(
     from dreamctl.envs import check_new_run_env, resolve
 
     game = resolve(env)
+    check_flags(device, precision)
     sets = [f"env.name={game}"] + list(overrides or [])
     for key, value in (
         ("train.steps", steps),
@@ -200,6 +212,7 @@ def resume(
     Example: [bold]dreamctl resume run-3 --steps 20000[/bold] or [bold]dreamctl resume run-4 --nproc 2[/bold]
     """
     which = checkpoint_ref(checkpoint)
+    check_flags(device, None)
     if not is_follower():  # the run's files are rank 0's: the other ranks may be on machines without them
         check_run(run, home)
     if nproc > 1:

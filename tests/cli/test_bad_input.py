@@ -39,6 +39,8 @@ CASES = [
     ("path as run", ["eval", "../runs/run-1"], 2, "not a run reference"),
     ("missing checkpoint", ["eval", "keep", "--checkpoint", "123"], 1, "no checkpoint at step 123"),
     ("bad checkpoint word", ["eval", "keep", "--checkpoint", "newest"], 2, "--checkpoint"),
+    ("mistyped precision", ["train", "catch", "--precision", "8"], 2, "--precision must be one of auto, 32, bf16, 16"),
+    ("mistyped device", ["resume", "keep", "--device", "gpu"], 2, "--device must be auto, cpu or cuda[:i]"),
     ("superscript checkpoint", ["eval", "keep", "--checkpoint", "²"], 2, "must be a step number, latest or best"),
     ("horizon of one", ["train", "catch", "--set", "behavior.horizon=1", "--dry-run"], 2, "horizon must be at least 2"),
     ("image size", ["train", "pong", "--set", "env.image_size=32", "--dry-run"], 2, "set env.image_size=64"),
@@ -58,8 +60,9 @@ CASES = [
     ("resume below progress", ["resume", "keep", "--steps", "100"], 2, "already at 300"),
     ("duplicate name", ["train", "catch", "--name", "keep"], 2, "already exists"),
     ("bad status filter", ["list", "--status", "sleeping"], 2, "--status must be one of"),
-    ("bad device", ["train", "catch", "--device", "tpu"], 2, "run.device"),
-    ("device with a suffix", ["train", "catch", "--device", "cudax"], 2, "run.device must be auto, cpu or cuda[:i]"),
+    ("bad device", ["train", "catch", "--device", "tpu"], 2, "--device"),
+    ("device with a suffix", ["train", "catch", "--device", "cudax"], 2, "--device must be auto, cpu or cuda[:i]"),
+    ("bad device in --set", ["train", "catch", "--set", "run.device=tpu"], 2, "run.device must be auto, cpu or cuda"),
     ("bad device to eval", ["eval", "keep", "--device", "gpu"], 2, "--device must be auto, cpu or cuda[:i]"),
     ("override not YAML", ["train", "catch", "--set", "model.deter=["], 2, "is not valid YAML"),
     (
@@ -226,3 +229,11 @@ def test_imagine_that_cannot_make_the_runs_videos_folder_says_so(registry):
         blocker.unlink()
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: cannot make {blocker} (File exists); pass --out FILE"), proc.stderr
+
+
+def test_a_refused_resume_prints_nothing_on_stdout(registry):
+    """The progress bar opened before the resume was checked, and left a blank line above the refusal."""
+    home, _ = registry
+    proc = run_cli("resume", "keep", "--set", "model.deter=3", home=home)
+    assert proc.returncode == 2 and "model.deter cannot change on resume" in proc.stderr
+    assert proc.stdout == ""
