@@ -91,7 +91,7 @@ class RunHooks(Hooks):
             self.run.update(lambda m: m.setdefault("warnings", []).append({"step": step, "message": warning}))
         self.warned = warning is not None
         if p is not None:
-            record = progress_record(p.env_steps, p.updates, p.wall_time, self.cfg.env.action_repeat)
+            record = progress_record(p.env_steps, p.frames, p.updates, p.wall_time)
             self.run.update(lambda m: m.update(progress=record))
 
     def on_episode(self, episode: Episode) -> None:
@@ -143,17 +143,17 @@ def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
     run.prune_checkpoints(cfg.run.keep_checkpoints)
 
 
-def progress_record(env_steps: int, updates: int, wall_time: float, action_repeat: int) -> dict[str, Any]:
+def progress_record(env_steps: int, frames: int, updates: int, wall_time: float) -> dict[str, Any]:
     return {
         "env_steps": env_steps,
-        "frames": env_steps * action_repeat,
+        "frames": frames,
         "updates": updates,
         "wall_time": round(wall_time, 2),
     }
 
 
 def progress_of(trainer: Trainer) -> dict[str, Any]:
-    return progress_record(trainer.env_steps, trainer.updates, trainer.wall_time, trainer.env.spec.action_repeat)
+    return progress_record(trainer.env_steps, trainer.frames(), trainer.updates, trainer.wall_time)
 
 
 def train(

@@ -67,10 +67,11 @@ class RunLog:
         return steps, seconds
 
     def x(self, steps: Sequence[float], axis: str) -> np.ndarray:
-        """Agent steps mapped onto the x axis: frames multiply by the action repeat, hours come from the clock."""
+        """Agent steps mapped onto the x axis: frames are a world's steps (its agents decide together) times the
+        action repeat, hours come from the clock."""
         s = np.asarray(steps, np.float64)
         if axis == "frames":
-            return s * self.action_repeat
+            return s / self.agents * self.action_repeat
         if axis == "hours":
             clock_steps, seconds = self.clock()
             return np.interp(s, clock_steps, seconds) / 3600.0

@@ -73,6 +73,7 @@ class Progress:
     prefill: bool
     warning: str | None = None  # collapse_warning() as of the last metrics flush
     stopping: bool = False  # the run stops here early, asked to (every rank agreed); a checkpoint follows
+    frames: int = 0  # Trainer.frames()
 
 
 class Hooks:
@@ -222,7 +223,7 @@ class Trainer:
                 done.length * repeat,
                 bool(not step.is_terminal[done.env_index]),
                 self.env_steps,
-                self.env_steps * repeat,
+                self.frames(),
                 self.wall_time,
                 None if won is None else bool(won[done.env_index // agents]),
             )
@@ -305,7 +306,14 @@ class Trainer:
             self.env_steps < self.cfg.train.prefill,
             self.warning,
             stopping,
+            self.frames(),
         )
+
+    def frames(self) -> int:
+        """Env frames so far, summed over the worlds: a world's agents decide together, so its frames are its agents'
+        steps divided among them, each step `action_repeat` frames."""
+        spec = self.env.spec
+        return self.env_steps // spec.num_agents * spec.action_repeat
 
     def flush_metrics(self, close: bool = True) -> dict[str, float]:
         """Means of the update metrics since the last closed log interval, plus speeds; one host sync per flush.
