@@ -48,11 +48,12 @@ class EpisodeTracker:
         self.length = np.zeros(num_envs, np.int64)
 
     def update(self, step: Step) -> list[Finished]:
-        """Count one env step; returns the episodes that it ended."""
+        """Count one env step; returns the episodes that it ended. An agent that finished before the others of its
+        world (`is_present` False) waits for them: its length stops growing, and its rewards are 0."""
         self.ret[step.is_first] = 0.0
         self.length[step.is_first] = 0
         self.ret += step.reward
-        self.length += ~step.is_first
+        self.length += ~step.is_first if step.is_present is None else ~step.is_first & step.is_present
         return [Finished(int(i), float(self.ret[i]), int(self.length[i])) for i in np.flatnonzero(step.is_last)]
 
 
@@ -91,7 +92,7 @@ def play(agent: Agent, env: BatchedEnv, episodes: int, greedy: bool = True, reco
             if done[world] < quota[world]:
                 agent_returns.append([episode.ret for episode in team])
                 returns.append(float(np.mean(agent_returns[-1])))
-                lengths.append(team[0].length)
+                lengths.append(max(episode.length for episode in team))
                 if env.won is not None:
                     wins.append(bool(env.won[world]))
                 done[world] += 1

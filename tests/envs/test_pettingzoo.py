@@ -131,6 +131,27 @@ def test_an_agent_that_finishes_early_is_absent_until_its_world_ends(dying_famil
     np.testing.assert_array_equal(steps[6].is_present[3:], steps[6].is_present[:3])
 
 
+def test_an_agent_that_finished_early_logs_its_own_length_and_its_world_the_longest(dying_family):
+    import torch
+
+    from dreamctl.model.agent import Agent
+    from dreamctl.training.rollout import EpisodeTracker, play
+
+    env = _env(dying_family, 1)
+    tracker = EpisodeTracker(3)
+    cfg = load_config("multiagent", [f"env.name={dying_family}", "model.deter=16", "model.hidden=16"])
+    spec = env.spec
+    agent = Agent(cfg, spec.obs_space, spec.action_dim, spec.discrete, torch.device("cpu"), None, spec.num_agents)
+    try:
+        tracker.update(env.reset())
+        finished = [episode for _ in range(6) for episode in tracker.update(env.step(np.zeros(3, np.int64)))]
+        played = play(agent, env, episodes=1)
+    finally:
+        env.close()
+    assert [(e.length, e.ret) for e in finished] == [(6, 6.0), (2, 4.0), (4, 12.0)]  # a, b (terminated), c (truncated)
+    assert played.lengths == [6]  # the world's episode: its longest agent's
+
+
 def test_an_agent_the_env_keeps_listing_after_it_finished_gets_the_resting_action(monkeypatch):
     import dying_world
 
