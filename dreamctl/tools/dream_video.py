@@ -20,6 +20,7 @@ from dreamctl.envs import BatchedEnv, make_env
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.model.rssm import State
+from dreamctl.runs.fileio import make_folder
 from dreamctl.runs.registry import Registry, obs_space_of
 from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_vector_figure
 from dreamctl.tools.evaluate import load_agent
@@ -118,7 +119,7 @@ def imagine(
     wm = agent.world_model
     if out_path is None:  # default: the run's own videos/ folder
         try:
-            (run.path / "videos").mkdir(exist_ok=True)
+            make_folder(run.path / "videos")
         except OSError as exc:
             raise DreamctlError(
                 f"cannot make {run.path / 'videos'} ({exc.strerror}); pass --out FILE to write the dream elsewhere."

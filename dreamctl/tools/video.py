@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamctl.errors import DreamctlError, UsageError
+from dreamctl.runs.fileio import fsync_dir
 
 FORMATS = (".mp4", ".gif")
 
@@ -67,7 +68,8 @@ def to_rgb(frames: np.ndarray) -> np.ndarray:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 15) -> None:
-    """frames: uint8 (T, H, W, 3). Written to a temp name first, so a failed write leaves nothing behind."""
+    """frames: uint8 (T, H, W, 3). Written to a temp name first, so a failed write leaves nothing behind, and flushed
+    with its folder entry, as every file dreamctl writes."""
     import av
 
     path = Path(path)
@@ -91,6 +93,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 15) -> None:
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         tmp.replace(path)
+        fsync_dir(path.parent)
     except BaseException as exc:  # Ctrl-C while encoding too: no hidden temp file stays behind
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):

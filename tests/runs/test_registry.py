@@ -379,8 +379,9 @@ def test_a_checkpoint_that_cannot_be_read_is_said_in_one_sentence(home, monkeypa
 
 def test_every_new_folder_and_file_of_a_run_is_flushed_into_its_parent(home, monkeypatch):
     """After a power cut, run.yaml may list only what the disk kept: the run's folder in runs/, checkpoints/ and
-    replay/ in the run's folder, each file in its folder."""
+    replay/ in the run's folder, each file in its folder; and a video is where `imagine` said it wrote it."""
     from dreamctl.runs import fileio, registry
+    from dreamctl.tools import video
 
     synced = []
     real = fileio.fsync_dir
@@ -391,10 +392,13 @@ def test_every_new_folder_and_file_of_a_run_is_flushed_into_its_parent(home, mon
 
     monkeypatch.setattr(fileio, "fsync_dir", recorded)
     monkeypatch.setattr(registry, "fsync_dir", recorded)
+    monkeypatch.setattr(video, "fsync_dir", recorded)
     run = make_run(home)
     run.save_checkpoint({"w": torch.zeros(3)}, {}, 10, {})
     run.write_chunk(0, {"reward": np.zeros((2, 4), np.float32)})
-    parents = {home / "runs", run.path, run.path / "checkpoints", run.path / "replay"}
+    fileio.make_folder(run.path / "videos")  # as `imagine` makes it
+    video.write_video(run.path / "videos" / "dream.gif", np.zeros((2, 8, 8, 3), np.uint8))
+    parents = {home / "runs", run.path, run.path / "checkpoints", run.path / "replay", run.path / "videos"}
     assert parents <= set(synced)
 
 
