@@ -49,9 +49,9 @@ def train(
         "-p",
         show_default=False,
         help="Preset name (atari, atari100k, catch2, debug, dmc, humanoid, multiagent, pixels, smax, vector) or a YAML "
-        "file. Default: atari for Atari games, humanoid for dmc:humanoid_*, dmc for other dmc: tasks, debug for catch, "
-        "catch2 for catch2, multiagent for pz: envs, smax for smax: battles, vector for envs without images, pixels "
-        "otherwise.",
+        "file. Default: atari for Atari games, humanoid for dmc:humanoid_* (not _CMU_), dmc for other dmc: tasks, "
+        "debug for catch, catch2 for catch2, multiagent for pz: envs, smax for smax: battles, vector for envs without "
+        "images, pixels otherwise.",
     ),
     steps: Optional[int] = typer.Option(
         None,
