@@ -130,7 +130,11 @@ def imagine(
     out.print(
         f"wrote {result['out']}: {result['frames']} {'steps' if result['figure'] == result['out'] else 'frames'} "
         f"({result['context']} observed, {result['horizon']} "
-        f"dreamed, {result['samples']} samples); dream MSE {result['dream_mse']:.4f}"
+        f"dreamed, {result['samples']} samples{agents_label(result['agents'])}); dream MSE {result['dream_mse']:.4f}"
     )
     if result["figure"] and result["figure"] != result["out"]:
         out.print(f"wrote {result['figure']}: {result['panels']} panels, one per vector dimension")
+
+
+def agents_label(agents: int) -> str:
+    return f" of {agents} agents" if agents > 1 else ""

@@ -74,19 +74,23 @@ def open_loop(agent: Agent, data: dict[str, torch.Tensor], context: int) -> dict
     return out
 
 
-def compose(truth: np.ndarray, model: np.ndarray, context: int) -> np.ndarray:
-    """(K, T, H, W, C) truth and model -> (T, 3 rows x K columns) RGB video frames, upscaled and labelled."""
+def compose(truth: np.ndarray, model: np.ndarray, context: int, agents: int = 1) -> np.ndarray:
+    """(K, T, H, W, C) truth and model, K = worlds x agents (a world's agents adjacent) -> (T, 3 rows per agent x
+    one column per world) RGB video frames, upscaled and labelled: agent 0's truth, model and error rows, then agent
+    1's, and so on."""
     error = ((model.astype(np.int16) - truth.astype(np.int16)) // 2 + 128).clip(0, 255).astype(np.uint8)
     rows = [to_rgb(x) for x in (truth, model, error)]
-    k, t = truth.shape[:2]
+    t = truth.shape[1]
     tiles = np.stack(rows, 0)  # (3, K, T, H, W, 3)
-    tiles = upscale(tiles, SCALE)
+    tiles = tiles.reshape(3, -1, agents, *tiles.shape[2:]).swapaxes(0, 2).swapaxes(1, 2)  # (agents, 3, worlds, ...)
+    tiles = upscale(tiles.reshape(3 * agents, *tiles.shape[2:]), SCALE)  # row a * 3 + (truth, model, error)
+    n_rows, worlds = tiles.shape[:2]
     h, w = tiles.shape[-3:-1]
-    grid = np.zeros((t, 3 * (h + 2 * BORDER), k * (w + 2 * BORDER), 3), np.uint8)
+    grid = np.zeros((t, n_rows * (h + 2 * BORDER), worlds * (w + 2 * BORDER), 3), np.uint8)
     for step in range(t):
         color = (0, 200, 0) if step < context else (220, 0, 0)
-        for r in range(3):
-            for c in range(k):
+        for r in range(n_rows):
+            for c in range(worlds):
                 top, left = r * (h + 2 * BORDER), c * (w + 2 * BORDER)
                 grid[step, top : top + h + 2 * BORDER, left : left + w + 2 * BORDER] = color
                 grid[step, top + BORDER : top + BORDER + h, left + BORDER : left + BORDER + w] = tiles[r, c, step]
@@ -144,11 +148,12 @@ def imagine(
         "context": context,
         "horizon": horizon,
         "samples": samples,
+        "agents": env.spec.num_agents,
     }
     if wm.image_keys:
         key = wm.image_keys[0]
         truth, dream = data[key].cpu().numpy(), model[key].cpu().numpy()
-        write_video(out_path, compose(truth, dream, context), fps=10)
+        write_video(out_path, compose(truth, dream, context, env.spec.num_agents), fps=10)
         result["dream_mse"] = float(((dream[:, context:] / 255.0 - truth[:, context:] / 255.0) ** 2).mean())
     if wm.vector_keys:
         figure = out_path if not wm.image_keys else out_path.with_suffix(".png")

@@ -11,6 +11,7 @@ from dreamctl.config import load_config
 from dreamctl.envs import make_env, random_and_optimal
 from dreamctl.envs.agents import AGENT_KEY, AgentsAsCopies
 from dreamctl.envs.catch2 import AGENTS, COLUMNS, DROPS, OPTIMAL_RETURN, RANDOM_RETURN, ROWS, Catch2
+from dreamctl.tools.dream_video import BORDER, SCALE, compose
 
 
 def play(game: Catch2, policy, seed: int = 0) -> np.ndarray:
@@ -110,16 +111,41 @@ def test_600_steps_in_one_go_equal_300_then_resume(tmp_path: Path):
     assert meta["env_spec"]["agents"] == AGENTS and meta["preset"] == "catch2" and meta["progress"]["updates"] > 0
 
 
-def test_eval_reports_each_agent_and_the_team(tmp_path: Path):
-    home = tmp_path / "home"
-    run_cli("train", "catch2", "--steps", "400", *fast_args(), home=home, check=True)
+def test_eval_reports_each_agent_and_the_team_and_imagine_draws_each_agents_rows(tmp_path: Path):
     import json
 
+    import av
+
+    home = tmp_path / "home"
+    run_cli("train", "catch2", "--steps", "400", *fast_args(), home=home, check=True)
     result = json.loads(run_cli("eval", "latest", "--episodes", "3", "--json", home=home, check=True).stdout)
     assert len(result["returns"]) == 3 and [a["agent"] for a in result["agents"]] == [0, 1]
     for agent in result["agents"]:
         assert agent["returns"] == result["returns"]  # every agent receives the team reward
     assert (result["random"], result["optimal"]) == (RANDOM_RETURN, OPTIMAL_RETURN)
+    video = tmp_path / "dream.mp4"
+    args = ["--out", str(video), "--context", "3", "--horizon", "4", "--samples", "3"]
+    out = run_cli("imagine", "latest", *args, home=home, check=True).stdout
+    assert "(3 observed, 4 dreamed, 3 samples of 2 agents)" in out
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    tile = 64 * SCALE + 2 * BORDER
+    assert len(frames) == 7 and frames[0].shape == (2 * 3 * tile, 3 * tile, 3)  # rows: 2 agents x 3; columns: worlds
+
+
+def test_imagine_stacks_each_agents_truth_model_and_error_rows_under_one_column_per_world():
+    worlds, agents, steps = 2, 3, 2
+    truth = np.zeros((worlds * agents, steps, 64, 64, 1), np.uint8)
+    for copy in range(worlds * agents):
+        truth[copy] = 10 * copy  # agent a of world w is copy w * agents + a
+    grid = compose(truth, truth, context=1, agents=agents)
+    tile = 64 * SCALE + 2 * BORDER
+    assert grid.shape == (steps, agents * 3 * tile, worlds * tile, 3)
+    for world in range(worlds):
+        for agent in range(agents):
+            for kind, expected in enumerate([10 * (world * agents + agent)] * 2 + [128]):  # truth, model, error
+                top, left = (agent * 3 + kind) * tile + tile // 2, world * tile + tile // 2
+                assert (grid[:, top, left] == expected).all(), (world, agent, kind)
 
 
 def test_a_world_counts_once_in_evaluation():
