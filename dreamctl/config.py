@@ -183,7 +183,8 @@ class RunConfig:
     device: str = "auto"
     """auto (a CUDA GPU where there is one), cpu or cuda[:i]."""
     precision: Literal["auto", "32", "bf16", "16"] = "auto"
-    """auto = bf16 autocast on GPUs that support it, float32 elsewhere; 16 needs CUDA (loss scaling)."""
+    """auto = bf16 autocast on GPUs that compute it (Ampere and later), float32 elsewhere; 16 needs CUDA (loss
+    scaling)."""
     threads: int = 0
     """torch threads (0: torch's default)."""
     checkpoint_every: int = 250_000

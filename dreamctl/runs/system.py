@@ -35,14 +35,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full float32."""
+    """The autocast dtype, or None for full float32. `auto` takes bf16 on a GPU whose units compute it (Ampere and
+    later), not on one where torch would only emulate it, many times slower than float32."""
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                if torch.cuda.is_bf16_supported(including_emulation=False):
+                    return torch.bfloat16
         return None
     if precision == "16" and device.type != "cuda":
         raise UsageError("precision 16 needs a CUDA device; use --precision bf16 or 32 on the CPU.")
     return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+
+
+def inference_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """resolve_precision for playing a trained agent: a float16 run, trained on a GPU, plays in float32 where there
+    is none (float16 needs CUDA for its loss scaling, which playing does not use)."""
+    return resolve_precision("32" if precision == "16" and device.type != "cuda" else precision, device)
 
 
 def cpu_computes_bf16() -> bool:
@@ -198,6 +207,8 @@ def configure_torch(cfg: Config) -> torch.device:
                 "one rank per GPU, or train on the CPU with --device cpu."
             )
         device = torch.device("cuda", launched.local_rank)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # so that what torch puts on "the" GPU (its context, a sync) goes to this one
     if (
         resolve_precision(cfg.run.precision, device) == torch.bfloat16
         and device.type == "cpu"

@@ -13,7 +13,7 @@ from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.registry import Registry, Run, obs_space_of
-from dreamctl.runs.system import resolve_device, resolve_precision
+from dreamctl.runs.system import inference_precision, resolve_device
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
 from dreamctl.training.rollout import evaluation_episodes
 
@@ -32,7 +32,7 @@ def load_agent(run: Run, checkpoint: str | int, device: str = "auto") -> tuple[A
         spec["action_dim"],
         spec["discrete"],
         dev,
-        resolve_precision(cfg.run.precision, dev),
+        inference_precision(cfg.run.precision, dev),
         spec.get("agents", 1),
     )
     agent.load_state_dict({k[len("agent/") :]: v.to(dev) for k, v in tensors.items() if k.startswith("agent/")})

@@ -78,7 +78,8 @@ def restore_trainer(
     """
     info = {k: json.loads(v) for k, v in meta.items()}
     device = trainer.device
-    trainer.agent.load_state_tensors({k: v.to(device) for k, v in tensors.items()})
+    networks = {k: v.to(device) for k, v in tensors.items() if k.startswith(("agent/", "optim/"))}  # not the replay
+    trainer.agent.load_state_tensors(networks)
     chunk = trainer.cfg.run.replay_chunk
     cursor = int(info["replay_cursor"])
     for index in trainer.chunks_needed(cursor):
