@@ -70,6 +70,12 @@ BACKWARD_SLICES = 8
 """Batch slices in which the layers after the two largest activations make their input gradients."""
 
 
+def sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype partial products are summed in: float32 for bfloat16 and float16, which would round at every add
+    (a library's convolution sums in float32 and rounds once), else their own."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def batch_slices(n: int) -> list[slice]:
     """At most BACKWARD_SLICES equal slices covering range(n), the last one possibly shorter."""
     step = -(-n // BACKWARD_SLICES)
@@ -213,11 +219,11 @@ def _windows(x: Tensor, k: int, stride: int, out_h: int, out_w: int) -> Tensor:
 def _fold_windows(grad: Tensor, x_shape: torch.Size, k: int, stride: int, out_h: int, out_w: int) -> Tensor:
     """The gradient of `_windows` with respect to x: each window's gradient added into one (N, H, W, C) buffer
     (autograd would give each window its own zero-filled input-sized tensor and add them up)."""
-    grad_x = grad.new_zeros(x_shape)
+    grad_x = grad.new_zeros(x_shape, dtype=sum_dtype(grad.dtype))
     for p in range(out_h * out_w):
         i, j = divmod(p, out_w)
         grad_x[:, i * stride : i * stride + k, j * stride : j * stride + k] += grad[:, p]
-    return grad_x
+    return grad_x.to(grad.dtype)
 
 
 class _PatchProduct(torch.autograd.Function):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamctl.layers.conv import apply_outside_autocast, batch_slices
+from dreamctl.layers.conv import apply_outside_autocast, batch_slices, sum_dtype
 from dreamctl.layers.linear import linear, mm_t
 from dreamctl.layers.switch import reformulated
 
@@ -74,7 +74,8 @@ def _transposed_conv_by_products(x: Tensor, weight: Tensor, bias: Tensor, stride
     cout, k = weight.shape[1], weight.shape[2]
     taps = weight.permute(2, 3, 1, 0).reshape(k * k * cout, cin)  # rows (row tap, column tap, out channel)
     size = (n, cout, (h - 1) * stride + k, (w - 1) * stride + k)
-    out = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
+    dtype = sum_dtype(x.dtype)
+    out = torch.empty(size, dtype=dtype, device=x.device, memory_format=torch.channels_last).zero_()
     pixels = x.permute(0, 2, 3, 1)
     span_h, span_w = stride * (h - 1) + 1, stride * (w - 1) + 1
     for rows in batch_slices(n):
@@ -83,7 +84,7 @@ def _transposed_conv_by_products(x: Tensor, weight: Tensor, bias: Tensor, stride
         for i in range(k):
             for j in range(k):
                 region[:, i : i + span_h : stride, j : j + span_w : stride] += products[:, :, :, i, j]
-    return out.add_(bias.reshape(1, -1, 1, 1))
+    return out.add_(bias.reshape(1, -1, 1, 1)).to(x.dtype)
 
 
 def _sum_over_positions(grad: Tensor) -> Tensor:
@@ -154,7 +155,7 @@ class _EluThenTapProducts(torch.autograd.Function):
         out, weight = ctx.saved_tensors
         n, c, h, w = out.shape
         pixels = out.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
-        grad_weight = torch.zeros_like(weight)
+        grad_weight = torch.zeros_like(weight, dtype=sum_dtype(weight.dtype))
         for rows in batch_slices(n):
             windows = torch.stack(
                 [grad[:, rows, 2 - i : 2 - i + h, 2 - j : 2 - j + w] for i in range(3) for j in range(3)]
@@ -163,7 +164,7 @@ class _EluThenTapProducts(torch.autograd.Function):
             grad_weight += mm_t(windows, pixels[rows].reshape(-1, c).t())
             grad_x = mm_t(windows.t(), weight.t().contiguous()).view(-1, h, w, c)
             torch.ops.aten.elu_backward.grad_input(grad_x, 1.0, 1, 1, True, pixels[rows], grad_input=pixels[rows])
-        return out, grad_weight
+        return out, grad_weight.to(weight.dtype)
 
 
 def _tap_products(a: Tensor, weight: Tensor) -> Tensor:
@@ -171,13 +172,13 @@ def _tap_products(a: Tensor, weight: Tensor) -> Tensor:
     n, c, h, w = a.shape
     outputs = weight.shape[0] // 9
     pixels = a.permute(0, 2, 3, 1)
-    y = a.new_zeros(outputs, n, h + 2, w + 2)
+    y = a.new_zeros(outputs, n, h + 2, w + 2, dtype=sum_dtype(a.dtype))
     for rows in batch_slices(n):
         products = mm_t(weight, pixels[rows].reshape(-1, c)).view(3, 3, outputs, -1, h, w)
         for i in range(3):
             for j in range(3):
                 y[:, rows, 2 - i : 2 - i + h, 2 - j : 2 - j + w] += products[i, j]
-    return y
+    return y.to(a.dtype)
 
 
 def elu_then_tap_products(x: Tensor, weight: Tensor) -> Tensor:

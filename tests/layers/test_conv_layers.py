@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from dreamctl.layers.conv import Conv2dByPatches, Conv2dChannelsLast, Conv2dSpaceToDepth, channels_last_elu
-from dreamctl.layers.deconv import ConvTranspose2dAfterElu, ConvTranspose2dBiasBySum, ConvTranspose2dOn1x1
+from dreamctl.layers.deconv import (
+    ConvTranspose2dAfterElu,
+    ConvTranspose2dBiasBySum,
+    ConvTranspose2dOn1x1,
+    elu_then_tap_products,
+)
 
 
 def assert_fast_layer_equals_plain(
@@ -174,3 +179,24 @@ def test_bias_sum_deconv_equals_the_plain_transposed_conv(cin, cout, k, size, ch
         torch.nn.ConvTranspose2d(cin, cout, k, stride=2),
         lambda: torch.randn(3, cin, size, size).contiguous(memory_format=layout),
     )
+
+
+def test_bf16_partial_products_are_summed_in_float32_and_rounded_once():
+    """A library's bf16 convolution sums in float32 and rounds once. Here 256 + eight 1s: bf16 holds 264, but adding
+    the 1s one at a time in bf16 rounds each 257 back to 256 (its spacing there is 2)."""
+    torch.manual_seed(0)
+    x = torch.ones(1, 1, 5, 5).contiguous(memory_format=torch.channels_last)
+    taps = torch.tensor([256.0] + [1.0] * 8).reshape(9, 1)  # (row tap, column tap, channel), the 256 added first
+    with torch.no_grad():
+        y = elu_then_tap_products(x.bfloat16(), taps.bfloat16())  # elu(1) = 1
+    assert y.dtype == torch.bfloat16 and y[0, 0, 4, 4].item() == 264.0  # the pixel all nine taps reach
+
+    deconv = ConvTranspose2dBiasBySum(1, 1, 6, stride=2, forward_by_products=True)
+    with torch.no_grad():
+        deconv.weight.zero_()
+        deconv.bias.zero_()
+        deconv.weight[0, 0, ::2, ::2] = 1.0  # the nine taps that reach output pixel (4, 4) from a 3x3 input
+        deconv.weight[0, 0, 0, 0] = 256.0  # the first of them in the order the taps are added
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = deconv(torch.ones(1, 1, 3, 3).contiguous(memory_format=torch.channels_last))
+    assert y.dtype == torch.bfloat16 and y[0, 0, 4, 4].item() == 264.0
