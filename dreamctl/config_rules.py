@@ -13,8 +13,8 @@ from dreamctl.config import Config, all_keys, get_value
 from dreamctl.errors import UsageError
 
 MAX_SEED = 2**30 - 1
-"""The largest seed. ALE takes 32-bit signed seeds, and a run's env copies take the seeds above its own, a block
-per start of its training (`runs.sharded.env_seed`): 2^30 more than any run uses."""
+"""The largest seed. ALE takes 32-bit signed seeds (below 2^31), and a run's env copies take the seeds above its own,
+a block per start of its training (`runs.sharded.env_seed`), so the run's own seed stays below 2^30."""
 
 POSITIVE_KEYS = (
     "env.num_envs",
