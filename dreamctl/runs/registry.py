@@ -171,7 +171,7 @@ class Run:
     def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read-modify-write run.yaml under a short lock, so eval and training never lose each other's edits."""
         try:
-            with filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False):
+            with self._edit_lock():
                 data = self.meta()
                 change(data)
                 self.write_meta(data)
@@ -180,6 +180,10 @@ class Run:
             if exc.errno not in READ_ONLY:
                 raise
             raise DreamctlError(f"{self.ref}'s folder {self.path} is read-only; run.yaml cannot be updated.") from None
+
+    def _edit_lock(self) -> filelock.FileLock:
+        """The short lock around each edit of run.yaml (meta.lock), which eval and training both take."""
+        return filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False)
 
     def status(self, meta: dict[str, Any] | None = None) -> str:
         """`running` only while a process holds the lock; a killed trainer's run shows as `interrupted`."""
@@ -355,7 +359,7 @@ class Run:
         leftovers += [*self.path.glob(".metrics.jsonl.*.tmp"), *self.path.glob(".episodes.jsonl.*.tmp")]
         for tmp in leftovers:
             tmp.unlink(missing_ok=True)
-        with filelock.FileLock(str(self.path / "meta.lock"), is_singleton=False):
+        with self._edit_lock():
             for tmp in self.path.glob(".run.yaml.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
