@@ -380,8 +380,10 @@ class Registry:
         self.runs_dir = self.root / "runs"
 
     def check_home(self) -> None:
-        """Refuse, in one sentence, a root where no run can be made: under a file, or in a folder this process may
-        not write (asked before a new run's env and time estimate, not after)."""
+        """Refuse, in one sentence, a root where no run can be made: under a file, in a folder this process may not
+        write, or where its folders cannot be made (asked before a new run's env and time estimate, not after).
+        The registry's folders are made here: the access bits do not bind root, and /proc or a full disk refuse a
+        folder whatever they say."""
         for folder in (self.runs_dir, *self.runs_dir.parents):
             if folder.exists():
                 if not folder.is_dir():
@@ -392,13 +394,23 @@ class Registry:
                     raise DreamctlError(
                         f"cannot create the registry at {self.root} ({folder} is read-only); pass a writable --home."
                     )
-                return
+                break
+        try:
+            self._make_folders()
+        except OSError as exc:
+            raise DreamctlError(
+                f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
+            ) from None
+
+    def _make_folders(self) -> None:
+        """The root (with any missing parents) and runs/, which is flushed into the root when new."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        make_folder(self.runs_dir)
 
     def create(self, meta: dict[str, Any], name: str | None) -> Run:
         """Allocate the next run id atomically (mkdir either succeeds or sees the other process's folder)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            make_folder(self.runs_dir)
+            self._make_folders()
             with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
                 return self._create_locked(meta, name)
         except OSError as exc:  # a full disk writing run.yaml is said by atomic_write_text

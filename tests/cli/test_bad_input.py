@@ -203,6 +203,15 @@ def test_a_home_that_is_a_file_is_refused_before_the_run_is_timed(tmp_path):
     assert "≈" not in proc.stdout  # no time estimate came first
 
 
+def test_a_home_whose_folders_cannot_be_made_is_refused_before_the_run_is_timed(tmp_path):
+    """/proc refuses a new folder whatever its access bits say (and they do not bind root, as in CI)."""
+    proc = run_cli("train", "catch", "--home", "/proc/dreamctl-registry", home=tmp_path / "unused")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: cannot create the registry at /proc/dreamctl-registry (")
+    assert proc.stderr.strip().endswith("); pass a writable --home.")
+    assert "≈" not in proc.stdout  # no time estimate came first
+
+
 @pytest.mark.parametrize(
     "args", [["list", "--json"], ["show", "keep", "--json"], ["eval", "keep", "-n", "1", "--json"]]
 )
