@@ -151,6 +151,7 @@ class Trainer:
     def run(self, total_steps: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Train until `total_steps` agent steps; returns False if `should_stop` ended it early."""
         self._log_mark = (self.env_steps, self.updates, time.perf_counter())  # a resumed run's speeds start here
+        before = self.env_steps  # new episodes' first frames count as steps: the first tick's crossings include them
         if self.obs is None:
             self.start()
         self._clock = time.perf_counter()
@@ -162,11 +163,11 @@ class Trainer:
                 self.share_episodes()
                 self.hooks.on_progress(self.progress(total_steps, stopping=True))
                 return False
-            before = self.env_steps
             self.collect_step()
             while self.updates < self._updates_due():
                 self.update()
             self._after_tick(before, total_steps)
+            before = self.env_steps
         return True
 
     def collect_step(self) -> None:

@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 from dreamctl.envs.base import BatchedEnv, EnvSpec, Step
 from dreamctl.training.state import restore_trainer, trainer_state
-from dreamctl.training.trainer import Trainer
+from dreamctl.training.trainer import Hooks, Trainer
 
 TICK_SECONDS = 0.02
 
@@ -76,3 +76,30 @@ def test_every_rank_starts_new_episodes_when_one_rank_cannot_continue_its_own():
     assert resumed.env_steps == 40  # the counters are restored either way, so every rank's schedule is the same
     fresh = Trainer(_config(), Counter(2), torch.device("cpu"))
     assert torch.equal(resumed.act_state.latent.deter, fresh.act_state.latent.deter)
+
+
+class Unsaveable(Counter):
+    saveable = False  # as ALE's vector env
+
+
+class MetricSteps(Hooks):
+    """Notes the agent steps of each metrics row."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+
+    def on_metrics(self, step: int, scalars: dict[str, float]) -> None:
+        self.rows.append(step)
+
+
+def test_a_log_step_that_falls_in_the_restarted_episodes_first_frames_is_logged():
+    """Envs that cannot continue start new episodes on resume, storing their first frames as a step of its own: a log
+    step crossed by it still gets a row (402, crossed by the tick that starts them and steps once, 400 -> 404)."""
+    cfg = tiny_config("train.prefill=100000", "env.num_envs=2", "run.log_every=402")
+    first = Trainer(cfg, Unsaveable(2), torch.device("cpu"))
+    first.run(400)
+    tensors, meta = trainer_state(first)
+    resumed = Trainer(cfg, Unsaveable(2), torch.device("cpu"), hooks=MetricSteps())
+    assert not restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    resumed.run(410)
+    assert resumed.hooks.rows == [404, 410]  # 410: the last row of a stint
