@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import shutil
@@ -39,6 +40,14 @@ BASH_COMPLETION_ENV = {
     "COMP_WORDS": "dreamctl train catch --pre",
     "COMP_CWORD": "3",
 }
+
+
+def import_extra(module: str, extra: str):
+    """An extra's module, or a skip where the extra is not installed; where every extra must be there
+    (DREAMCTL_REQUIRE_EXTRAS=1, as .ci/run sets), a broken install fails instead of skipping its tests."""
+    if os.environ.get("DREAMCTL_REQUIRE_EXTRAS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"the {extra} extra is not installed")
 
 
 def tiny_config(*overrides: str):

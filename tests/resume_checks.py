@@ -50,6 +50,8 @@ def assert_identical(a_home: Path, b_home: Path) -> None:
     a_rows, b_rows = logged_metrics(a_home), logged_metrics(b_home)
     a_steps = {r["step"] for r in a_rows}
     assert a_rows == [r for r in b_rows if r["step"] in a_steps]
+    # Every episode once, in the same order (the scores and plots are made of these rows).
+    assert logged_episodes(a_home) == logged_episodes(b_home)
 
 
 # What a metrics row says about the clock rather than the run.
@@ -62,12 +64,20 @@ def logged_metrics(home: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
+def logged_episodes(home: Path) -> list[dict]:
+    """The run's episodes.jsonl rows without their timings."""
+    rows = read_jsonl(home / "runs" / "run-1" / "episodes.jsonl")
+    return [{k: v for k, v in row.items() if k not in TIMING | {"wall_time"}} for row in rows]
+
+
 def interrupt_then_resume(args: list[str], steps: int, home: Path, max_delay: float) -> str:
     """Start a run, press Ctrl-C at a random moment after its first log line (SIGINT to its whole process group, as a
     terminal sends it, env worker processes included), check how it stopped, resume it."""
     proc = start(args + ["--steps", str(steps)], home)
     wait_for(home / "runs" / "run-1" / "metrics.jsonl")
-    time.sleep(random.Random().uniform(0.0, max_delay))
+    delay = random.uniform(0.0, max_delay)
+    print(f"Ctrl-C {delay:.3f} s after the first log line")  # shown with a failure
+    time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     if proc.returncode == 0:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import yaml
-from conftest import CATCH_3000_ARGS, TimedRun, run_cli, set_args
+from conftest import CATCH_3000_ARGS, TimedRun, import_extra, run_cli, set_args
 from resume_checks import assert_identical, interrupt_then_resume
 
 from benchmarks.common import matmul_peaks
@@ -163,7 +163,7 @@ def test_smax_preset_wins_half_its_battles_on_3m(tmp_path):
     matrix products are as fast as the reference's. Four seeds won 55-58 % of 100 greedy battles at 8,004 agent steps
     and 53-74 % at 16,200 (docs/multi-agent.md); 100 battles rather than 20 keep the evaluation's own spread (about 5
     points instead of 11) from deciding the check."""
-    pytest.importorskip("jaxmarl", reason="the smax extra is not installed")
+    import_extra("jaxmarl", "smax")
     limit = learning_time_limit(30, matmul_slowness)
     home = tmp_path / "home"
     began = time.monotonic()

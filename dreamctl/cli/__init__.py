@@ -53,8 +53,9 @@ def run() -> int:
     except Exception as exc:
         if debug:
             raise
+        said = " ".join(str(exc).split())  # one line, whatever the library put in its message
         err.print(
-            f"error: unexpected {type(exc).__name__}: {exc}; rerun with DREAMCTL_DEBUG=1 to see the traceback.",
+            f"error: unexpected {type(exc).__name__}: {said}; rerun with DREAMCTL_DEBUG=1 to see the traceback.",
             markup=False,
             highlight=False,
         )

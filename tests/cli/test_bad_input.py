@@ -246,3 +246,22 @@ def test_a_refused_resume_prints_nothing_on_stdout(registry):
     proc = run_cli("resume", "keep", "--set", "model.deter=3", home=home)
     assert proc.returncode == 2 and "model.deter cannot change on resume" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_1_and_debug_shows_its_traceback(monkeypatch, capsys):
+    from dreamctl import cli, scores
+
+    def broken():
+        raise RuntimeError("a library's message\nover two lines")
+
+    monkeypatch.setattr(scores, "table", broken)
+    monkeypatch.setattr("sys.argv", ["dreamctl", "envs"])
+    monkeypatch.delenv("DREAMCTL_DEBUG", raising=False)
+    assert cli.run() == 1
+    assert capsys.readouterr().err == (
+        "error: unexpected RuntimeError: a library's message over two lines; rerun with DREAMCTL_DEBUG=1 to see the "
+        "traceback.\n"
+    )
+    monkeypatch.setenv("DREAMCTL_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="over two lines"):
+        cli.run()

@@ -4,8 +4,10 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import av
 import pytest
@@ -216,11 +218,22 @@ LIGHT = {
 }
 
 
-@pytest.mark.parametrize("case", LIGHT)
+# A registry holding one real run (a tiny catch run with a checkpoint, metrics and episodes).
+A_RUN = Path(__file__).resolve().parents[1] / "data" / "run-before-layout"
+LIGHT_ON_A_RUN = {
+    "list with a run": (["list"], {}, 0),
+    "list --json with a run": (["list", "--json"], {}, 0),
+    "show a run": (["show", "run-1"], {}, 0),
+}
+
+
+@pytest.mark.parametrize("case", [*LIGHT, *LIGHT_ON_A_RUN])
 def test_commands_that_need_no_model_start_without_torch(case, home):
-    """--help, list, envs, shell completion and mistakes are answered in a fraction of a second: importing torch
+    """--help, list, show, envs, shell completion and mistakes are answered in a fraction of a second: importing torch
     alone takes about a second on a 2-core machine, and completion runs the program at every press of TAB."""
-    args, extra_env, code = LIGHT[case]
+    if case in LIGHT_ON_A_RUN:
+        shutil.copytree(A_RUN, home)
+    args, extra_env, code = {**LIGHT, **LIGHT_ON_A_RUN}[case]
     probe = (
         "import sys\n"
         "from dreamctl.cli import main\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli, set_args
+from conftest import import_extra, run_cli, set_args
 from resume_checks import assert_identical, final_state
 
 from dreamctl.config import load_config
@@ -16,7 +16,7 @@ from dreamctl.envs.dmc import choose_renderer
 from dreamctl.envs.names import DMC_TASKS
 
 choose_renderer()  # before dm_control is imported, which reads MUJOCO_GL once
-suite = pytest.importorskip("dm_control.suite", reason="the dmc extra is not installed")
+suite = import_extra("dm_control.suite", "dmc")
 
 SMALL = ["--set", "train.prefill=200", "--set", "train.pretrain=1", "--set", "train.batch_size=4"]
 SMALL += ["--set", "train.batch_length=8", "--set", "run.checkpoint_every=200", "--set", "run.replay_chunk=32"]

@@ -5,16 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST, fast_args, run_cli
-
-pytest.importorskip("pettingzoo")
-pytest.importorskip("mpe2")
+from conftest import FAST, fast_args, import_extra, run_cli
 
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
 from dreamctl.envs.agents import AGENT_KEY
 from dreamctl.envs.pettingzoo_env import load_parallel_env
 from dreamctl.errors import UsageError
+
+import_extra("pettingzoo", "multiagent")
+import_extra("mpe2", "multiagent")
 
 
 def _env(name: str, worlds: int, *sets: str):

@@ -6,18 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
-from conftest import FEWER_UPDATES, fast_args, run_cli
+from conftest import FEWER_UPDATES, fast_args, import_extra, run_cli
 from resume_checks import assert_identical
-
-pytest.importorskip("jaxmarl")
 
 from dreamctl.config import load_config
 from dreamctl.envs import make_env
 from dreamctl.envs.agents import AGENT_KEY
 from dreamctl.envs.smax import MAPS
 from dreamctl.keys import ACTION_MASK_KEY
+
+import_extra("jaxmarl", "smax")
 
 
 def _env(name: str, battles: int, seed: int = 0):

@@ -21,6 +21,14 @@ from dreamctl.model.losses import (
 )
 
 
+def test_kl_runs_from_the_posterior_to_the_prior_and_sums_the_latents():
+    # q = (3/4, 1/4), p = (1/2, 1/2) in each of two latents (any logits' offset is the same distribution):
+    # KL(q || p) = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.130812 per latent; the reverse, KL(p || q), would be 0.143841.
+    post = torch.tensor([0.75, 0.25]).log().expand(1, 2, 2) + 1.0
+    prior = torch.zeros(1, 2, 2)
+    torch.testing.assert_close(categorical_kl(post, prior), torch.tensor([2 * 0.130812]), atol=1e-6, rtol=0)
+
+
 def test_kl_balance_sends_80_percent_of_the_gradient_to_the_prior():
     torch.manual_seed(0)
     post = torch.randn(2, 3, 4, 5, requires_grad=True)
