@@ -6,6 +6,7 @@ import importlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,11 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from rich.console import Console
 
 from dreamctl.config import load_config
 
 torch.set_num_threads(2)
+# No per-example deadline: on a busy 2-core machine an example's time says nothing about the property tested.
+settings.register_profile("dreamctl", deadline=None)
+settings.load_profile("dreamctl")
 
 # A fast variant of the debug preset for integration tests: short prefill, few updates, frequent checkpoints.
 FAST = [
@@ -106,6 +111,37 @@ def run_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"dreamctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow checks train for up to about 50 minutes on the slower machines: they get an hour, not the fast
+    tests' 15 minutes (pyproject.toml)."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(3600))
+
+
+_BACKGROUND: list[subprocess.Popen] = []
+
+
+def in_background(proc: subprocess.Popen) -> subprocess.Popen:
+    """Note a command a test started without waiting for it: if the test ends first (a failed assertion), the command
+    is killed with its process group, instead of training on beside every later test."""
+    _BACKGROUND.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _kill_background_commands():
+    yield
+    while _BACKGROUND:
+        proc = _BACKGROUND.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its env workers and ranks too, where it leads its own group
+            except ProcessLookupError:
+                proc.kill()
+            proc.wait()
 
 
 def set_args(items: list[str]) -> list[str]:

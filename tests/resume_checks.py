@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import dreamctl_command, run_cli
+from conftest import dreamctl_command, in_background, run_cli
 from safetensors.torch import load_file
 
 from dreamctl.runs.metrics import read_jsonl
@@ -95,13 +95,15 @@ def start(args, home, nohup=False):
     """`dreamctl <args>` in the background, in its own process group as a terminal gives a command (under `nohup`,
     which starts it with SIGHUP ignored, where asked)."""
     env = {**os.environ, "DREAMCTL_HOME": str(home)}
-    return subprocess.Popen(
-        ["nohup"] * nohup + dreamctl_command() + list(args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
+    return in_background(
+        subprocess.Popen(
+            ["nohup"] * nohup + dreamctl_command() + list(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
     )
 
 

@@ -23,7 +23,7 @@ def sha256(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short catch run shared by the tests that only read it."""
+    """One short catch run shared by tests that only read it (a test that changes it works on a copy)."""
     home = tmp_path_factory.mktemp("cli") / "home"
     proc = run_cli(
         "train",
@@ -73,7 +73,8 @@ def test_tensorboard_events_have_grouped_scalars(trained):
 
 
 def test_list_eval_imagine_then_resume(trained, tmp_path):
-    home, _ = trained
+    home = tmp_path / "home"
+    shutil.copytree(trained[0], home)  # it evaluates and resumes the run: the other tests read it as trained
     listing = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
     assert [row["id"] for row in listing] == ["run-1"] and listing[0]["status"] == "finished"
     table = run_cli("list", home=home, check=True).stdout

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import dreamctl_command, fast_args, run_cli
+from conftest import dreamctl_command, fast_args, in_background, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib import image
@@ -235,7 +235,9 @@ def test_show_an_interrupted_then_resumed_run(tmp_path):
     home = tmp_path / "home"
     args = ["train", "catch", "--preset", "debug", "--steps", "4000", *fast_args()]
     env = {**os.environ, "DREAMCTL_HOME": str(home)}
-    proc = subprocess.Popen(dreamctl_command() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = in_background(
+        subprocess.Popen(dreamctl_command() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    )
     meta_path = home / "runs" / "run-1" / "run.yaml"
     deadline = time.monotonic() + 300
     while not (meta_path.is_file() and yaml.safe_load(meta_path.read_text()).get("checkpoints")):

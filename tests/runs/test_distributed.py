@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import fast_args, run_cli
+from conftest import fast_args, in_background, run_cli
 from resume_checks import assert_identical, final_state, start, wait_for
 
 from dreamctl.cli.launch import kill_reports
@@ -209,13 +209,15 @@ def test_two_machines_on_one_host_train_one_run(tmp_path: Path):
     launch = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
     launch += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines", "-m", "dreamctl"]
     procs = [
-        subprocess.Popen(
-            [*launch, "train", "catch", *fast_args(), "--steps", "400"],
-            # torchrun's elastic agent leaves a torchelastic_* folder in the temporary folder: keep it in tmp_path
-            env={**os.environ, "DREAMCTL_HOME": str(home), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        in_background(
+            subprocess.Popen(
+                [*launch, "train", "catch", *fast_args(), "--steps", "400"],
+                # torchrun's elastic agent leaves a torchelastic_* folder in the temporary folder: keep it in tmp_path
+                env={**os.environ, "DREAMCTL_HOME": str(home), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         )
         for home in homes
     ]
