@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -380,10 +381,10 @@ class Registry:
         self.runs_dir = self.root / "runs"
 
     def check_home(self) -> None:
-        """Refuse, in one sentence, a root where no run can be made: under a file, in a folder this process may not
-        write, or where its folders cannot be made (asked before a new run's env and time estimate, not after).
-        The registry's folders are made here: the access bits do not bind root, and /proc or a full disk refuse a
-        folder whatever they say."""
+        """Refuse, in one sentence, a root where no run can be made: under a file, or in a folder where this process
+        cannot make one (asked before a new run's env and time estimate, not after). The deepest folder that exists is
+        probed by making and removing a folder in it: the access bits do not bind root, and /proc or a read-only mount
+        refuse a folder whatever they say. Nothing is left behind, so a command refused later changes nothing."""
         for folder in (self.runs_dir, *self.runs_dir.parents):
             if folder.exists():
                 if not folder.is_dir():
@@ -394,23 +395,19 @@ class Registry:
                     raise DreamctlError(
                         f"cannot create the registry at {self.root} ({folder} is read-only); pass a writable --home."
                     )
-                break
-        try:
-            self._make_folders()
-        except OSError as exc:
-            raise DreamctlError(
-                f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
-            ) from None
-
-    def _make_folders(self) -> None:
-        """The root (with any missing parents) and runs/, which is flushed into the root when new."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        make_folder(self.runs_dir)
+                try:
+                    os.rmdir(tempfile.mkdtemp(prefix=".dreamctl-probe-", dir=folder))
+                except OSError as exc:
+                    raise DreamctlError(
+                        f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
+                    ) from None
+                return
 
     def create(self, meta: dict[str, Any], name: str | None) -> Run:
         """Allocate the next run id atomically (mkdir either succeeds or sees the other process's folder)."""
         try:
-            self._make_folders()
+            self.root.mkdir(parents=True, exist_ok=True)
+            make_folder(self.runs_dir)
             with filelock.FileLock(str(self.root / "registry.lock"), is_singleton=False):
                 return self._create_locked(meta, name)
         except OSError as exc:  # a full disk writing run.yaml is said by atomic_write_text
