@@ -45,8 +45,9 @@ class Step(NamedTuple):
     is_last: np.ndarray  # bool (N,)
     is_terminal: np.ndarray  # bool (N,): ended by the game, not by a time limit
     # bool (N,), or None where every copy is: whether each agent is still in its world's episode. An agent that
-    # finishes before the others of its world (its last step has is_terminal, not is_last) is absent from then on
-    # until the world's episode ends: its rows are padding, masked from every loss.
+    # finishes before the others of its world (its last step is not is_last; it is is_terminal if the env terminated
+    # it, neither if the env truncated it) is absent from then on until the world's episode ends: its rows are
+    # padding, masked from every loss.
     is_present: np.ndarray | None = None
 
 

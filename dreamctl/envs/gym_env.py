@@ -14,7 +14,6 @@ Gymnasium's own warnings (its environment checker's) are silenced, so stderr car
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable
@@ -110,16 +109,18 @@ def _converter(space: gym.Space, source: str | None, cfg: EnvConfig, what: str) 
     )
 
 
-def layout(space: gym.Space, name: str, cfg: EnvConfig) -> dict[str, Converter]:
+def layout(
+    space: gym.Space, name: str, cfg: EnvConfig, reserved: tuple[str, ...] = RESERVED_KEYS
+) -> dict[str, Converter]:
     """Observation key -> converter, for the observation space of the env `name` (after any rendered frame is
-    added)."""
+    added); a Dict key that names one of the `reserved` keys is renamed obs_<key>."""
     what = f"the observation of {name}"
     if not isinstance(space, gym.spaces.Dict):
         converter = _converter(space, None, cfg, what)
         return {"image" if converter.kind == "image" else "state": converter}
     out = {}
     for key, sub in space.spaces.items():
-        name = f"obs_{key}" if key in RESERVED_KEYS else str(key)
+        name = f"obs_{key}" if key in reserved else str(key)
         out[name] = _converter(sub, key, cfg, f"key '{key}' of {what}")
     return out
 
@@ -148,13 +149,13 @@ def _copy(make: Callable[[], gym.Env], index: int) -> gym.Env:
     return Resumable(make(), index)
 
 
-def _worker_copy(make: Callable[[], gym.Env], index: int) -> gym.Env:
+def _worker_copy(make: Callable[[], gym.Env], index: int, builder: int) -> gym.Env:
     """A copy in its own worker process, which leaves Ctrl-C, SIGTERM and SIGHUP to the trainer: a terminal sends
     SIGINT (and SIGHUP when it closes) to the whole process group, and a worker that died of it could not give its
     state to the checkpoint the trainer writes before it stops (the trainer closes the workers itself).
-    AsyncVectorEnv also calls this once in the trainer's own process, to read the spaces, where the signals must stay
-    the trainer's."""
-    if multiprocessing.parent_process() is not None:
+    AsyncVectorEnv also calls this once in the process that builds it (pid `builder`), to read the spaces, where the
+    signals must stay that process's (which may itself have been started by multiprocessing)."""
+    if os.getpid() != builder:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
     return _copy(make, index)
@@ -244,8 +245,10 @@ class GymnasiumCopies(VectorEnvAdapter):
     ):
         super().__init__(num_envs, seed)
         self.cfg, self.layout = cfg, keys
-        copy = _worker_copy if num_envs > 1 else _copy
-        copies = [functools.partial(copy, make, i) for i in range(num_envs)]
+        if num_envs > 1:
+            copies = [functools.partial(_worker_copy, make, i, os.getpid()) for i in range(num_envs)]
+        else:
+            copies = [functools.partial(_copy, make, i) for i in range(num_envs)]
         mode = gym.vector.AutoresetMode.NEXT_STEP
         if num_envs > 1:
             self.env = gym.vector.AsyncVectorEnv(copies, autoreset_mode=mode, context=start_method)

@@ -28,7 +28,7 @@ import numpy as np
 
 from dreamctl.config import EnvConfig
 from dreamctl.envs.agents import AGENT_KEY, agent_one_hots
-from dreamctl.envs.base import BatchedEnv, EnvSpec, Step, first_step
+from dreamctl.envs.base import RESERVED_KEYS, BatchedEnv, EnvSpec, Step, first_step
 from dreamctl.envs.gym_env import action_size, env_action, layout
 from dreamctl.errors import UsageError, did_you_mean
 
@@ -149,7 +149,8 @@ class PettingZooEnv(BatchedEnv):
         self.action_space = world.action_space(self.agents[0])
         try:
             action_dim, discrete = action_size(self.action_space, name)
-            self.converters = layout(world.observation_space(self.agents[0]), name, cfg)
+            # The key `agent` is each agent's one-hot index (added below): an observation's own is renamed.
+            self.converters = layout(world.observation_space(self.agents[0]), name, cfg, (*RESERVED_KEYS, AGENT_KEY))
         except UsageError:
             self.close()
             raise

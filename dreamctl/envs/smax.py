@@ -167,7 +167,8 @@ class Smax(BatchedEnv):
     def reset(self) -> Step:
         obs, avail, self.state = self._reset(self._keys())
         self.treedef = self.jax.tree_util.tree_structure(self.state)
-        self.ended[:], self.battle_won[:] = False, False
+        self.ended = np.zeros(self.battles, bool)
+        self.battle_won = np.zeros(self.battles, bool)
         return first_step(self._obs(obs, avail))
 
     def step(self, action: np.ndarray) -> Step:
@@ -177,7 +178,7 @@ class Smax(BatchedEnv):
         out, self.state = self._step(self._keys(), self.state, actions, restart)
         out = {key: np.asarray(value) for key, value in out.items()}
         done = out["done"]
-        self.ended = done
+        self.ended = done.copy()  # jax's arrays reach numpy read-only
         self.battle_won = np.where(done, out["won"], self.battle_won)
         return Step(
             self._obs(out["obs"], out["avail"]),

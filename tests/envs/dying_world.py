@@ -94,3 +94,13 @@ class LateWorld(DyingWorld):
         obs, info = super().reset(seed, options)
         self.agents = ["a", "b"]
         return {a: obs[a] for a in self.agents}, {a: info[a] for a in self.agents}
+
+
+class DictWorld(DyingWorld):
+    """DyingWorld observing a Dict whose own key `agent` holds its 3 numbers."""
+
+    def observation_space(self, agent: str) -> spaces.Dict:
+        return spaces.Dict({"agent": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+
+    def _obs(self) -> dict[str, dict[str, np.ndarray]]:
+        return {a: {"agent": o} for a, o in super()._obs().items()}

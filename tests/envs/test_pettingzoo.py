@@ -193,6 +193,19 @@ def test_an_agent_gets_no_reward_after_it_finished_though_the_env_keeps_rewardin
         assert not s.reward[~s.is_present].any()
 
 
+def test_an_observation_key_named_agent_keeps_its_values_beside_the_agents_one_hot(monkeypatch):
+    import dying_world
+
+    env = _env(_register(monkeypatch, "dict_v0", dying_world.DictWorld), 1)
+    try:
+        obs = env.reset().obs
+    finally:
+        env.close()
+    assert env.spec.obs_space == {"obs_agent": (3,), AGENT_KEY: (3,)}
+    np.testing.assert_array_equal(obs["obs_agent"][:, 0], [0, 1, 2])  # each agent's own first number
+    np.testing.assert_array_equal(obs[AGENT_KEY], np.eye(3))
+
+
 def test_an_env_that_starts_without_one_of_its_agents_is_one_sentence(monkeypatch):
     import dying_world
 

@@ -84,6 +84,7 @@ def test_a_saved_state_continues_the_battles_bit_for_bit():
             for field in ("reward", "is_first", "is_last", "is_terminal"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
             np.testing.assert_array_equal(env.won, copy.won)
+        assert env.reset().is_first.all() and not env.won.any()  # a second reset, after battles were fought
     finally:
         env.close()
         copy.close()

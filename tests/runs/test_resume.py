@@ -95,13 +95,22 @@ def test_under_nohup_a_hang_up_stays_ignored(tmp_path):
     assert proc.returncode == 143, err
 
 
-def _hang_up_handler_of_a_worker(queue) -> None:
+def _hang_up_handler_of_a_worker(queue, builder: int) -> None:
     import gymnasium as gym
 
     from dreamctl.envs.gym_env import _worker_copy
 
-    _worker_copy(lambda: gym.make("CartPole-v1"), 0)
+    _worker_copy(lambda: gym.make("CartPole-v1"), 0, builder)
     queue.put(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
+
+
+def _signals_of_a_builder(queue) -> None:
+    from dreamctl.config import load_config
+    from dreamctl.envs import make_env
+
+    env = make_env(load_config("vector", ["env.name=gym:CartPole-v1"]).env, seed=0, num_envs=2)
+    env.close()
+    queue.put(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
 def test_env_workers_leave_a_hang_up_to_the_trainer():
@@ -111,10 +120,23 @@ def test_env_workers_leave_a_hang_up_to_the_trainer():
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    worker = context.Process(target=_hang_up_handler_of_a_worker, args=(queue,))
+    worker = context.Process(target=_hang_up_handler_of_a_worker, args=(queue, os.getpid()))
     worker.start()
     assert queue.get(timeout=120) is True
     worker.join(timeout=60)
+
+
+def test_a_trainer_started_by_multiprocessing_keeps_its_ctrl_c_when_it_builds_env_workers():
+    """The vector env makes one copy in the building process too, to read the spaces: there the signals stay the
+    builder's, also where the builder is itself a child of multiprocessing (a library user's worker)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    builder = context.Process(target=_signals_of_a_builder, args=(queue,))
+    builder.start()
+    assert queue.get(timeout=120) is True
+    builder.join(timeout=60)
 
 
 def test_a_reader_that_goes_away_does_not_stop_training(tmp_path):
