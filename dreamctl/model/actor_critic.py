@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from dreamctl.config import BehaviorConfig, ModelConfig, MultiConfig
 from dreamctl.layers.one_hot import Feature, OneHotColumns, OneHotFeature, gathers_active, stack_features
 from dreamctl.model.attention import CentralCritic, agents_adjacent
-from dreamctl.model.losses import actor_loss, critic_loss, lambda_return
+from dreamctl.model.losses import actor_loss, critic_loss, lambda_return, present_mean
 from dreamctl.model.networks import MLP, ActionHead
 from dreamctl.model.rssm import State
 from dreamctl.model.world_model import WorldModel
@@ -36,7 +36,7 @@ class Imagination:
 @dataclass
 class Returns:
     target: Tensor  # (H, N): V_0 .. V_{H-1}
-    weight: Tensor  # (H+1, N): w_t = prod_{k<t} d_k, no gradient
+    weight: Tensor  # (H+1, N): w_t = prod_{k<t} d_k, times 0 for an absent start; no gradient
     slow_value: Tensor  # (H+1, N): v'(s_t), the REINFORCE baseline
     reward: Tensor  # (H, N): r_0 .. r_{H-1}
 
@@ -177,7 +177,8 @@ class ActorCritic(nn.Module):
             self.rho,
             self.cfg.actor_entropy,
         )
-        return loss, {"loss/actor": loss.detach(), "train/actor_entropy": entropy.detach().mean()}
+        present = None if traj.present is None else traj.present.expand_as(entropy)
+        return loss, {"loss/actor": loss.detach(), "train/actor_entropy": present_mean(entropy.detach(), present)}
 
     def critic_loss(self, traj: Imagination, ret: Returns) -> tuple[Tensor, dict[str, Tensor]]:
         """`losses.critic_loss` over the states s_0..s_{H-1}, read from detached features."""

@@ -1,6 +1,9 @@
 """The world model: encoders + RSSM + decoders, reward and discount heads, and its loss (paper Eq. 2).
 
-L = sum_keys NLL(x_key) + 0.5 (tanh(r) - r_hat)^2 + s_disc * BCE(gamma (1 - term), d_hat) + beta * KL_bal
+L = sum_keys s_key NLL(x_key) + s_rew 0.5 (f(m r) - r_hat)^2 + s_disc BCE(gamma (1 - term), d_hat) + beta KL_bal
+
+s_key is model.image_scale or model.vector_scale, s_rew model.reward_scale, s_disc model.discount_scale and beta
+model.kl_scale; f is model.reward_transform (tanh on Atari, identity on DMC) and m model.reward_multiplier.
 
 Observations are a dict, as in DreamerV2's released code: the images (uint8 (H, W, C), 64x64) are stacked along
 their channels and read by the conv encoder, the vectors (float32 (size,)) are concatenated and read by the MLP
@@ -20,7 +23,7 @@ from dreamctl.config import ModelConfig, MultiConfig
 from dreamctl.keys import ACTION_MASK_KEY
 from dreamctl.layers.one_hot import Feature
 from dreamctl.model.attention import AgentAttention
-from dreamctl.model.losses import discount_nll, image_nll, kl_balance, reward_nll, vector_nll
+from dreamctl.model.losses import discount_nll, image_nll, kl_balance, present_mean, reward_nll, vector_nll
 from dreamctl.model.networks import MLP, Decoder, Encoder, VectorDecoder, VectorEncoder
 from dreamctl.model.rssm import RSSM, State
 
@@ -159,14 +162,15 @@ class WorldModel(nn.Module):
             loss = loss + cfg.discount_scale * discount
             metrics["loss/discount"] = discount
         metrics["loss/model"] = loss
-        metrics["train/prior_entropy"] = _entropy(prior_logits)
-        metrics["train/post_entropy"] = _entropy(post.logits)
+        metrics["train/prior_entropy"] = _entropy(prior_logits, present)
+        metrics["train/post_entropy"] = _entropy(post.logits, present)
         return WorldModelOutput(loss, post.map(Tensor.detach), {k: v.detach() for k, v in metrics.items()})
 
 
-def _entropy(logits: Tensor) -> Tensor:
-    log_p = logits.detach().log_softmax(-1)
-    return -(log_p.exp() * log_p).sum((-2, -1)).mean()
+def _entropy(logits: Tensor, present: Tensor | None) -> Tensor:
+    """The latents' entropy (B, T, stoch, classes), summed over the latents, averaged over the present rows."""
+    log_p = logits.detach().float().log_softmax(-1)
+    return present_mean(-(log_p.exp() * log_p).sum((-2, -1)), present)
 
 
 def _concat(parts: list[Tensor], dim: int) -> Tensor:

@@ -78,10 +78,15 @@ def _losses(agent: Agent, batch: dict) -> dict:
     model = agent.world_model.loss(batch)
     traj = agent.behavior.imagine(agent.world_model, model.post, batch.get("is_present"))
     ret = agent.behavior.returns(agent.world_model, traj, batch["is_terminal"])
+    actor, actor_metrics = agent.behavior.actor_loss(traj, ret)
     return {
         "model": model.loss,
-        "actor": agent.behavior.actor_loss(traj, ret)[0],
+        "actor": actor,
         "critic": agent.behavior.critic_loss(traj, ret)[0],
+        # what the logs report of the latents and the policy
+        "post_entropy": model.metrics["train/post_entropy"],
+        "prior_entropy": model.metrics["train/prior_entropy"],
+        "actor_entropy": actor_metrics["train/actor_entropy"],
     }
 
 
@@ -196,9 +201,9 @@ def _gradients(agent: Agent, batch: dict) -> list[torch.Tensor]:
 
 
 def test_agents_that_finished_early_contribute_no_loss_and_are_not_attended_to():
-    """Agent 1 of world 0 finished at step 2: whatever its later rows hold, every loss and gradient stays the same
-    (nothing reads them: no loss term, no other agent's attention, no imagined trajectory's weight); changing the
-    same steps of a present agent does change them."""
+    """Agent 1 of world 0 finished at step 2: whatever its later rows hold, every loss, gradient and logged entropy
+    stays the same (nothing reads them: no loss term, no other agent's attention, no imagined trajectory's weight);
+    changing the same steps of a present agent does change them."""
     cfg = tiny_config("train.batch_size=4", "multi.communication=attention", "multi.critic=central")
     torch.manual_seed(0)
     agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True, agents=2)
@@ -214,7 +219,7 @@ def test_agents_that_finished_early_contribute_no_loss_and_are_not_attended_to()
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     present_agent = absent.roll(-1, 0)  # row 0: agent 0 of world 0, the same steps
     differ = _losses(agent, _rows_changed(batch, present_agent, seed=5))
-    assert all(differ[name] != expected[name] for name in expected)
+    assert all(differ[name] != expected[name] for name in ("model", "actor", "critic", "post_entropy"))
 
 
 def test_a_checkpoint_of_torchs_encoder_names_loads_with_its_optimizer_moments():

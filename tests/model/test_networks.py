@@ -158,6 +158,20 @@ def test_encoder_under_bf16_autocast_agrees_with_the_exact_layers():
         torch.testing.assert_close(a.double(), b.detach(), rtol=0, atol=0.03 * b.abs().max().item())
 
 
+def test_a_heads_output_under_bf16_autocast_keeps_float32s_resolution():
+    """A critic whose values sit near 100: bfloat16's last product would round them to steps of 0.5."""
+    torch.manual_seed(0)
+    critic = MLP(32, 1, 2, 16)
+    with torch.no_grad():
+        critic.out.bias.fill_(100.3)
+    feat = torch.randn(1000, 32)
+    exact = critic(feat)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = critic(feat)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, exact, rtol=0, atol=0.05)  # the hidden layers still compute in bf16
+
+
 def test_on_the_cpu_a_bf16_run_acts_in_float32():
     """Acting takes the float32 weights as they are (autocast would cast them again at every step)."""
     torch.manual_seed(0)
