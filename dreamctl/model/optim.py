@@ -15,7 +15,7 @@ class Optimizer:
     every parameter by (1 - wd) before the step, not scaled by the learning rate (unlike torch's AdamW).
 
     Adam's epsilon is Keras' (the paper's TensorFlow optimiser): added to sqrt(v) before the bias correction, where
-    torch adds it after. Torch's update equals Keras' with eps / sqrt(1 - beta2^t) at step t (316 times eps at the
+    torch adds it after. Torch's update equals Keras' with eps / sqrt(1 - beta2^t) at step t (31.6 times eps at the
     first step, 1.26 times at the 1,000th), which `step` sets before each step.
 
     Args:
@@ -63,10 +63,12 @@ class Optimizer:
             self.opt.step()
             self.steps_taken += 1
         else:
+            # The next step's epsilon depends on whether this one was taken: the scale backs off exactly when a step
+            # is skipped. Reading it waits for the GPU, a cost only float16 runs pay.
             scale = self.scaler.get_scale()
             self.scaler.step(self.opt)
             self.scaler.update()
-            self.steps_taken += self.scaler.get_scale() >= scale  # the scale backs off exactly when a step is skipped
+            self.steps_taken += self.scaler.get_scale() >= scale
         # The fused Adam writes the parameters without bumping their version, which the layers' kept weight layouts
         # (`dreamctl.layers.linear.weight_layout`) read to see that a weight changed.
         increment_version(self.params)

@@ -399,7 +399,7 @@ class Registry:
                     os.rmdir(tempfile.mkdtemp(prefix=".dreamctl-probe-", dir=folder))
                 except OSError as exc:
                     raise DreamctlError(
-                        f"cannot create the registry at {self.root} ({exc.strerror}); pass a writable --home."
+                        f"cannot create the registry at {self.root} ({folder}: {exc.strerror}); pass a writable --home."
                     ) from None
                 return
 

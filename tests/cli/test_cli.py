@@ -146,12 +146,17 @@ def test_two_trains_started_together_get_distinct_run_ids(home):
     import os
     import subprocess
 
-    from conftest import dreamctl_command
+    from conftest import dreamctl_command, in_background
 
     env = {**os.environ, "DREAMCTL_HOME": str(home)}
     args = dreamctl_command() + ["train", "catch", "--preset", "debug", "--steps", "8", *fast_args()]
     procs = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+        in_background(
+            subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+            )
+        )
+        for _ in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs

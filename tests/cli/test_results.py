@@ -236,7 +236,13 @@ def test_show_an_interrupted_then_resumed_run(tmp_path):
     args = ["train", "catch", "--preset", "debug", "--steps", "4000", *fast_args()]
     env = {**os.environ, "DREAMCTL_HOME": str(home)}
     proc = in_background(
-        subprocess.Popen(dreamctl_command() + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            dreamctl_command() + args,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     )
     meta_path = home / "runs" / "run-1" / "run.yaml"
     deadline = time.monotonic() + 300

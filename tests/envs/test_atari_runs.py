@@ -39,7 +39,7 @@ PROTOCOL_KEYS = (
 )
 
 
-def test_run_yaml_of_a_pong_run_holds_every_protocol_setting(home):
+def test_run_yaml_of_a_pong_run_holds_every_protocol_setting_and_a_resume_starts_new_episodes(home):
     run_cli("train", "pong", "--preset", "atari", "--steps", "200", home=home, check=True)
     meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
     env = meta["config"]["env"]
@@ -67,3 +67,11 @@ def test_run_yaml_of_a_pong_run_holds_every_protocol_setting(home):
     }
     assert meta["progress"]["env_steps"] == 200 and meta["progress"]["frames"] == 800
     assert meta["status"] == "finished"
+
+    # ALE's vector env cannot save its state: a resume starts new episodes, says so, and goes on counting.
+    run_cli("resume", "run-1", "--steps", "300", home=home, check=True)
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    resumed = meta["history"][-1]
+    assert resumed["event"] == "resumed" and resumed["from_step"] == 200 and resumed["env_restored"] is False
+    assert resumed["note"] == "the env cannot save its state, so new episodes were started"
+    assert meta["progress"]["env_steps"] == 300 and meta["progress"]["frames"] == 1200 and meta["status"] == "finished"

@@ -217,6 +217,7 @@ def test_two_machines_on_one_host_train_one_run(tmp_path: Path):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                start_new_session=True,
             )
         )
         for home in homes
