@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -14,13 +13,9 @@ class Optimizer:
     """Adam plus DreamerV2's extras: global-norm clipping after unscaling, and weight decay that multiplies
     every parameter by (1 - wd) before the step, not scaled by the learning rate (unlike torch's AdamW).
 
-    Adam's epsilon is Keras' (the paper's TensorFlow optimiser): added to sqrt(v) before the bias correction, where
-    torch adds it after. Torch's update equals Keras' with eps / sqrt(1 - beta2^t) at step t (31.6 times eps at the
-    first step, 1.26 times at the 1,000th), which `step` sets before each step.
-
     Args:
         module: the parameters it trains (those that require gradients).
-        lr, eps: Adam's learning rate and (Keras') epsilon.
+        lr, eps: Adam's learning rate and epsilon.
         clip: the global gradient norm is clipped to this.
         weight_decay: the factor (1 - weight_decay) applied to every parameter before each step.
         scaler: float16 loss scaling (GPUs without bfloat16), or None.
@@ -42,9 +37,7 @@ class Optimizer:
         self.params: list[Tensor] = [p for _, p in self.named]
         self.clip, self.weight_decay, self.scaler = clip, weight_decay, scaler
         self.average_gradients = average_gradients
-        self.eps = eps
         self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, fused=True)
-        self.steps_taken = 0  # Adam's t before this step (a float16 step the scaler skips is not taken)
 
     def step(self, loss: Tensor) -> Tensor:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
@@ -57,18 +50,11 @@ class Optimizer:
         if self.weight_decay:
             with torch.no_grad():
                 torch._foreach_mul_(self.params, 1.0 - self.weight_decay)
-        beta2 = self.opt.param_groups[0]["betas"][1]
-        self.opt.param_groups[0]["eps"] = self.eps / math.sqrt(1.0 - beta2 ** (self.steps_taken + 1))
         if self.scaler is None:
             self.opt.step()
-            self.steps_taken += 1
         else:
-            # The next step's epsilon depends on whether this one was taken: the scale backs off exactly when a step
-            # is skipped. Reading it waits for the GPU, a cost only float16 runs pay.
-            scale = self.scaler.get_scale()
             self.scaler.step(self.opt)
             self.scaler.update()
-            self.steps_taken += self.scaler.get_scale() >= scale
         # The fused Adam writes the parameters without bumping their version, which the layers' kept weight layouts
         # (`dreamctl.layers.linear.weight_layout`) read to see that a weight changed.
         increment_version(self.params)
@@ -95,8 +81,6 @@ class Optimizer:
             if entry:
                 state[index] = entry
         self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
-        # Every step updates every parameter that has a gradient, so the most-stepped one counts the steps taken.
-        self.steps_taken = max((int(entry["step"]) for entry in state.values() if "step" in entry), default=0)
         if self.scaler is not None and f"{prefix}{SCALER}scale" in tensors:
             self.scaler.load_state_dict(
                 {

@@ -70,7 +70,6 @@ def test_loss_scaling_for_float16_steps_as_the_unscaled_optimizer_and_skips_over
     scaled_opt.step(scaled(x).sum() * float("inf"))
     assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
     assert scaled_opt.scaler.get_scale() == 2.0**11
-    assert scaled_opt.steps_taken == plain_opt.steps_taken == 3  # Keras' epsilon counts the steps taken
 
 
 def test_the_loss_scale_and_its_growth_count_survive_a_checkpoint():
