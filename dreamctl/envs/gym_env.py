@@ -245,15 +245,12 @@ class GymnasiumCopies(VectorEnvAdapter):
     ):
         super().__init__(num_envs, seed)
         self.cfg, self.layout = cfg, keys
-        if num_envs > 1:
-            copies = [functools.partial(_worker_copy, make, i, os.getpid()) for i in range(num_envs)]
-        else:
-            copies = [functools.partial(_copy, make, i) for i in range(num_envs)]
         mode = gym.vector.AutoresetMode.NEXT_STEP
         if num_envs > 1:
+            copies = [functools.partial(_worker_copy, make, i, os.getpid()) for i in range(num_envs)]
             self.env = gym.vector.AsyncVectorEnv(copies, autoreset_mode=mode, context=start_method)
         else:
-            self.env = gym.vector.SyncVectorEnv(copies, autoreset_mode=mode)
+            self.env = gym.vector.SyncVectorEnv([functools.partial(_copy, make, 0)], autoreset_mode=mode)
         self.saveable = True  # until a copy's state turns out not to be saveable
         self.action_space = action_space
         action_dim, discrete = action_size(action_space, name)

@@ -113,30 +113,29 @@ def _signals_of_a_builder(queue) -> None:
     queue.put(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
-def test_env_workers_leave_a_hang_up_to_the_trainer():
-    """A closed terminal signals the whole process group; a worker started by spawn (DMC's) died of SIGHUP, and the
-    trainer could not gather its state into the last checkpoint."""
+def _answer_of_a_spawned_process(target, *args):
+    """What `target(queue, *args)` puts in its queue, run in a process started by multiprocessing's spawn."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    worker = context.Process(target=_hang_up_handler_of_a_worker, args=(queue, os.getpid()))
-    worker.start()
-    assert queue.get(timeout=120) is True
-    worker.join(timeout=60)
+    process = context.Process(target=target, args=(queue, *args))
+    process.start()
+    answer = queue.get(timeout=120)
+    process.join(timeout=60)
+    return answer
+
+
+def test_env_workers_leave_a_hang_up_to_the_trainer():
+    """A closed terminal signals the whole process group; a worker started by spawn (DMC's) died of SIGHUP, and the
+    trainer could not gather its state into the last checkpoint."""
+    assert _answer_of_a_spawned_process(_hang_up_handler_of_a_worker, os.getpid()) is True
 
 
 def test_a_trainer_started_by_multiprocessing_keeps_its_ctrl_c_when_it_builds_env_workers():
     """The vector env makes one copy in the building process too, to read the spaces: there the signals stay the
     builder's, also where the builder is itself a child of multiprocessing (a library user's worker)."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    builder = context.Process(target=_signals_of_a_builder, args=(queue,))
-    builder.start()
-    assert queue.get(timeout=120) is True
-    builder.join(timeout=60)
+    assert _answer_of_a_spawned_process(_signals_of_a_builder) is True
 
 
 def test_a_reader_that_goes_away_does_not_stop_training(tmp_path):
