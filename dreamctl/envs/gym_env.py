@@ -135,14 +135,15 @@ def reward_threshold(env_id: str) -> float | None:
 
 
 def _make(env_id: str, render_key: str | None, repeat: int) -> gym.Env:
-    """One copy; `render_key` adds the rendered rgb_array frame to the observation under that key."""
+    """One copy; `render_key` adds the rendered rgb_array frame to the observation under that key, rendered once
+    per agent step, after the last of its repeated actions (the only frame the agent sees)."""
     _quiet()
-    if render_key is None:
-        env = gym.make(env_id)
-    else:
-        env = gym.make(env_id, render_mode="rgb_array")
+    env = gym.make(env_id) if render_key is None else gym.make(env_id, render_mode="rgb_array")
+    if repeat > 1:
+        env = ActionRepeat(env, repeat)
+    if render_key is not None:
         env = gym.wrappers.AddRenderObservation(env, render_only=False, render_key=render_key, obs_key="state")
-    return ActionRepeat(env, repeat) if repeat > 1 else env
+    return env
 
 
 def _copy(make: Callable[[], gym.Env], index: int) -> gym.Env:

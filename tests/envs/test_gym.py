@@ -3,6 +3,7 @@ registered here inside the test."""
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from conftest import fast_args, run_cli
@@ -168,6 +169,34 @@ def test_rendering_a_classic_control_env_is_headless_and_prints_nothing(home):
     proc = run_cli("train", "gym:Pendulum-v1", "--set", "env.render_pixels=true", "--dry-run", home=home, env=env)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "# observation image: uint8 image [64, 64, 1], read by the conv encoder" in proc.stdout
+
+
+def test_a_rendered_frame_is_drawn_once_per_agent_step_after_its_repeated_actions(monkeypatch):
+    """Rendering costs more than simulating: of the `action_repeat` sub-steps, only the last one's frame is seen."""
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+    from dreamctl.config import load_config
+    from dreamctl.envs.gym_env import GymEnv
+
+    rendered_at = []
+    render = PendulumEnv.render
+
+    def counted(self):
+        rendered_at.append(self.state.copy())
+        return render(self)
+
+    monkeypatch.setattr(PendulumEnv, "render", counted)
+    cfg = load_config("vector", ["env.render_pixels=true", "env.action_repeat=3"]).env
+    env = GymEnv("Pendulum-v1", cfg, 1, seed=0)
+    try:
+        env.reset()
+        rendered_at.clear()
+        for _ in range(4):
+            env.step(np.ones((1, 1), np.float32))
+        inner = env.env.envs[0].unwrapped
+        assert len(rendered_at) == 4 and np.array_equal(rendered_at[-1], inner.state)
+    finally:
+        env.close()
 
 
 def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(env_module, home):
