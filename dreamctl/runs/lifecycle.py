@@ -137,8 +137,9 @@ def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
         merged = gather_state(trainer.ranks, tensors)
         assert merged is not None, "rank 0 alone saves checkpoints"
         tensors = merged
-    first_chunk = trainer.chunks_needed(trainer.replay.cursor).start
-    run.save_checkpoint(tensors, metadata, trainer.env_steps, {"updates": trainer.updates, "first_chunk": first_chunk})
+    chunks = trainer.chunks_needed(trainer.replay.cursor)
+    extra = {"updates": trainer.updates, "first_chunk": chunks.start, "end_chunk": chunks.stop}
+    run.save_checkpoint(tensors, metadata, trainer.env_steps, extra)
     run.update(lambda m: m.update(progress=progress_of(trainer)))
     run.prune_checkpoints(cfg.run.keep_checkpoints)
 

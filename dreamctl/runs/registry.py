@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -290,7 +291,10 @@ class Run:
         return tensors, metadata
 
     def prune_checkpoints(self, keep: int) -> None:
-        """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs.
+        """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs (a
+        checkpoint needs the chunks from its `first_chunk` up to its `end_chunk`; one listed without an end, as
+        before the end was recorded, needs every chunk from its first on), and keep the chunks written since the
+        newest checkpoint, which the next one will need.
 
         run.yaml stops listing a file before the file is deleted, so a kill in between leaves an orphan file
         (harmless) and never a listed checkpoint that is missing.
@@ -306,9 +310,16 @@ class Run:
                 pass
             meta["checkpoints"] = [c for c in listed if c["step"] in keep_steps]
             doomed.extend(self.path / c["file"] for c in listed if c["step"] not in keep_steps)
-            first = min((c.get("first_chunk", 0) for c in meta["checkpoints"]), default=0)
+            kept = meta["checkpoints"]
+            future = max((c.get("end_chunk", math.inf) for c in kept), default=0)  # chunks no checkpoint holds yet
+
+            def needed(index: int) -> bool:
+                return index >= future or any(
+                    c.get("first_chunk", 0) <= index < c.get("end_chunk", math.inf) for c in kept
+                )
+
             doomed.extend(
-                chunk for chunk in self.replay_dir.glob("chunk-*.bin") if int(chunk.stem.split("-")[1]) < first
+                chunk for chunk in self.replay_dir.glob("chunk-*.bin") if not needed(int(chunk.stem.split("-")[1]))
             )
 
         self.update(prune)

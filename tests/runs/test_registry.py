@@ -158,6 +158,26 @@ def test_pruning_keeps_the_newest_and_the_best(home):
     assert run.find_checkpoint("best")["step"] == 20
 
 
+def test_pruning_drops_the_chunks_between_an_old_best_checkpoint_and_the_newest_ones(home):
+    """A checkpoint needs chunks first_chunk ... end_chunk - 1; a best checkpoint far behind must not hold on to every
+    chunk written since (a long run whose score peaked early would fill the disk). Chunks written after the newest
+    checkpoint stay: the next checkpoint needs them."""
+    run = make_run(home)
+    for step in (10, 20, 30, 40, 50):
+        run.save_checkpoint(
+            {"x": torch.zeros(1)}, {}, step, {"first_chunk": step // 10 - 1, "end_chunk": step // 10 + 1}
+        )
+    run.update(lambda m: m["evals"].append({"step": 10, "mean": 5.0}))
+    run.replay_dir.mkdir()
+    names = [f"chunk-{index}.bin" for index in range(8)] + ["chunk-1-rank1.bin", "chunk-2-rank1.bin"]
+    for name in names:
+        (run.replay_dir / name).write_bytes(b"x")
+    run.prune_checkpoints(keep=2)
+    assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 40, 50]
+    left = {p.name for p in run.replay_dir.iterdir()}
+    assert left == set(names) - {"chunk-2.bin", "chunk-2-rank1.bin"}
+
+
 def _hold_lock(home, ready):
     run = Registry(home).resolve("1")
     with run.locked():
