@@ -48,7 +48,7 @@ from dreamctl.training.launched import launched_ranks
 from dreamctl.training.ranks import RankLost, Ranks, host_name, join, leaving
 from dreamctl.training.rollout import evaluation_episodes
 from dreamctl.training.state import restore_trainer, trainer_state
-from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer
+from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer, collapse_warning
 
 
 @dataclass
@@ -70,10 +70,13 @@ class RunHooks(Hooks):
         logger: MetricsLogger,
         progress: Callable[[Progress], None] | None,
         ranks: Ranks | None = None,
+        warned: bool = False,
     ):
+        """warned: the run's collapse warning stands already (a resumed run restored in its collapse), so it is not
+        added to run.yaml again."""
         self.run, self.cfg, self.logger, self.progress, self.ranks = run, cfg, logger, progress, ranks
         self.latest: Progress | None = None
-        self.warned = False
+        self.warned = warned
 
     def on_progress(self, progress: Progress) -> None:
         self.latest = progress
@@ -339,10 +342,12 @@ def _resume(
             # leaves log rows that the next resume cuts, never cut logs beside checkpoints that would continue them.
             run.drop_checkpoints_after(start)
             logger = MetricsLogger(run.path, resume_step=start)
-            trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
+            warned = bool(run.meta().get("warnings")) and collapse_warning(int(trainer.low_kl_updates)) is not None
+            trainer.hooks = RunHooks(run, cfg, logger, progress, ranks, warned)
 
             def mark(m: dict[str, Any]) -> None:
                 m.update(status="running", error=None, target_steps=target, config=cfg.to_dict(), device=str(device))
+                m["progress"] = progress_of(trainer)
                 m["precision"] = precision_label(cfg, device)  # `auto` may resolve otherwise on another device
                 m.setdefault("history", []).append(event)
 
@@ -394,7 +399,7 @@ def _execute(
 
 def window_score(run: Run, trainer: Trainer, cfg: Config) -> dict[str, Any]:
     """Atari100k's score: mean return of the training episodes that end in the last `window` frames."""
-    end = cfg.train.steps * trainer.env.spec.action_repeat
+    end = trainer.frames()
     start = end - cfg.train.score_window_frames
     returns = [e["return"] for e in read_jsonl(run.path / "episodes.jsonl") if start < e["frame"] <= end]
     if not returns:

@@ -327,14 +327,19 @@ class Run:
             path.unlink(missing_ok=True)
 
     def drop_checkpoints_after(self, step: int) -> None:
-        """Resuming from an older checkpoint abandons the later ones and their evaluations: they belong to a history
-        being redone (a stale evaluation would otherwise vouch for the new checkpoint of its step as `best`)."""
+        """Resuming from an older checkpoint abandons the later ones, their evaluations and warnings, and the score
+        of the finished run: they belong to a history being redone (a stale evaluation would otherwise vouch for the
+        new checkpoint of its step as `best`, and the score averages episodes that the logs no longer hold)."""
         doomed: list[Path] = []
 
         def drop(meta: dict[str, Any]) -> None:
             doomed.extend(self.path / c["file"] for c in meta.get("checkpoints", []) if c["step"] > step)
             meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] <= step]
             meta["evals"] = [e for e in meta.get("evals", []) if e["step"] <= step]
+            if "warnings" in meta:
+                meta["warnings"] = [w for w in meta["warnings"] if w["step"] <= step]
+            if meta.get("progress", {}).get("env_steps", 0) > step:
+                meta.pop("score", None)
 
         self.update(drop)
         for path in doomed:

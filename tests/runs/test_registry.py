@@ -2,6 +2,7 @@
 
 import errno
 import fcntl
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -449,10 +450,13 @@ def test_redoing_history_drops_the_later_checkpoints_and_their_evaluations(home)
     for step in (10, 20, 30):
         run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": 0})
     run.update(lambda m: m["evals"].extend([{"step": 10, "mean": 1.0}, {"step": 30, "mean": 9.0}]))
+    run.update(lambda m: m.update(warnings=[{"step": 5, "message": "a"}, {"step": 25, "message": "b"}]))
+    run.update(lambda m: m.update(progress={"env_steps": 30}, score={"value": 9.0, "episodes": 3}))
     run.drop_checkpoints_after(10)
     run.save_checkpoint({"x": torch.ones(1)}, {}, 30, {"first_chunk": 0})  # the redone history's
     assert [e["step"] for e in run.meta()["evals"]] == [10]
     assert run.find_checkpoint("best")["step"] == 10
+    assert run.meta()["warnings"] == [{"step": 5, "message": "a"}] and "score" not in run.meta()
 
 
 @pytest.mark.parametrize("where", ["mkstemp", "append"])
@@ -473,3 +477,21 @@ def test_a_full_disk_is_one_sentence_wherever_a_write_meets_it(tmp_path, monkeyp
         monkeypatch.setattr("builtins.open", full)
         with pytest.raises(DreamctlError, match="the disk is full while appending"):
             append_line(tmp_path / "metrics.jsonl", "{}")
+
+
+def test_the_window_score_counts_frames_as_episodes_do_in_a_world_of_two_agents(home):
+    """An episode records the frame its world reached (agent steps / agents x action repeat); the score's window
+    must end at the same count, not at the agent steps x action repeat, which a world of two agents never reaches."""
+    from types import SimpleNamespace
+
+    from dreamctl.config import load_config
+    from dreamctl.runs.lifecycle import window_score
+
+    run = make_run(home)
+    cfg = load_config("catch2", ["train.steps=600", "train.score_window_frames=100"])
+    lines = [{"step": s, "frame": s // 2, "return": r} for s, r in ((300, 1.0), (500, 3.0), (600, 5.0))]
+    (run.path / "episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    spec = SimpleNamespace(num_agents=2, action_repeat=1)
+    trainer = SimpleNamespace(env=SimpleNamespace(spec=spec), frames=lambda: 600 // 2)
+    score = window_score(run, trainer, cfg)
+    assert (score["value"], score["episodes"]) == (4.0, 2)

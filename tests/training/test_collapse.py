@@ -45,3 +45,7 @@ def test_a_run_made_to_collapse_is_warned_about_once_in_the_terminal_and_in_run_
     rows = [json.loads(line) for line in (home / "runs" / "run-1" / "metrics.jsonl").read_text().splitlines()]
     counts = [row["model/low_kl_updates"] for row in rows if "model/low_kl_updates" in row]
     assert counts[-1] >= COLLAPSE_UPDATES
+    # Resumed still collapsed, the run is not warned about again: it is the same collapse.
+    run_cli("resume", "run-1", "--steps", "1500", home=home, check=True)
+    meta = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
+    assert meta["warnings"] == [warning] and meta["progress"]["env_steps"] == 1500
