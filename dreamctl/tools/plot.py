@@ -109,9 +109,15 @@ def auto_window(n: int) -> int:
 
 
 def panel_series(log: RunLog, panel: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of one panel of one run: episode returns for `RETURN`, each battle's 0 or 100 (% won) for `WON` (every
-    agent logs its world's episodes; a battle counts once, by its first agent's record), else the metric's logged
-    values."""
+    """(x, y) of one panel of one run, x ascending: episode returns for `RETURN`, each battle's 0 or 100 (% won) for
+    `WON` (every agent logs its world's episodes; a battle counts once, by its first agent's record), else the
+    metric's logged values. A run of several ranks logs each tick's episodes rank by rank, not in step order."""
+    x, y = _panel_points(log, panel, axis)
+    order = np.argsort(x, kind="stable")
+    return x[order], y[order]
+
+
+def _panel_points(log: RunLog, panel: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
     if panel in (RETURN, WON):
         if panel == WON:
             episodes = [e for e in log.episodes if "won" in e and e.get("env", 0) % log.agents == 0]

@@ -20,7 +20,7 @@ from matplotlib import image
 
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.runs.registry import Registry
-from dreamctl.tools.plot import band, plot, smooth
+from dreamctl.tools.plot import RETURN, RunLog, band, panel_series, plot, smooth
 from dreamctl.tools.video import check_output
 
 
@@ -319,6 +319,19 @@ def test_smooth_matches_its_definition(values, window):
     y = np.array(values)
     expected = [y[max(0, i - window + 1) : i + 1].mean() for i in range(len(y))]
     np.testing.assert_allclose(smooth(y, window), expected, rtol=1e-9, atol=1e-6)
+
+
+def test_a_run_of_several_ranks_plots_its_episodes_in_step_order():
+    """Ranks log each tick's episodes one rank after the other, so the file is not in step (or time) order; the
+    trailing mean and the band's interpolation need x ascending."""
+    episodes = [
+        {"step": s, "return": r, "wall_time": s / 10}
+        for s, r in ((40, 4.0), (80, 8.0), (20, 2.0), (60, 6.0), (100, 1.0))
+    ]
+    log = RunLog("run-1", "run-1", {}, action_repeat=1, agents=1, episodes=episodes, evals=[], metrics=[])
+    for axis in ("steps", "hours"):
+        x, y = panel_series(log, RETURN, axis)
+        assert list(y) == [2.0, 4.0, 6.0, 8.0, 1.0] and np.all(np.diff(x) > 0)
 
 
 def test_band_averages_where_every_curve_is_defined():
