@@ -68,7 +68,12 @@ def disk_full(doing: str, after: str = "") -> DreamctlError:
 def make_folder(folder: Path) -> None:
     """mkdir that lasts through a power cut: a new folder's entry in its parent is flushed as a file's is."""
     if not folder.is_dir():
-        folder.mkdir(exist_ok=True)
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise disk_full(f"making {folder}") from None
+            raise
         fsync_dir(folder.parent)
 
 

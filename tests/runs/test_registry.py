@@ -459,12 +459,13 @@ def test_redoing_history_drops_the_later_checkpoints_and_their_evaluations(home)
     assert run.meta()["warnings"] == [{"step": 5, "message": "a"}] and "score" not in run.meta()
 
 
-@pytest.mark.parametrize("where", ["mkstemp", "append"])
+@pytest.mark.parametrize("where", ["mkstemp", "append", "mkdir", "tensorboard"])
 def test_a_full_disk_is_one_sentence_wherever_a_write_meets_it(tmp_path, monkeypatch, where):
     import errno
     import tempfile
 
-    from dreamctl.runs.fileio import append_line
+    from dreamctl.runs.fileio import append_line, make_folder
+    from dreamctl.runs.metrics import MetricsLogger
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -473,10 +474,18 @@ def test_a_full_disk_is_one_sentence_wherever_a_write_meets_it(tmp_path, monkeyp
         monkeypatch.setattr(tempfile, "mkstemp", full)
         with pytest.raises(DreamctlError, match="the disk is full while writing"):
             atomic_write_bytes(tmp_path / "f.bin", b"new")
-    else:
+    elif where == "append":
         monkeypatch.setattr("builtins.open", full)
         with pytest.raises(DreamctlError, match="the disk is full while appending"):
             append_line(tmp_path / "metrics.jsonl", "{}")
+    elif where == "mkdir":
+        monkeypatch.setattr(Path, "mkdir", full)
+        with pytest.raises(DreamctlError, match="the disk is full while making"):
+            make_folder(tmp_path / "checkpoints")
+    else:
+        monkeypatch.setattr(os, "makedirs", full)  # how TensorBoard's writer makes tb/
+        with pytest.raises(DreamctlError, match="the disk is full while making the TensorBoard log"):
+            MetricsLogger(tmp_path)
 
 
 def test_the_window_score_counts_frames_as_episodes_do_in_a_world_of_two_agents(home):
