@@ -25,7 +25,7 @@ from dreamctl.envs import EnvSpec, check_new_run_env, make_env
 from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
-from dreamctl.runs.registry import Registry, Run, now
+from dreamctl.runs.registry import Registry, Run, now, obs_space_of
 from dreamctl.runs.sharded import (
     chunk_reader,
     env_seed,
@@ -308,6 +308,12 @@ def _resume(
                 )
             cfg.train.steps = target
             cfg = prepare(cfg)
+            spec, obs_space = meta["env_spec"], obs_space_of(meta)
+            agents = int(spec.get("agents", 1))
+            params = meta.get("parameters") or parameter_count(
+                cfg, obs_space, spec["action_dim"], spec["discrete"], agents
+            )
+            preflight(cfg, obs_space, int(params), agents, world, resuming=True)
             tensors, metadata = run.load_checkpoint(entry) if entry else ({}, {})
         except Exception as exc:
             _tell_followers(ranks, exc)

@@ -130,9 +130,12 @@ def check_replay_rows(cfg: Config, agents: int, ranks: int = 1) -> None:
             )
 
 
-def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1, ranks: int = 1) -> dict[str, int]:
+def preflight(
+    cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1, ranks: int = 1, resuming: bool = False
+) -> dict[str, int]:
     """Refuse, in one sentence, a run that cannot work here: batches that split a world's agents or do not divide
-    among the data-parallel ranks, replay chunks longer than the replay, or more memory than the machine has.
+    among the data-parallel ranks, replay chunks longer than the replay, or more memory than the machine has (a
+    resumed run, whose replay comes back whole and whose capacity cannot change, is told to move).
     Returns the memory estimate."""
     check_whole_worlds(cfg, agents, ranks)
     check_replay_rows(cfg, agents, ranks)
@@ -141,10 +144,14 @@ def preflight(cfg: Config, obs_space: ObsSpace, params: int, agents: int = 1, ra
     if have is not None and need["total"] > have:
         fitting = int(min(cfg.train.replay_capacity, cfg.train.steps) * have / need["total"] * 0.8)
         suggestion = max(cfg.train.batch_length * cfg.env.num_envs, fitting)
+        fix = (
+            "resume it on a machine with that much free memory"
+            if resuming
+            else f"lower train.replay_capacity (e.g. --set train.replay_capacity={suggestion})"
+        )
         raise DreamctlError(
             f"this run needs about {need['total'] / 2**30:.1f} GiB (replay {need['replay'] / 2**30:.1f} GiB) but "
-            f"only {have / 2**30:.1f} GiB is available; lower train.replay_capacity (e.g. --set "
-            f"train.replay_capacity={suggestion})."
+            f"only {have / 2**30:.1f} GiB is available; {fix}."
         )
     return need
 

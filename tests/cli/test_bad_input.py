@@ -265,3 +265,22 @@ def test_an_unexpected_failure_is_one_line_and_exit_1_and_debug_shows_its_traceb
     monkeypatch.setenv("DREAMCTL_DEBUG", "1")
     with pytest.raises(RuntimeError, match="over two lines"):
         cli.run()
+
+
+def test_a_resume_that_would_not_fit_in_memory_is_refused_before_anything_changes(registry, tmp_path):
+    """The replay comes back whole, and its capacity cannot change on resume: a machine without the memory for it
+    says so in one sentence (as `train` does), instead of leaving the run to the kernel's OOM killer."""
+    import shutil
+
+    home, _ = registry
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    path = copy / "runs" / "run-1" / "run.yaml"
+    meta = yaml.safe_load(path.read_text())
+    meta["config"]["train"]["replay_capacity"] = 10**11  # as trained on a machine with room for it
+    path.write_text(yaml.safe_dump(meta))
+    files = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    proc = run_cli("resume", "keep", "--steps", str(10**11), home=copy)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "GiB is available; resume it on a machine with that much free memory." in proc.stderr
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.suffix != ".lock"} == files
