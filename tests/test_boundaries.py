@@ -51,8 +51,8 @@ def test_the_check_catches_a_model_module_that_imports_the_runs():
     source = (PACKAGE / "model" / "losses.py").read_text()
     assert violations("model", source) == []
     assert violations("model", source + "\nimport dreamctl.runs\n") == ["dreamctl.runs"]
-    assert violations("model", source + "\ndef f():\n    from dreamctl.runs.registry import Run\n") == [
-        "dreamctl.runs.registry",
-        "dreamctl.runs.registry.Run",
+    assert violations("model", source + "\ndef f():\n    from dreamctl.runs.run import Run\n") == [
+        "dreamctl.runs.run",
+        "dreamctl.runs.run.Run",
     ]
     assert violations("layers", "from dreamctl import model\n") == ["dreamctl.model"]

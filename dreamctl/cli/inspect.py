@@ -34,7 +34,8 @@ def list_(
     Example: [bold]dreamctl list --status finished[/bold]
     """
     from dreamctl.runs.listing import UNREADABLE, run_rows
-    from dreamctl.runs.registry import STATUSES, Registry
+    from dreamctl.runs.registry import Registry
+    from dreamctl.runs.run import STATUSES
 
     statuses = (*STATUSES, UNREADABLE)
     if status is not None and status not in statuses:

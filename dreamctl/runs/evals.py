@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from dreamctl.envs import random_and_optimal
-from dreamctl.runs.registry import Run
+from dreamctl.runs.run import Run
 from dreamctl.scores import dreamerv2_record, summarize
 from dreamctl.training.rollout import Playback
 

@@ -25,7 +25,8 @@ from dreamctl.envs import EnvSpec, check_new_run_env, make_env
 from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
 from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
-from dreamctl.runs.registry import Registry, Run, now, obs_space_of
+from dreamctl.runs.registry import Registry
+from dreamctl.runs.run import Run, now, obs_space_of
 from dreamctl.runs.sharded import (
     chunk_reader,
     env_seed,

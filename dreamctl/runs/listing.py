@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from dreamctl.errors import DreamctlError
-from dreamctl.runs.registry import Registry, Run, eval_policy
+from dreamctl.runs.registry import Registry
+from dreamctl.runs.run import Run, eval_policy
 from dreamctl.scores import dreamerv2_record
 
 UNREADABLE = "unreadable"

@@ -26,7 +26,7 @@ from dreamctl.training.state import restore_trainer, trainer_state
 from dreamctl.training.trainer import Hooks, Trainer
 
 if TYPE_CHECKING:
-    from dreamctl.runs.registry import Run
+    from dreamctl.runs.run import Run
 
 SHARED_PREFIXES = ("agent/", "optim/")
 """Checkpoint entries that are the same on every rank, stored once."""

@@ -7,7 +7,7 @@ from typing import Any
 from dreamctl.config import load_config, preset_names
 from dreamctl.errors import DreamctlError
 from dreamctl.runs.listing import UNREADABLE
-from dreamctl.runs.registry import Run
+from dreamctl.runs.run import Run
 from dreamctl.scores import dreamerv2_record
 
 SHA_DIGITS = 12  # a checkpoint's sha256 as shown: enough to tell files apart at a glance

@@ -21,7 +21,8 @@ from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.model.rssm import State
 from dreamctl.runs.fileio import make_folder
-from dreamctl.runs.registry import Registry, obs_space_of
+from dreamctl.runs.registry import Registry
+from dreamctl.runs.run import obs_space_of
 from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_vector_figure
 from dreamctl.tools.evaluate import load_agent
 from dreamctl.tools.video import FORMATS, check_output, draw_number, to_rgb, upscale, write_video

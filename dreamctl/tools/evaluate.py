@@ -12,7 +12,8 @@ from dreamctl.config import from_dict
 from dreamctl.errors import DreamctlError, UsageError
 from dreamctl.model.agent import Agent
 from dreamctl.runs.evals import evaluation_result, record_evaluation
-from dreamctl.runs.registry import Registry, Run, obs_space_of
+from dreamctl.runs.registry import Registry
+from dreamctl.runs.run import Run, obs_space_of
 from dreamctl.runs.system import inference_precision, resolve_device
 from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
 from dreamctl.training.rollout import evaluation_episodes

@@ -23,7 +23,7 @@ import numpy as np
 
 from dreamctl.errors import UsageError, did_you_mean
 from dreamctl.runs.metrics import read_jsonl
-from dreamctl.runs.registry import Run, eval_policy
+from dreamctl.runs.run import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
 from dreamctl.tools.dream_figure import FIGURE_FORMATS, write_figure, write_output
 from dreamctl.tools.video import check_output

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import BASH_COMPLETION_ENV, fast_args, run_cli
 
-from dreamctl.runs.registry import SCHEMA_VERSION
+from dreamctl.runs.run import SCHEMA_VERSION
 
 
 def sha256(path):

@@ -18,7 +18,8 @@ from conftest import run_cli
 
 from dreamctl.errors import CheckpointError, DreamctlError, RunBusyError, UsageError
 from dreamctl.runs.fileio import atomic_write_bytes
-from dreamctl.runs.registry import CHECKPOINT_FORMAT, SCHEMA_VERSION, Registry, default_home
+from dreamctl.runs.registry import Registry, default_home
+from dreamctl.runs.run import CHECKPOINT_FORMAT, SCHEMA_VERSION
 
 
 def make_run(home, name=None):
@@ -325,7 +326,7 @@ def test_a_run_whose_run_yaml_cannot_be_written_leaves_no_folder(home, monkeypat
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("dreamctl.runs.registry.atomic_write_text", disk_full)
+    monkeypatch.setattr("dreamctl.runs.run.atomic_write_text", disk_full)
     with pytest.raises(DreamctlError, match=r"\(No space left on device\); pass a writable --home\.$"):
         make_run(home)
     assert [r.id for r in Registry(home).all_runs()] == [1]
