@@ -23,15 +23,14 @@ import torch
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
 from dreamctl.envs import EnvSpec, check_new_run_env, make_env
 from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
-from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry
 from dreamctl.runs.run import Run, now, obs_space_of
+from dreamctl.runs.run_hooks import RunHooks, progress_of, save_checkpoint
 from dreamctl.runs.sharded import (
     chunk_reader,
     env_seed,
     follow,
-    gather_state,
     raise_refusal,
     resume_follower,
     scatter_state,
@@ -47,9 +46,8 @@ from dreamctl.runs.system import (
 )
 from dreamctl.training.launched import launched_ranks
 from dreamctl.training.ranks import RankLost, Ranks, host_name, join, leaving
-from dreamctl.training.rollout import evaluation_episodes
-from dreamctl.training.state import restore_trainer, trainer_state
-from dreamctl.training.trainer import Episode, Hooks, Progress, Trainer, collapse_warning
+from dreamctl.training.state import restore_trainer
+from dreamctl.training.trainer import Progress, Trainer, collapse_warning
 
 
 @dataclass
@@ -59,106 +57,6 @@ class Outcome:
     env_steps: int
     last_return: float | None
     ranks: int = 1  # data-parallel ranks, which a resume must use again
-
-
-class RunHooks(Hooks):
-    """Streams what the trainer produces into the run folder."""
-
-    def __init__(
-        self,
-        run: Run,
-        cfg: Config,
-        logger: MetricsLogger,
-        progress: Callable[[Progress], None] | None,
-        ranks: Ranks | None = None,
-        warned: bool = False,
-    ):
-        """warned: the run's collapse warning stands already (a resumed run restored in its collapse), so it is not
-        added to run.yaml again."""
-        self.run, self.cfg, self.logger, self.progress, self.ranks = run, cfg, logger, progress, ranks
-        self.latest: Progress | None = None
-        self.warned = warned
-
-    def on_progress(self, progress: Progress) -> None:
-        self.latest = progress
-        if self.progress:
-            self.progress(progress)
-
-    def on_metrics(self, step: int, scalars: dict[str, float]) -> None:
-        """Logs, the progress in run.yaml (so `dreamctl list` stays current during a long run) and, when the world
-        model collapses, the warning under run.yaml's `warnings`."""
-        self.logger.scalars(step, scalars)
-        self.logger.flush()
-        p = self.latest  # reported just before, with the warning of this flush
-        warning = p.warning if p is not None else None
-        if warning and not self.warned:
-            self.run.update(lambda m: m.setdefault("warnings", []).append({"step": step, "message": warning}))
-        self.warned = warning is not None
-        if p is not None:
-            record = progress_record(p.env_steps, p.frames, p.updates, p.wall_time)
-            self.run.update(lambda m: m.update(progress=record))
-
-    def on_episode(self, episode: Episode) -> None:
-        record = {
-            "return": episode.ret,
-            "length": episode.length,
-            "frames": episode.frames,
-            "capped": episode.capped,
-            "frame": episode.end_frame,
-            "wall_time": episode.wall_time,
-            "env": episode.env_index,
-        }
-        if episode.won is not None:
-            record["won"] = episode.won
-        self.logger.episode(episode.end_step, record)
-
-    def on_chunk(self, index: int, rows: dict[str, np.ndarray]) -> None:
-        every_rank = [rows] if self.ranks is None else self.ranks.gather(rows)
-        assert every_rank is not None
-        for rank, rank_rows in enumerate(every_rank):
-            self.run.write_chunk(index, rank_rows, rank)
-
-    def on_checkpoint(self, trainer: Trainer) -> None:
-        save_checkpoint(self.run, trainer, self.cfg)
-
-    def on_eval(self, trainer: Trainer) -> None:
-        save_checkpoint(self.run, trainer, self.cfg)
-        meta = self.run.meta()
-        playback = evaluation_episodes(
-            trainer.agent, self.cfg.env, self.cfg.run.eval_episodes, self.cfg.train.seed + 10_000
-        )
-        result = evaluation_result(playback, meta, sample=False)
-        record_evaluation(self.run, trainer.env_steps, result)
-        scalars = {"eval/return": result["mean"]}
-        if result["win_rate"] is not None:
-            scalars["eval/win_rate"] = result["win_rate"]
-        self.logger.scalars(trainer.env_steps, scalars)
-
-
-def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
-    tensors, metadata = trainer_state(trainer)
-    if trainer.ranks is not None:
-        merged = gather_state(trainer.ranks, tensors)
-        assert merged is not None, "rank 0 alone saves checkpoints"
-        tensors = merged
-    chunks = trainer.chunks_needed(trainer.replay.cursor)
-    extra = {"updates": trainer.updates, "first_chunk": chunks.start, "end_chunk": chunks.stop}
-    run.save_checkpoint(tensors, metadata, trainer.env_steps, extra)
-    run.update(lambda m: m.update(progress=progress_of(trainer)))
-    run.prune_checkpoints(cfg.run.keep_checkpoints)
-
-
-def progress_record(env_steps: int, frames: int, updates: int, wall_time: float) -> dict[str, Any]:
-    return {
-        "env_steps": env_steps,
-        "frames": frames,
-        "updates": updates,
-        "wall_time": round(wall_time, 2),
-    }
-
-
-def progress_of(trainer: Trainer) -> dict[str, Any]:
-    return progress_record(trainer.env_steps, trainer.frames(), trainer.updates, trainer.wall_time)
 
 
 def train(

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_config
 
 from dreamctl.envs import make_env
-from dreamctl.runs.lifecycle import progress_of
+from dreamctl.runs.run_hooks import progress_of
 from dreamctl.tools.plot import RunLog
 from dreamctl.training.trainer import Trainer
 
