@@ -20,7 +20,7 @@ import filelock
 import yaml
 from safetensors import SafetensorError
 
-from dreamctl.errors import CheckpointError, DreamctlError
+from dreamctl.errors import CheckpointError, DreamctlError, UsageError
 from dreamctl.runs.fileio import READ_ONLY, atomic_write_bytes, atomic_write_text, make_folder, sha256_bytes
 from dreamctl.runs.run_lock import RunLock
 
@@ -218,7 +218,7 @@ class Run:
                 if eval_policy(e) == "greedy" and any(c["step"] == e["step"] for c in listed)
             ]  # a sampled evaluation (`eval --sample`) measures another policy
             if not evals:
-                raise CheckpointError(
+                raise UsageError(
                     f"{self.ref} has no evaluated checkpoint; run `dreamctl eval {self.ref}` first "
                     f"or pick --checkpoint latest."
                 )
@@ -229,7 +229,7 @@ class Run:
             if entry["step"] == step:
                 return entry
         steps = ", ".join(str(c["step"]) for c in listed)
-        raise CheckpointError(f"{self.ref} has no checkpoint at step {step}; it has: {steps}.")
+        raise UsageError(f"{self.ref} has no checkpoint at step {step}; it has: {steps}.")
 
     def load_checkpoint(self, entry: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Read a listed checkpoint after checking its size and sha256 (plain tensors: no code runs on load)."""
@@ -278,7 +278,7 @@ class Run:
             keep_steps = {c["step"] for c in listed[-keep:]}
             try:
                 keep_steps.add(self.find_checkpoint("best", meta)["step"])
-            except CheckpointError:
+            except (CheckpointError, UsageError):  # no checkpoint yet, or none evaluated
                 pass
             meta["checkpoints"] = [c for c in listed if c["step"] in keep_steps]
             doomed.extend(self.path / c["file"] for c in listed if c["step"] not in keep_steps)

@@ -37,7 +37,7 @@ CASES = [
     ("mistyped run name's hint", ["eval", "kep"], 2, "(did you mean 'keep'?)"),
     ("mistyped status", ["list", "--status", "finshed"], 2, "(did you mean 'finished'?)"),
     ("path as run", ["eval", "../runs/run-1"], 2, "not a run reference"),
-    ("missing checkpoint", ["eval", "keep", "--checkpoint", "123"], 1, "no checkpoint at step 123"),
+    ("missing checkpoint", ["eval", "keep", "--checkpoint", "123"], 2, "no checkpoint at step 123"),
     ("bad checkpoint word", ["eval", "keep", "--checkpoint", "newest"], 2, "--checkpoint"),
     ("mistyped precision", ["train", "catch", "--precision", "8"], 2, "--precision must be one of auto, 32, bf16, 16"),
     ("mistyped device", ["resume", "keep", "--device", "gpu"], 2, "--device must be auto, cpu or cuda[:i]"),

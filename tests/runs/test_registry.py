@@ -98,7 +98,7 @@ def test_checkpoint_round_trip_and_tamper_detection(home):
     path.unlink()
     with pytest.raises(CheckpointError, match="missing"):
         run.load_checkpoint(run.find_checkpoint(100))
-    with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
+    with pytest.raises(UsageError, match="no checkpoint at step 5"):
         run.find_checkpoint(5)
 
 
