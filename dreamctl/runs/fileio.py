@@ -77,6 +77,18 @@ def make_folder(folder: Path) -> None:
         fsync_dir(folder.parent)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush what was appended to a file (a log) onto the disk; a file not made yet has nothing to flush."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -276,7 +276,7 @@ def _execute(
 ) -> Outcome:
     try:
         finished = trainer.run(cfg.train.steps, should_stop)
-        save_checkpoint(run, trainer, cfg)
+        save_checkpoint(run, trainer, cfg, logger)
         status = "finished" if finished else "interrupted"
 
         def close(m: dict[str, Any]) -> None:

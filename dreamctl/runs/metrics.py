@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dreamctl.runs.fileio import DISK_FULL, append_line, atomic_write_text, disk_full
+from dreamctl.runs.fileio import DISK_FULL, append_line, atomic_write_text, disk_full, fsync_dir, fsync_file
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -68,6 +68,14 @@ class MetricsLogger:
     def flush(self) -> None:
         if self.writer:
             self.writer.flush()
+
+    def sync(self) -> None:
+        """Put the logs on the disk, as a checkpoint is: a resume cuts them back to its checkpoint's step, so the
+        rows up to that step must survive a power cut along with it."""
+        self.flush()
+        for path in (self.metrics_path, self.episodes_path):
+            fsync_file(path)
+        fsync_dir(self.metrics_path.parent)
 
     def close(self) -> None:
         if self.writer:

@@ -79,10 +79,10 @@ class RunHooks(Hooks):
             self.run.write_chunk(index, rank_rows, rank)
 
     def on_checkpoint(self, trainer: Trainer) -> None:
-        save_checkpoint(self.run, trainer, self.cfg)
+        save_checkpoint(self.run, trainer, self.cfg, self.logger)
 
     def on_eval(self, trainer: Trainer) -> None:
-        save_checkpoint(self.run, trainer, self.cfg)
+        save_checkpoint(self.run, trainer, self.cfg, self.logger)
         meta = self.run.meta()
         playback = evaluation_episodes(
             trainer.agent, self.cfg.env, self.cfg.run.eval_episodes, self.cfg.train.seed + 10_000
@@ -95,7 +95,9 @@ class RunHooks(Hooks):
         self.logger.scalars(trainer.env_steps, scalars)
 
 
-def save_checkpoint(run: Run, trainer: Trainer, cfg: Config) -> None:
+def save_checkpoint(run: Run, trainer: Trainer, cfg: Config, logger: MetricsLogger) -> None:
+    """Write the trainer's checkpoint (after the logs it continues are on the disk) and prune the older ones."""
+    logger.sync()
     tensors, metadata = trainer_state(trainer)
     if trainer.ranks is not None:
         merged = gather_state(trainer.ranks, tensors)

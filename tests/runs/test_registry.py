@@ -505,3 +505,18 @@ def test_the_window_score_counts_frames_as_episodes_do_in_a_world_of_two_agents(
     trainer = SimpleNamespace(env=SimpleNamespace(spec=spec), frames=lambda: 600 // 2)
     score = window_score(run, trainer, cfg)
     assert (score["value"], score["episodes"]) == (4.0, 2)
+
+
+def test_the_logs_a_checkpoint_continues_are_on_the_disk_before_it(tmp_path, monkeypatch):
+    """A resume cuts the logs back to its checkpoint's step: the rows before it must survive a power cut with it."""
+    from dreamctl.runs.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path)
+    logger.scalars(10, {"loss": 1.0})
+    logger.episode(10, {"return": 1.0, "length": 5})
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    logger.sync()
+    logger.close()
+    assert {str(tmp_path / "metrics.jsonl"), str(tmp_path / "episodes.jsonl"), str(tmp_path)} <= set(synced)
