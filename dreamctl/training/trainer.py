@@ -287,13 +287,14 @@ class Trainer:
         self.hooks.on_progress(self.progress(total_steps))
         if scalars is not None:
             self.hooks.on_metrics(self.env_steps, scalars)
-        if self.env_steps >= total_steps:
-            return  # the caller writes the final checkpoint
-        if _crossed(before, self.env_steps, run.eval_every):
+        evaluates = _crossed(before, self.env_steps, run.eval_every)  # the final step's too: the trained policy
+        if evaluates:
             # Evaluation samples latents too; a forked RNG keeps the training stream, and so resume, exact.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 self.hooks.on_eval(self)  # also writes a checkpoint, so the evaluated weights can be kept as best
-        elif _crossed(before, self.env_steps, run.checkpoint_every):
+        if self.env_steps >= total_steps:
+            return  # the caller writes the final checkpoint
+        if not evaluates and _crossed(before, self.env_steps, run.checkpoint_every):
             self.hooks.on_checkpoint(self)
 
     def progress(self, total_steps: int, stopping: bool = False) -> Progress:

@@ -30,3 +30,20 @@ def test_a_two_agent_world_counts_each_agents_steps_and_its_own_frames_once():
 def test_plotted_frames_are_a_worlds_steps_times_its_action_repeat():
     log = RunLog("run-1", "run-1", {}, action_repeat=4, agents=2, episodes=[], evals=[], metrics=[])
     assert np.array_equal(log.x([100, 400], "frames"), [200, 800])
+
+
+def test_evaluations_and_checkpoints_fall_on_their_steps_and_the_final_step_is_evaluated_too():
+    """Every `run.eval_every` agent steps an evaluation (which writes its checkpoint), every `run.checkpoint_every`
+    a checkpoint where no evaluation is due; a run that ends on an evaluation step evaluates its trained policy too
+    (the caller writes the final checkpoint)."""
+    cfg = tiny_config("train.prefill=100000", "run.eval_every=300", "run.checkpoint_every=200")
+    env = make_env(cfg.env, 0)
+    calls = []
+    try:
+        trainer = Trainer(cfg, env, torch.device("cpu"))
+        trainer.hooks.on_eval = lambda t: calls.append(("eval", t.env_steps))  # type: ignore[method-assign]
+        trainer.hooks.on_checkpoint = lambda t: calls.append(("checkpoint", t.env_steps))  # type: ignore[method-assign]
+        trainer.run(600)
+    finally:
+        env.close()
+    assert calls == [("checkpoint", 200), ("eval", 300), ("checkpoint", 400), ("eval", 600)]
