@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the shell completion scripts from the Typer app (tests/test_completions.py checks they are current).
+# Regenerate the shell completion scripts from the Typer app (tests/cli/test_completions.py checks they are current).
 set -euo pipefail
 cd "$(dirname "$0")"
 for shell in bash zsh fish; do

@@ -24,6 +24,14 @@ def main() -> None:
     sys.exit(run())
 
 
+def command_on_line(args: list[str]) -> str:
+    """`dreamctl <command>` for the command the arguments name, else `dreamctl`: the help to point at where click's
+    error carries no context (an option given without its value)."""
+    names = {info.name or info.callback.__name__.replace("_", "-") for info in app.registered_commands if info.callback}
+    first = next((arg for arg in args if not arg.startswith("-")), None)
+    return f"dreamctl {first}" if first in names else "dreamctl"
+
+
 def run() -> int:
     """Run the command on the command line; returns its exit status, having said why in one sentence if it failed."""
     debug = os.environ.get("DREAMCTL_DEBUG") == "1"
@@ -38,7 +46,7 @@ def run() -> int:
         code = exc.exit_code
     except TyperException as exc:  # the command line itself is wrong: bad option, missing argument, bad value
         ctx = getattr(exc, "ctx", None)
-        command = ctx.command_path if ctx is not None else "dreamctl"
+        command = ctx.command_path if ctx is not None else command_on_line(sys.argv[1:])
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # none where the help was the answer (`dreamctl` alone)
             joined = f"{message} See" if message.endswith("?") else f"{message.rstrip('.')}; see"  # did you mean ...?

@@ -213,7 +213,11 @@ def plot(
 
 
 @app.command()
-def envs(home: Optional[Path] = Home) -> None:
+def envs(
+    home: Optional[Path] = typer.Option(
+        None, "--home", help="Not used: the env names do not depend on a registry.", show_default=False
+    ),
+) -> None:
     """List the environment names dreamctl knows.
 
     Example: [bold]dreamctl envs[/bold]

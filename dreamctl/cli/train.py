@@ -58,8 +58,8 @@ def train(
         "--steps",
         min=1,
         show_default=False,
-        help="Agent steps to train (policy decisions summed over env copies); "
-        "one agent step is env.action_repeat frames (4 on Atari).",
+        help="Agent steps to train (policy decisions summed over env copies and agents); one agent step is "
+        "env.action_repeat frames (4 on Atari), a world of M agents takes M agent steps per tick.",
     ),
     seed: Optional[int] = typer.Option(
         None, "--seed", min=0, max=MAX_SEED, show_default=False, help="Seeds torch, numpy and the envs."
@@ -198,7 +198,8 @@ def resume(
     checkpoint: str = typer.Option(
         "latest",
         "--checkpoint",
-        help="Checkpoint step to continue from, or latest; from an older one, the later checkpoints are dropped.",
+        help="Checkpoint step to continue from, latest or best (best evaluated); from an older one, the later "
+        "checkpoints are dropped.",
     ),
     overrides: Optional[List[str]] = typer.Option(
         None, "--set", help="Safe overrides only: run.device, run.checkpoint_every, run.log_every, ..."

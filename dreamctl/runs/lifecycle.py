@@ -180,8 +180,8 @@ def _resume(
             unsafe = [k for k in keys if k not in SAFE_RESUME_KEYS]
             if unsafe:
                 raise UsageError(
-                    f"{unsafe[0]} cannot change on resume because it changes what the run computes; only "
-                    f"{', '.join(sorted(SAFE_RESUME_KEYS))} may. Start a new run with `dreamctl train` instead."
+                    f"{unsafe[0]} cannot change on resume because it changes what the run computes (only "
+                    f"{', '.join(sorted(SAFE_RESUME_KEYS))} may); start a new run with `dreamctl train` instead."
                 )
             held.enter_context(run.locked())
             run.remove_temp_files()

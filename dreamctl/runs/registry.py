@@ -121,7 +121,9 @@ class Registry:
         runs = self.all_runs()
         if ref == "latest":
             if not runs:
-                raise UsageError(f"there are no runs under {self.root}; start one with `dreamctl train`.")
+                raise UsageError(
+                    f"there are no runs under {self.root}; start one with `dreamctl train catch --preset debug`."
+                )
             return max(runs, key=lambda r: r.id)
         match = re.fullmatch(r"(?:run-)?(\d+)", ref)
         if match:
