@@ -47,7 +47,7 @@ from dreamctl.runs.system import (
 from dreamctl.training.launched import launched_ranks
 from dreamctl.training.ranks import RankLost, Ranks, host_name, join, leaving
 from dreamctl.training.state import restore_trainer
-from dreamctl.training.trainer import Progress, Trainer, collapse_warning
+from dreamctl.training.trainer import Progress, Trainer
 
 
 @dataclass
@@ -247,7 +247,7 @@ def _resume(
             # leaves log rows that the next resume cuts, never cut logs beside checkpoints that would continue them.
             run.drop_checkpoints_after(start)
             logger = MetricsLogger(run.path, resume_step=start)
-            warned = bool(run.meta().get("warnings")) and collapse_warning(int(trainer.low_kl_updates)) is not None
+            warned = bool(run.meta().get("warnings")) and trainer.warning is not None  # restored in its collapse
             trainer.hooks = RunHooks(run, cfg, logger, progress, ranks, warned)
 
             def mark(m: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import torch
 from dreamctl.envs.base import Step, restore_rng, rng_state_bytes
 from dreamctl.model.agent import ActState
 from dreamctl.model.rssm import State
+from dreamctl.training.trainer import collapse_warning
 
 if TYPE_CHECKING:
     from dreamctl.training.trainer import Trainer
@@ -90,6 +91,7 @@ def restore_trainer(
     trainer.episodes, trainer.wall_time = int(info["episodes"]), float(info["wall_time"])
     trainer.last_return = info["last_return"]
     trainer.low_kl_updates.fill_(int(info.get("low_kl_updates", 0)))  # absent before the collapse watch
+    trainer.warning = collapse_warning(int(trainer.low_kl_updates))  # the progress line warns from the first tick
     trainer.metric_sums = {k[len("metrics/") :]: v.to(device) for k, v in tensors.items() if k.startswith("metrics/")}
     trainer.metric_count = int(info.get("metric_count", 0))  # absent before the sums were saved
     torch.set_rng_state(tensors["rng/torch"])

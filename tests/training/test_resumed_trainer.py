@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 from dreamctl.envs.base import BatchedEnv, EnvSpec, Step
 from dreamctl.training.state import restore_trainer, trainer_state
-from dreamctl.training.trainer import Hooks, Trainer
+from dreamctl.training.trainer import COLLAPSE_UPDATES, Hooks, Trainer, collapse_warning
 
 TICK_SECONDS = 0.02
 
@@ -103,3 +103,15 @@ def test_a_log_step_that_falls_in_the_restarted_episodes_first_frames_is_logged(
     assert not restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
     resumed.run(410)
     assert resumed.hooks.rows == [404, 410]  # 410: the last row of a stint
+
+
+def test_a_trainer_restored_in_a_collapse_warns_from_its_first_tick():
+    """The low-KL count comes back with the checkpoint, and the warning with it: the progress line of a resumed run
+    that had collapsed says so at once, not after its first log interval."""
+    first = Trainer(_config(), Counter(2), torch.device("cpu"))
+    first.run(40)
+    first.low_kl_updates.fill_(COLLAPSE_UPDATES)
+    tensors, meta = trainer_state(first)
+    resumed = Trainer(_config(), Counter(2), torch.device("cpu"))
+    restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    assert resumed.progress(80).warning == collapse_warning(COLLAPSE_UPDATES) is not None
