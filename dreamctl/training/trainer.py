@@ -323,12 +323,17 @@ class Trainer:
         steps0, updates0, time0 = self._log_mark
         now = time.perf_counter()
         sums = self.metric_sums
-        if self.ranks is not None and sums:  # every rank flushes at the same step, after the same updates
-            sums = dict(zip(sums, self.ranks.mean(torch.stack(list(sums.values()))), strict=True))
-        scalars = {k: float(v) / self.metric_count for k, v in sums.items()} if self.metric_count else {}
+        names = sorted(sums)  # one order on every rank (a restored rank's sums come in its checkpoint's order)
+        stacked = torch.stack([sums[k] for k in names]) if names else torch.zeros(0, device=self.device)
+        if self.ranks is not None and names:  # every rank flushes at the same step, after the same updates
+            stacked = self.ranks.mean(stacked)
+        # One read from the device: the sums (float32, exact in float64) and the low-KL count.
+        *values, low_kl = torch.cat([stacked.double(), self.low_kl_updates.double().reshape(1)]).tolist()
+        read = dict(zip(names, values, strict=True))
+        scalars = {k: read[k] / self.metric_count for k in sums} if self.metric_count else {}
         scalars["train/updates"] = float(self.updates)
         scalars["train/wall_time"] = self.wall_time
-        low_kl_updates = int(self.low_kl_updates)
+        low_kl_updates = int(low_kl)
         scalars["model/low_kl_updates"] = float(low_kl_updates)
         self.warning = collapse_warning(low_kl_updates)
         scalars["train/agent_steps_per_s"] = (self.env_steps - steps0) / max(now - time0, 1e-9)

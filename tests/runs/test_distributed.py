@@ -26,13 +26,14 @@ def _meta(home: Path) -> dict:
     return yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())
 
 
-def test_600_steps_with_two_ranks_equal_300_then_resume(tmp_path: Path):
-    """The checkpoint at 300 agent steps holds both ranks' envs, RNGs, acting state and replay tails, and each
-    rank's chunks are under the run: resuming with 2 ranks continues bit for bit. Another rank count is refused."""
+def test_600_steps_with_two_ranks_equal_250_then_resume(tmp_path: Path):
+    """The checkpoint at 250 agent steps holds both ranks' envs, RNGs, acting state, replay tails and metric sums
+    (250 is inside a log interval), and each rank's chunks are under the run: resuming with 2 ranks continues bit for
+    bit, the first row logged after it included. Another rank count is refused."""
     args = ["train", "catch", "--seed", "3", *fast_args()]
     whole, split = tmp_path / "whole", tmp_path / "split"
     run_cli(*args, "--steps", "600", *TWO, home=whole, check=True)
-    run_cli(*args, "--steps", "300", *TWO, home=split, check=True)
+    run_cli(*args, "--steps", "250", *TWO, home=split, check=True)
     refused = run_cli("resume", "run-1", "--steps", "600", home=split)
     assert refused.returncode == 2 and "--nproc 2" in refused.stderr and refused.stderr.count("\n") == 1
     with Registry(split).resolve("run-1").locked():  # a run another process trains: every rank stops, one says why
