@@ -287,14 +287,16 @@ class Trainer:
         self.hooks.on_progress(self.progress(total_steps))
         if scalars is not None:
             self.hooks.on_metrics(self.env_steps, scalars)
-        evaluates = _crossed(before, self.env_steps, run.eval_every)  # the final step's too: the trained policy
-        if evaluates:
+        if self.env_steps >= total_steps:
+            # The caller writes the final checkpoint. No evaluation here, as in the official code's loop (it evaluates
+            # before each stint of eval_every steps): a failed evaluation after the last checkpoint would leave a run
+            # at its target that could not be finished. `dreamctl eval` evaluates the trained policy.
+            return
+        if _crossed(before, self.env_steps, run.eval_every):
             # Evaluation samples latents too; a forked RNG keeps the training stream, and so resume, exact.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 self.hooks.on_eval(self)  # also writes a checkpoint, so the evaluated weights can be kept as best
-        if self.env_steps >= total_steps:
-            return  # the caller writes the final checkpoint
-        if not evaluates and _crossed(before, self.env_steps, run.checkpoint_every):
+        elif _crossed(before, self.env_steps, run.checkpoint_every):
             self.hooks.on_checkpoint(self)
 
     def progress(self, total_steps: int, stopping: bool = False) -> Progress:

@@ -32,10 +32,10 @@ def test_plotted_frames_are_a_worlds_steps_times_its_action_repeat():
     assert np.array_equal(log.x([100, 400], "frames"), [200, 800])
 
 
-def test_evaluations_and_checkpoints_fall_on_their_steps_and_the_final_step_is_evaluated_too():
+def test_evaluations_and_checkpoints_fall_on_their_steps_before_the_final_one():
     """Every `run.eval_every` agent steps an evaluation (which writes its checkpoint), every `run.checkpoint_every`
-    a checkpoint where no evaluation is due; a run that ends on an evaluation step evaluates its trained policy too
-    (the caller writes the final checkpoint)."""
+    a checkpoint where no evaluation is due; the final step is neither (the caller writes the final checkpoint and
+    `dreamctl eval` evaluates it, as the official loop evaluates before each stint, not after the last)."""
     cfg = tiny_config("train.prefill=100000", "run.eval_every=300", "run.checkpoint_every=200")
     env = make_env(cfg.env, 0)
     calls = []
@@ -46,4 +46,4 @@ def test_evaluations_and_checkpoints_fall_on_their_steps_and_the_final_step_is_e
         trainer.run(600)
     finally:
         env.close()
-    assert calls == [("checkpoint", 200), ("eval", 300), ("checkpoint", 400), ("eval", 600)]
+    assert calls == [("checkpoint", 200), ("eval", 300), ("checkpoint", 400)]
