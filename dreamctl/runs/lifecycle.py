@@ -26,7 +26,7 @@ from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageErr
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry
 from dreamctl.runs.run import Run, now, obs_space_of
-from dreamctl.runs.run_hooks import RunHooks, progress_of, save_checkpoint
+from dreamctl.runs.run_hooks import RunHooks, collapse_recorded, progress_of, save_checkpoint
 from dreamctl.runs.sharded import (
     chunk_reader,
     env_seed,
@@ -247,7 +247,7 @@ def _resume(
             # leaves log rows that the next resume cuts, never cut logs beside checkpoints that would continue them.
             run.drop_checkpoints_after(start)
             logger = MetricsLogger(run.path, resume_step=start)
-            warned = bool(run.meta().get("warnings")) and trainer.warning is not None  # restored in its collapse
+            warned = collapse_recorded(run.meta().get("warnings") or [], trainer)
             trainer.hooks = RunHooks(run, cfg, logger, progress, ranks, warned)
 
             def mark(m: dict[str, Any]) -> None:

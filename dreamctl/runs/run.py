@@ -283,10 +283,10 @@ class Run:
             meta["checkpoints"] = [c for c in listed if c["step"] in keep_steps]
             doomed.extend(self.path / c["file"] for c in listed if c["step"] not in keep_steps)
             kept = meta["checkpoints"]
-            future = max((c.get("end_chunk", math.inf) for c in kept), default=0)  # chunks no checkpoint holds yet
+            newest_end = max((c.get("end_chunk", math.inf) for c in kept), default=0)  # on from it: the next's
 
             def needed(index: int) -> bool:
-                return index >= future or any(
+                return index >= newest_end or any(
                     c.get("first_chunk", 0) <= index < c.get("end_chunk", math.inf) for c in kept
                 )
 
@@ -308,9 +308,9 @@ class Run:
             doomed.extend(self.path / c["file"] for c in meta.get("checkpoints", []) if c["step"] > step)
             meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] <= step]
             meta["evals"] = [e for e in meta.get("evals", []) if e["step"] <= step]
-            if "warnings" in meta:
+            if meta.get("warnings"):
                 meta["warnings"] = [w for w in meta["warnings"] if w["step"] <= step]
-            if meta.get("progress", {}).get("env_steps", 0) > step:
+            if (meta.get("progress") or {}).get("env_steps", 0) > step:
                 meta.pop("score", None)
 
         self.update(drop)

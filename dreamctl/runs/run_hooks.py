@@ -51,8 +51,10 @@ class RunHooks(Hooks):
         self.logger.flush()
         p = self.latest  # reported just before, with the warning of this flush
         warning = p.warning if p is not None else None
-        if warning and not self.warned:
-            self.run.update(lambda m: m.setdefault("warnings", []).append({"step": step, "message": warning}))
+        if warning and not self.warned and p is not None:
+            streak_start = p.updates - int(scalars["model/low_kl_updates"])  # which collapse this is
+            entry = {"step": step, "message": warning, "streak_start": streak_start}
+            self.run.update(lambda m: m.setdefault("warnings", []).append(entry))
         self.warned = warning is not None
         if p is not None:
             record = progress_record(p.env_steps, p.frames, p.updates, p.wall_time)
@@ -93,6 +95,15 @@ class RunHooks(Hooks):
         if result["win_rate"] is not None:
             scalars["eval/win_rate"] = result["win_rate"]
         self.logger.scalars(trainer.env_steps, scalars)
+
+
+def collapse_recorded(warnings: list[dict[str, Any]], trainer: Trainer) -> bool:
+    """Whether run.yaml already warns of the collapse a restored trainer is in: a warning of the same low-KL streak
+    (the update it began at), or any warning where an older run.yaml did not say which streak it was."""
+    if trainer.warning is None:
+        return False
+    streak_start = trainer.updates - int(trainer.low_kl_updates)
+    return any(w.get("streak_start", streak_start) == streak_start for w in warnings)
 
 
 def save_checkpoint(run: Run, trainer: Trainer, cfg: Config, logger: MetricsLogger) -> None:

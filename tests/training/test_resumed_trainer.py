@@ -115,3 +115,22 @@ def test_a_trainer_restored_in_a_collapse_warns_from_its_first_tick():
     resumed = Trainer(_config(), Counter(2), torch.device("cpu"))
     restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
     assert resumed.progress(80).warning == collapse_warning(COLLAPSE_UPDATES) is not None
+
+
+def test_a_resumed_collapse_is_recorded_once_and_a_new_collapse_again():
+    """run.yaml's warning names the update its low-KL streak began at: a trainer restored in that streak is already
+    warned about, one restored in a later streak (the model recovered, then collapsed again) is not."""
+    from dreamctl.runs.run_hooks import collapse_recorded
+
+    trainer = Trainer(_config(), Counter(2), torch.device("cpu"))
+    trainer.updates = 5000
+    trainer.low_kl_updates.fill_(COLLAPSE_UPDATES + 500)  # a streak that began at update 3,500
+    trainer.warning = collapse_warning(COLLAPSE_UPDATES + 500)
+    this_streak = {"step": 9000, "message": trainer.warning, "streak_start": 3500}
+    an_earlier_one = {"step": 4000, "message": trainer.warning, "streak_start": 1000}
+    from_an_older_dreamctl = {"step": 4000, "message": trainer.warning}
+    assert collapse_recorded([an_earlier_one, this_streak], trainer)
+    assert not collapse_recorded([an_earlier_one], trainer)
+    assert collapse_recorded([from_an_older_dreamctl], trainer)  # it cannot say which streak: taken as this one
+    trainer.warning = None
+    assert not collapse_recorded([this_streak], trainer)
