@@ -6,10 +6,12 @@ the rename itself survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from dreamctl.errors import DreamctlError
@@ -22,26 +24,32 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+@contextlib.contextmanager
+def full_disk_said(doing: str, after: str = "") -> Iterator[None]:
+    """A full disk met inside the block becomes the one sentence of `disk_full`; any other OSError passes."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        yield
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            raise disk_full(f"writing {path}") from None
+            raise disk_full(doing, after) from None
         raise
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _remove_quietly(tmp)
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise disk_full(f"writing {path}", " (nothing was overwritten)") from None
-        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    with full_disk_said(f"writing {path}"):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with full_disk_said(f"writing {path}", " (nothing was overwritten)"):
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
     fsync_dir(path.parent)
 
 
@@ -51,13 +59,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def append_line(path: Path, line: str) -> None:
     """Append one line to a log (metrics.jsonl, episodes.jsonl), which is appended to rather than replaced."""
-    try:
-        with open(path, "a") as f:
-            f.write(line + "\n")
-    except OSError as exc:
-        if exc.errno in DISK_FULL:
-            raise disk_full(f"appending to {path}") from None
-        raise
+    with full_disk_said(f"appending to {path}"), open(path, "a") as f:
+        f.write(line + "\n")
 
 
 def disk_full(doing: str, after: str = "") -> DreamctlError:
@@ -68,12 +71,8 @@ def disk_full(doing: str, after: str = "") -> DreamctlError:
 def make_folder(folder: Path) -> None:
     """mkdir that lasts through a power cut: a new folder's entry in its parent is flushed as a file's is."""
     if not folder.is_dir():
-        try:
+        with full_disk_said(f"making {folder}"):
             folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise disk_full(f"making {folder}") from None
-            raise
         fsync_dir(folder.parent)
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dreamctl.runs.fileio import DISK_FULL, append_line, atomic_write_text, disk_full, fsync_dir, fsync_file
+from dreamctl.runs.fileio import append_line, atomic_write_text, fsync_dir, fsync_file, full_disk_said
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -46,12 +46,8 @@ class MetricsLogger:
             return
         # TensorBoard hides events at purge_step and later; those at the checkpoint's step stay, as in the jsonl.
         purge_step = None if resume_step is None else resume_step + 1
-        try:
+        with full_disk_said(f"making the TensorBoard log in {run_dir / 'tb'}"):
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise disk_full(f"making the TensorBoard log in {run_dir / 'tb'}") from None
-            raise
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self._append(self.metrics_path, {"step": step, "time": time.time(), **values})

@@ -460,7 +460,7 @@ def test_redoing_history_drops_the_later_checkpoints_and_their_evaluations(home)
     assert run.meta()["warnings"] == [{"step": 5, "message": "a"}] and "score" not in run.meta()
 
 
-@pytest.mark.parametrize("where", ["mkstemp", "append", "mkdir", "tensorboard"])
+@pytest.mark.parametrize("where", ["mkstemp", "fsync", "append", "mkdir", "tensorboard"])
 def test_a_full_disk_is_one_sentence_wherever_a_write_meets_it(tmp_path, monkeypatch, where):
     import errno
     import tempfile
@@ -475,6 +475,12 @@ def test_a_full_disk_is_one_sentence_wherever_a_write_meets_it(tmp_path, monkeyp
         monkeypatch.setattr(tempfile, "mkstemp", full)
         with pytest.raises(DreamctlError, match="the disk is full while writing"):
             atomic_write_bytes(tmp_path / "f.bin", b"new")
+    elif where == "fsync":  # the new bytes did not all reach the disk: the old file stays, the temp file goes
+        (tmp_path / "f.bin").write_bytes(b"old")
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(DreamctlError, match=r"the disk is full while writing .*\(nothing was overwritten\)"):
+            atomic_write_bytes(tmp_path / "f.bin", b"new")
+        assert [p.name for p in tmp_path.iterdir()] == ["f.bin"] and (tmp_path / "f.bin").read_bytes() == b"old"
     elif where == "append":
         monkeypatch.setattr("builtins.open", full)
         with pytest.raises(DreamctlError, match="the disk is full while appending"):
