@@ -50,15 +50,18 @@ class RunHooks(Hooks):
         self.logger.scalars(step, scalars)
         self.logger.flush()
         p = self.latest  # reported just before, with the warning of this flush
-        warning = p.warning if p is not None else None
-        if warning and not self.warned and p is not None:
-            streak_start = p.updates - int(scalars["model/low_kl_updates"])  # which collapse this is
-            entry = {"step": step, "message": warning, "streak_start": streak_start}
-            self.run.update(lambda m: m.setdefault("warnings", []).append(entry))
-        self.warned = warning is not None
-        if p is not None:
-            record = progress_record(p.env_steps, p.frames, p.updates, p.wall_time)
-            self.run.update(lambda m: m.update(progress=record))
+        if p is None:
+            return
+        new_warning = p.warning is not None and not self.warned
+        self.warned = p.warning is not None
+        streak_start = p.updates - int(scalars["model/low_kl_updates"])  # which collapse a warning is of
+
+        def record(m: dict[str, Any]) -> None:  # one edit of run.yaml per flush
+            if new_warning:
+                m.setdefault("warnings", []).append({"step": step, "message": p.warning, "streak_start": streak_start})
+            m["progress"] = progress_record(p.env_steps, p.frames, p.updates, p.wall_time)
+
+        self.run.update(record)
 
     def on_episode(self, episode: Episode) -> None:
         record = {
