@@ -35,6 +35,16 @@ REFERENCE_MATMUL_GFLOPS = 343.0
 REFERENCE_SMALL_PRODUCTS_SECONDS = 0.038
 
 
+def median_seconds(work: Callable[[], object], repeats: int, warmup: int) -> float:
+    """The median time of `work` over `repeats` runs, the first `warmup` left out."""
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times[warmup:])
+
+
 def encoder_slowness() -> float:
     """How many times longer than the reference machine this one takes for the plain encoder (at least 1)."""
     torch.manual_seed(0)
@@ -43,12 +53,8 @@ def encoder_slowness() -> float:
         layers += [torch.nn.Conv2d(cin, cout, 4, stride=2), torch.nn.ELU()]
     encoder = torch.nn.Sequential(*layers).to(memory_format=torch.channels_last)
     image = torch.randn(800, 1, 64, 64).contiguous(memory_format=torch.channels_last)
-    times = []
-    for _ in range(4):
-        began = time.perf_counter()
-        encoder(image).sum().backward()
-        times.append(time.perf_counter() - began)
-    return max(1.0, statistics.median(times[1:]) / REFERENCE_ENCODER_SECONDS)
+    seconds = median_seconds(lambda: encoder(image).sum().backward(), repeats=4, warmup=1)
+    return max(1.0, seconds / REFERENCE_ENCODER_SECONDS)
 
 
 def matmul_slowness() -> float:
@@ -66,16 +72,16 @@ def small_products_slowness() -> float:
         torch.nn.Linear(200, 128), torch.nn.ELU(), torch.nn.Linear(128, 128), torch.nn.ELU(), torch.nn.Linear(128, 1)
     )
     inputs = torch.randn(16, 256, 200)
-    times = []
-    for _ in range(30):  # about 1.5 s: these VMs' speed drifts within seconds
-        began = time.perf_counter()
+
+    def update() -> None:
         state, total = torch.zeros(256, 200), torch.zeros(())
         for x in inputs:
             state = cell(x, state)
             total = total + head(state).sum()
         total.backward()
-        times.append(time.perf_counter() - began)
-    return max(1.0, statistics.median(times[2:]) / REFERENCE_SMALL_PRODUCTS_SECONDS)
+
+    seconds = median_seconds(update, repeats=30, warmup=2)  # about 1.5 s: these VMs' speed drifts within seconds
+    return max(1.0, seconds / REFERENCE_SMALL_PRODUCTS_SECONDS)
 
 
 def products_slowness() -> float:
