@@ -133,6 +133,11 @@ CASES = [
 ]
 
 
+def file_bytes(folder):
+    """Every file under `folder` and its bytes (the OS lock files aside, which only record who holds them)."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.suffix != ".lock"}
+
+
 @pytest.mark.parametrize("name, args, code, text", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_one_sentence(registry, name, args, code, text):
     home, _ = registry
@@ -165,13 +170,13 @@ def test_corrupt_checkpoint_is_refused_and_nothing_else_changes(registry, tmp_pa
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 3] ^= 0x01
     ckpt.write_bytes(bytes(data))
-    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    files = file_bytes(run)
     for args in (["eval", "keep", "--json"], ["resume", "keep", "--steps", "400"]):
         proc = run_cli(*args, home=copy)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert "does not match the sha256" in proc.stderr and ckpt.name in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
-    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    after = file_bytes(run)
     assert after == files
     listing = json.loads(run_cli("list", "--json", home=copy, check=True).stdout)
     assert listing[0]["status"] == "finished"
@@ -281,8 +286,8 @@ def test_a_resume_that_would_not_fit_in_memory_is_refused_before_anything_change
     meta = yaml.safe_load(path.read_text())
     meta["config"]["train"]["replay_capacity"] = 10**11  # as trained on a machine with room for it
     path.write_text(yaml.safe_dump(meta))
-    files = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    files = file_bytes(copy)
     proc = run_cli("resume", "keep", "--steps", str(10**11), home=copy)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "GiB is available; resume it on a machine with that much free memory." in proc.stderr
-    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.suffix != ".lock"} == files
+    assert file_bytes(copy) == files
