@@ -201,8 +201,8 @@ def finish(outcome, caught, verb: str) -> None:
             f"`{run.resume_command(outcome.ranks)}`."
         )
         raise typer.Exit(code)
-    ret = "-" if outcome.last_return is None else f"{outcome.last_return:g}"
-    out.print(f"[green]{run.ref}[/green] {verb} {outcome.env_steps:,} agent steps; last episode return {ret}.")
+    ended = "no episode ended yet" if outcome.last_return is None else f"last episode return {outcome.last_return:g}"
+    out.print(f"[green]{run.ref}[/green] {verb} {outcome.env_steps:,} agent steps; {ended}.")
     out.print(f"Files: {run.path}")
     out.print(
         f"Next: [bold]dreamctl eval {run.ref}[/bold] · [bold]dreamctl imagine {run.ref} --out dream.mp4[/bold]"

@@ -142,6 +142,11 @@ def test_list_eval_imagine_then_resume(trained, tmp_path):
         assert sha256(home / "runs" / "run-1" / entry["file"]) == entry["sha256"]
 
 
+def test_a_run_shorter_than_an_episode_says_no_episode_ended(home):
+    proc = run_cli("train", "catch", "--preset", "debug", "--steps", "20", *fast_args(), home=home, check=True)
+    assert "run-1 trained 20 agent steps; no episode ended yet." in proc.stdout
+
+
 def test_two_trains_started_together_get_distinct_run_ids(home):
     import os
     import subprocess
