@@ -42,14 +42,40 @@ def test_kl_balance_sends_80_percent_of_the_gradient_to_the_prior():
     torch.testing.assert_close(loss, kl)
 
 
-def test_kl_is_summed_over_latents_and_free_nats_floor_the_mean():
+def test_kl_is_summed_over_latents():
     post = torch.zeros(1, 1, 32, 4)
     post[..., 0] = 5.0
     prior = torch.zeros(1, 1, 32, 4)
     per_var = categorical_kl(post[..., :1, :], prior[..., :1, :])
     torch.testing.assert_close(categorical_kl(post, prior), 32 * per_var)
-    loss, value = kl_balance(post, prior, 0.8, free=1e6)
-    assert loss.item() == 1e6 and value.item() < 1e6
+
+
+def _two_rows_of_known_kl() -> tuple[torch.Tensor, torch.Tensor]:
+    """(B=2, T=1, 2 latents, 2 classes) against a uniform prior: row 0's q = (3/4, 1/4) in each latent,
+    KL = 2 * 0.130812 = 0.261624; row 1's q one-hot (logits 0 and -100), KL = 2 ln 2 = 1.386294."""
+    post = torch.stack([torch.tensor([0.75, 0.25]).log(), torch.tensor([0.0, -100.0])])[:, None, None, :]
+    return post.expand(2, 1, 2, 2).clone().requires_grad_(), torch.zeros(2, 1, 2, 2, requires_grad=True)
+
+
+def test_free_nats_floor_the_batch_mean_of_the_kl_not_each_row_worked_by_hand():
+    """The official `free_avg`: the KL is averaged over the batch, then floored; flooring each row first would give
+    (0.5 + 1.386294) / 2 = 0.943147 with 0.5 free nats and (1 + 1.386294) / 2 = 1.193147 with 1."""
+    post, prior = _two_rows_of_known_kl()
+    mean = (0.261624 + 1.386294) / 2  # 0.823959
+    loss, value = kl_balance(post, prior, 0.8, free=0.5)
+    torch.testing.assert_close(loss, torch.tensor(mean), atol=1e-6, rtol=0)
+    loss, value = kl_balance(post, prior, 0.8, free=1.0)
+    torch.testing.assert_close(loss, torch.tensor(1.0))
+    torch.testing.assert_close(value, torch.tensor(mean), atol=1e-6, rtol=0)  # the KL itself, for the logs
+    g_post, g_prior = torch.autograd.grad(loss, [post, prior])
+    assert not g_post.any() and not g_prior.any()  # below the floor the KL is left alone
+
+
+def test_kl_of_absent_rows_is_left_out_of_the_mean_worked_by_hand():
+    post, prior = _two_rows_of_known_kl()
+    loss, value = kl_balance(post, prior, 0.8, free=0.2, present=torch.tensor([[1.0], [0.0]]))
+    torch.testing.assert_close(loss, torch.tensor(0.261624), atol=1e-6, rtol=0)  # not 0.261624 / 2
+    torch.testing.assert_close(value, torch.tensor(0.261624), atol=1e-6, rtol=0)
 
 
 def test_lambda_return_matches_a_hand_worked_example_with_a_terminal():
@@ -116,6 +142,8 @@ def _imagined_losses(rho_setting: str):
     batch = random_batch(cfg)
     with torch.no_grad():
         post = agent.world_model.loss(batch).post
+        for p in agent.behavior.critic.parameters():  # the slow critic apart from the critic, as after training
+            p.add_(0.05 * torch.randn_like(p))
     traj = agent.behavior.imagine(agent.world_model, post)
     ret = agent.behavior.returns(agent.world_model, traj, batch["is_terminal"])
     actor_loss, _ = agent.behavior.actor_loss(traj, ret)
@@ -142,9 +170,10 @@ def test_with_rho_one_the_actor_gradient_does_not_flow_through_the_dynamics():
     agent, traj, actor_loss = _imagined_losses("reinforce")
     assert isinstance(traj.feat, OneHotFeature)  # float32 on the CPU: the heads gather the latents' weight rows
     assert not traj.feat.rest.requires_grad  # imagination ran without autograd
-    grads = torch.autograd.grad(actor_loss, list(agent.behavior.actor.parameters()))
+    grads = torch.autograd.grad(actor_loss, list(agent.behavior.actor.parameters()), retain_graph=True)
     assert sum(g.abs().sum() for g in grads) > 0
-    assert all(p.grad is None for p in agent.world_model.parameters())
+    model = list(agent.world_model.parameters())
+    assert all(g is None for g in torch.autograd.grad(actor_loss, model, allow_unused=True))
 
 
 @pytest.mark.parametrize("rho_setting", ["reinforce", "dynamics"])
@@ -261,8 +290,45 @@ def test_reward_and_discount_terms_worked_by_hand():
     logits = torch.tensor([[0.0, math.log(3.0)]])
     expected = (math.log(2.0) + math.log(4.0)) / 2
     torch.testing.assert_close(discount_nll(logits, torch.tensor([[1.0, 0.0]])), torch.tensor(expected))
-    # The soft target gamma (1 - terminal) of a non-terminal step: -(g ln 1/2 + (1 - g) ln 1/2) = ln 2.
-    torch.testing.assert_close(discount_nll(torch.zeros(1), torch.tensor([0.999])), torch.tensor(math.log(2.0)))
+    # The soft target gamma (1 - terminal) of a non-terminal step: -(g ln 3/4 + (1 - g) ln 1/4) with g = 0.99.
+    soft = -(0.99 * math.log(0.75) + 0.01 * math.log(0.25))
+    torch.testing.assert_close(discount_nll(torch.tensor([math.log(3.0)]), torch.tensor([0.99])), torch.tensor(soft))
+
+
+def test_world_model_reward_and_discount_terms_with_constant_heads_worked_by_hand():
+    """The heads' targets as the world model builds them from a batch: tanh(r) for the reward, the soft label
+    gamma (1 - terminal) for the discount (the official `discount * (1 - is_terminal)`)."""
+    torch.manual_seed(0)
+    cfg = tiny_config("behavior.discount=0.99", "model.reward_transform=tanh", "model.reward_multiplier=1.0")
+    agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
+    wm = agent.world_model
+    with torch.no_grad():  # every step predicts reward 0.5 and continues with probability sigmoid(ln 3) = 3/4
+        for head, bias in ((wm.reward_head, 0.5), (wm.discount_head, math.log(3.0))):
+            head.out.weight.zero_()
+            head.out.bias.fill_(bias)
+    batch = random_batch(cfg)
+    batch["reward"] = torch.tensor([0.0, 100.0, -100.0]).repeat_interleave(5).reshape(3, 5)  # tanh: 0, 1, -1
+    batch["is_terminal"] = torch.zeros(3, 5)
+    batch["is_terminal"][:, -1] = 1.0  # one step in five
+    m = wm.loss(batch).metrics
+    # 0.5 (0.5 - tanh r)^2 for the three rows: 0.125, 0.125, 1.125
+    torch.testing.assert_close(m["loss/reward"], torch.tensor((0.125 + 0.125 + 1.125) / 3))
+    live = -(0.99 * math.log(0.75) + 0.01 * math.log(0.25))  # target 0.99
+    torch.testing.assert_close(m["loss/discount"], torch.tensor((4 * live + math.log(4.0)) / 5))
+
+
+@pytest.mark.parametrize("image_scale, vector_scale", [(1.0, 1.0), (0.5, 3.0)])
+def test_world_model_loss_weights_each_observation_by_its_kind(image_scale, vector_scale):
+    torch.manual_seed(0)
+    cfg = tiny_config(f"model.image_scale={image_scale}", f"model.vector_scale={vector_scale}", "model.kl_scale=0.1")
+    agent = Agent(cfg, {"image": (64, 64, 1), "position": (3,)}, 3, True)
+    batch = {**random_batch(cfg), "position": torch.randn(3, 5, 3)}
+    out = agent.world_model.loss(batch)
+    m = out.metrics
+    expected = image_scale * m["loss/image"] + vector_scale * m["loss/position"] + m["loss/reward"]
+    expected = expected + cfg.model.discount_scale * m["loss/discount"] + 0.1 * m["loss/kl"]
+    assert m["loss/position"] > 0 and m["loss/image"] > 0
+    torch.testing.assert_close(out.loss.detach(), expected)
 
 
 def test_world_model_loss_adds_its_terms_with_their_scales():
