@@ -8,7 +8,8 @@ Actions must be Discrete or a 1-D Box (the agent's [-1, 1] is rescaled to the bo
 process when there is one, in worker processes otherwise (gymnasium's AsyncVectorEnv), with Gymnasium's next-step
 autoreset, which is the convention of envs/base.py. Rendering is headless: SDL (pygame) is given its dummy drivers
 unless the user chose others, so it neither opens windows nor prints errors about a missing display; and
-Gymnasium's own warnings (its environment checker's) are silenced, so stderr carries dreamctl's messages only.
+Gymnasium's own warnings and errors (its environment checker's, a worker's traceback) are silenced, so stderr carries
+dreamctl's messages only: a copy that raises or whose worker process dies ends the run in one sentence.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, VectorEnvAdapter, convert_frames
+from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, Step, VectorEnvAdapter, convert_frames
 from dreamctl.envs.gym_state import Resumable, to_array
-from dreamctl.errors import UsageError
+from dreamctl.errors import DreamctlError, UsageError
 
 
 def _quiet() -> None:
@@ -35,7 +36,8 @@ def _quiet() -> None:
         if not os.environ.get(variable):
             os.environ[variable] = "dummy"
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame's greeting would land on stdout
-    gym.logger.min_level = gym.logger.ERROR
+    # A copy's exception reaches the user as one sentence (GymnasiumCopies); its traceback only when debugging.
+    gym.logger.min_level = gym.logger.ERROR + (0 if os.environ.get("DREAMCTL_DEBUG") == "1" else 1)
 
 
 _quiet()
@@ -253,29 +255,90 @@ class GymnasiumCopies(VectorEnvAdapter):
         else:
             self.env = gym.vector.SyncVectorEnv([functools.partial(_copy, make, 0)], autoreset_mode=mode)
         self.saveable = True  # until a copy's state turns out not to be saveable
+        self.broken = False  # a call on the copies failed: the workers may be mid-call or dead
         self.action_space = action_space
         action_dim, discrete = action_size(action_space, name)
         obs = {key: converter.shape for key, converter in self.layout.items()}
         self.spec = EnvSpec(name, obs, action_dim, discrete, cfg.action_repeat)
 
+    def reset(self) -> Step:
+        return self._guarded(functools.partial(VectorEnvAdapter.reset, self))
+
+    def step(self, action: np.ndarray) -> Step:
+        return self._guarded(functools.partial(VectorEnvAdapter.step, self, action))
+
     def get_state(self) -> dict[str, np.ndarray]:
         if not self.saveable:
             return {}
-        states = self.env.call("dreamctl_state")
+        states = self._guarded(lambda: self.env.call("dreamctl_state"))
         if not all(states):
             self.saveable = False
             return {}
         return {"last": self.last.copy(), **{f"copy{i}": to_array(state) for i, state in enumerate(states)}}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.env.call("dreamctl_restore", [state[f"copy{i}"].tobytes() for i in range(self.num_envs)])
+        copies = [state[f"copy{i}"].tobytes() for i in range(self.num_envs)]
+        self._guarded(lambda: self.env.call("dreamctl_restore", copies))
         self.last[:] = state["last"]
+
+    def close(self) -> None:
+        """Close the copies; workers that a failure left mid-call (or dead) are killed instead, since they ignore
+        SIGTERM and would no longer answer gymnasium's close."""
+        if self.broken and isinstance(self.env, gym.vector.AsyncVectorEnv):
+            kill_workers(self.env)
+        else:
+            self.env.close()
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """call() on the copies; a copy that raised or whose worker died ends in one sentence naming the env."""
+        try:
+            return call()
+        except BaseException as exc:  # a second Ctrl-C inside a worker call too leaves the workers mid-call
+            self.broken = True
+            if not isinstance(exc, Exception) or isinstance(exc, DreamctlError):
+                raise
+            died = dead_workers(self.env)
+            if died:
+                raise DreamctlError(f"{self.spec.name} stopped: {died}.") from exc
+            said = " ".join(str(exc).split())
+            raise DreamctlError(f"{self.spec.name} failed in a copy ({type(exc).__name__}: {said}).") from exc
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         return env_action(self.action_space, action)
 
     def _observations(self, obs: Any) -> dict[str, np.ndarray]:
         return {key: converter.convert(obs, self.cfg) for key, converter in self.layout.items()}
+
+
+def dead_workers(env: Any) -> str:
+    """Which worker processes of the copies died, and how, in words; "" when none did (or there are none)."""
+    if not isinstance(env, gym.vector.AsyncVectorEnv):
+        return ""
+    codes = [(i, p.exitcode) for i, p in enumerate(env.processes) if not p.is_alive()]
+    if not codes:
+        return ""
+    said = ", ".join(f"copy {i} {_death(code)}" for i, code in codes)
+    killed = any(code == -signal.SIGKILL for _, code in codes)
+    return f"the worker process of {said}" + (" (as the kernel ends a process when memory runs out)" if killed else "")
+
+
+def _death(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def kill_workers(env: gym.vector.AsyncVectorEnv) -> None:
+    """End every worker at once (SIGKILL) and release the pipes, leaving gymnasium's env closed."""
+    for process in env.processes:
+        if process.is_alive():
+            process.kill()
+    for process in env.processes:
+        process.join()
+    for pipe in env.parent_pipes:
+        if pipe is not None:
+            pipe.close()
+    env.closed = True
 
 
 class GymEnv(GymnasiumCopies):

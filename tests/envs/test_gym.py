@@ -87,7 +87,26 @@ class Talker(gym.Env):
     action_space = gym.spaces.Discrete(2)
 
 
+class Faulty(gym.Env):
+    """Drift whose physics "diverge" on its 20th step."""
+    metadata = {"render_modes": []}
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 20:
+            raise RuntimeError("physics diverged\\n at step 20")
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
 gym.register("PixelGrid-v0", entry_point=PixelGrid)
+gym.register("Faulty-v0", entry_point=Faulty)
 gym.register("PixelDrive-v0", entry_point=PixelGrid, kwargs={"continuous": True})
 gym.register("Drift-v0", entry_point=Drift)
 gym.register("DriftDict-v0", entry_point=Drift, kwargs={"dict_obs": True})
@@ -197,6 +216,38 @@ def test_a_rendered_frame_is_drawn_once_per_agent_step_after_its_repeated_action
         assert len(rendered_at) == 4 and np.array_equal(rendered_at[-1], inner.state)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_a_copy_that_raises_ends_the_run_in_one_sentence(env_module, home, copies):
+    """In a worker process (2 copies) as in this one: the copy's exception, not gymnasium's traceback, and no hang."""
+    name = "gym:pixelenvs:Faulty-v0"
+    proc = run_cli("train", name, "--steps", "200", "--set", f"env.num_envs={copies}", home=home, env=env_module)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "WARN" not in proc.stderr, proc.stderr
+    said = f"error: {name} failed in a copy (RuntimeError: physics diverged at step 20)."
+    assert proc.stderr.strip().splitlines() == [said]
+    assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["status"] == "failed"
+
+
+def test_a_killed_worker_process_is_named_and_the_others_are_ended():
+    """A worker killed mid-run (as the kernel kills one out of memory) would leave gymnasium's close waiting on its
+    pipe, and the other workers, which ignore SIGTERM, alive."""
+    import os
+    import signal
+
+    from dreamctl.config import load_config
+    from dreamctl.envs.gym_env import GymEnv
+    from dreamctl.errors import DreamctlError
+
+    env = GymEnv("CartPole-v1", load_config("vector").env, 3, seed=0)
+    env.reset()
+    processes = env.env.processes
+    os.kill(processes[1].pid, signal.SIGKILL)
+    processes[1].join()
+    with pytest.raises(DreamctlError, match=r"^gym:CartPole-v1 stopped: the worker process of copy 1 was killed by "):
+        env.step(np.zeros(3, np.int64))
+    env.close()
+    assert not any(p.is_alive() for p in processes)
 
 
 def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(env_module, home):
