@@ -80,10 +80,14 @@ def load_suite() -> Any:
 
 
 def _renderer_error(exc: Exception) -> DreamctlError:
-    return DreamctlError(
-        f"MuJoCo could not start its renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')} ({exc}); install one: "
-        f"{INSTALL_RENDERER}."
-    )
+    """What to do when the chosen backend fails: the other one where this machine has it (a libEGL may be present
+    without a device it can drive), else the install command."""
+    backend = os.environ.get("MUJOCO_GL")
+    fix = f"install one: {INSTALL_RENDERER}"
+    if backend == "egl" and ctypes.util.find_library("OSMesa"):
+        fix = "rerun with MUJOCO_GL=osmesa, which this machine has"
+    said = " ".join(str(exc).split())
+    return DreamctlError(f"MuJoCo could not start its renderer with MUJOCO_GL={backend} ({said}); {fix}.")
 
 
 class DmcCopy(gym.Env):

@@ -196,6 +196,21 @@ def test_a_renderer_that_cannot_start_is_one_sentence_with_the_fix(home: Path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "apt-get install" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "osmesa, fix", [(None, "install one: apt-get install"), ("libOSMesa.so.8", "MUJOCO_GL=osmesa")]
+)
+def test_a_failed_egl_renderer_points_to_osmesa_where_the_machine_has_it(monkeypatch, osmesa, fix):
+    import ctypes.util
+
+    from dreamctl.envs import dmc
+
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: osmesa if name == "OSMesa" else None)
+    said = str(dmc._renderer_error(RuntimeError("Cannot initialize a EGL device display.\n")))
+    assert said.startswith("MuJoCo could not start its renderer with MUJOCO_GL=egl (Cannot initialize a EGL device")
+    assert fix in said and "\n" not in said
+
+
 def test_with_no_rendering_library_found_dreamctl_says_what_to_install(monkeypatch):
     import ctypes.util
 
