@@ -36,7 +36,13 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: 
         env.close()
         raise no_key_selected(env.spec, cfg)
     mask = space.get(ACTION_MASK_KEY)
-    if mask is not None and ACTION_MASK_KEY in keys and (not env.spec.discrete or mask != (env.spec.action_dim,)):
+    if mask is not None and ACTION_MASK_KEY not in keys:
+        env.close()
+        raise UsageError(
+            f"{env.spec.name}'s {ACTION_MASK_KEY} says which actions are allowed now, and the agent must observe it; "
+            f"make env.mlp_keys ({cfg.mlp_keys}) match it too."
+        )
+    if mask is not None and (not env.spec.discrete or mask != (env.spec.action_dim,)):
         env.close()
         raise UsageError(
             f"{env.spec.name}'s {ACTION_MASK_KEY} has shape {mask} for {env.spec.action_dim} "

@@ -250,6 +250,31 @@ def test_a_killed_worker_process_is_named_and_the_others_are_ended():
     assert not any(p.is_alive() for p in processes)
 
 
+def test_an_action_mask_left_out_of_the_observed_keys_is_refused_in_one_sentence():
+    """Acting (and imagination, through the world model's reconstruction of it) reads the mask from the observed
+    keys: without it the agent would choose actions the env forbids, unannounced."""
+    import gymnasium as gym
+
+    from dreamctl.config import load_config
+    from dreamctl.envs import make_env
+    from dreamctl.errors import UsageError
+
+    class Masked(gym.Env):
+        observation_space = gym.spaces.Dict(
+            {"state": gym.spaces.Box(-1.0, 1.0, (2,), np.float32), "action_mask": gym.spaces.MultiBinary(3)}
+        )
+        action_space = gym.spaces.Discrete(3)
+
+    gym.register("dreamctl-tests/Masked-v0", entry_point=Masked)
+    cfg = load_config("vector", ["env.name=gym:dreamctl-tests/Masked-v0", "env.mlp_keys=^state$"]).env
+    with pytest.raises(UsageError) as refused:
+        make_env(cfg, seed=0)
+    assert str(refused.value) == (
+        "gym:dreamctl-tests/Masked-v0's action_mask says which actions are allowed now, and the agent must observe it; "
+        "make env.mlp_keys (^state$) match it too."
+    )
+
+
 def test_an_observation_space_dreamctl_cannot_encode_is_refused_in_one_sentence(env_module, home):
     proc = run_cli("train", "gym:pixelenvs:Talker-v0", "--preset", "debug", home=home, env=env_module)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
