@@ -8,6 +8,7 @@ valid-padded convs with ELU, Keras' Glorot-uniform weights and zero biases, Laye
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 
 import torch
@@ -212,6 +213,12 @@ class ActionHead(nn.Module):
         super().__init__()
         self.discrete = discrete
         self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units)
+        if not discrete:
+            # DreamerV2's DistLayer draws the mean's and the std's weights as two Dense layers of action_dim outputs;
+            # one Linear of 2 * action_dim outputs gets Glorot's narrower range, widened here to theirs.
+            fan_in = self.net.out.in_features
+            with torch.no_grad():
+                self.net.out.weight.mul_(math.sqrt((fan_in + 2 * action_dim) / (fan_in + action_dim)))
 
     def forward(self, feat: Feature, available: Tensor | None = None) -> OneHotDist | TruncNormalDist:
         return self.dist(self.net(feat).float(), available)

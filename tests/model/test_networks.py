@@ -9,7 +9,7 @@ from conftest import tiny_config
 from dreamctl.config import load_config
 from dreamctl.layers import reformulations
 from dreamctl.model.agent import Agent
-from dreamctl.model.networks import MLP, Decoder, Encoder, LayerNormGRUCell
+from dreamctl.model.networks import MLP, ActionHead, Decoder, Encoder, LayerNormGRUCell
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,19 @@ def test_mlp_layers():
     assert all(torch.all(m.bias == 0) for m in linears)
     bound = math.sqrt(6 / (7 + 16))
     assert linears[0].weight.abs().max() <= bound
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_the_actors_output_weights_have_the_glorot_range_of_dreamerv2s_dense_layers(discrete):
+    """The official DistLayer: one Dense of action_dim outputs for the logits, or two (mean, std) for the truncated
+    normal, each Glorot-uniform over (units + action_dim); humanoid's 21 actions make the fused layer's range differ."""
+    torch.manual_seed(0)
+    head = ActionHead(feat_dim=64, action_dim=21, discrete=discrete, layers=1, units=400)
+    weight = head.net.out.weight
+    assert weight.shape == (21 if discrete else 42, 400)
+    bound = math.sqrt(6 / (400 + 21))  # 0.11938; one Dense of 42 outputs would give 0.11651
+    assert bound * 0.995 < weight.abs().max() <= bound
+    torch.testing.assert_close(weight.var(), torch.tensor(bound**2 / 3), rtol=0.05, atol=0)
 
 
 def _plain_encoder(encoder: Encoder) -> torch.nn.Sequential:
