@@ -27,6 +27,24 @@ def test_one_hot_samples_follow_the_distribution():
     torch.testing.assert_close(freq, torch.tensor([0.0, 1.0, 2.0]).softmax(-1), atol=5e-3, rtol=0)
 
 
+def test_one_hot_log_prob_entropy_and_mode_worked_by_hand():
+    """probs (1/2, 1/4, 1/4), from logits with any offset: H = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2."""
+    dist = OneHotDist(torch.tensor([0.5, 0.25, 0.25]).log() + 3.0)
+    torch.testing.assert_close(dist.entropy(), torch.tensor(1.5 * math.log(2.0)))
+    torch.testing.assert_close(dist.log_prob(torch.tensor([0.0, 1.0, 0.0])), torch.tensor(math.log(0.25)))
+    torch.testing.assert_close(dist.mode(), torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_truncated_normal_log_prob_and_entropy_worked_by_hand():
+    """Mean 0, std 1 on [-1, 1]: mass Z = erf(1 / sqrt 2) = 0.682689, ln Z = -0.381715; log p(0) = -ln sqrt(2 pi)
+    - ln Z = -0.918939 + 0.381715 = -0.537224; H = ln(sqrt(2 pi e) Z) + (a phi(a) - b phi(b)) / (2 Z) with a = -1,
+    b = 1, phi(1) = 0.241971: 1.037224 - 0.354437 = 0.682786 (the uniform on [-1, 1] has ln 2 = 0.693147, the most any
+    density there can have)."""
+    dist = TruncNormalDist(torch.zeros(1), torch.ones(1))
+    torch.testing.assert_close(dist.log_prob(torch.zeros(1)), torch.tensor(-0.537224), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dist.entropy(), torch.tensor(0.682786), atol=1e-6, rtol=0)
+
+
 def test_truncated_normal_stays_inside_bounds_and_is_normalised():
     torch.manual_seed(0)
     mean, std = torch.full((400_000, 1), 0.7), torch.full((400_000, 1), 0.6)
