@@ -266,7 +266,7 @@ def test_an_action_mask_left_out_of_the_observed_keys_is_refused_in_one_sentence
         action_space = gym.spaces.Discrete(3)
 
     gym.register("dreamctl-tests/Masked-v0", entry_point=Masked)
-    cfg = load_config("vector", ["env.name=gym:dreamctl-tests/Masked-v0", "env.mlp_keys=^state$"]).env
+    cfg = load_config("vector", ["env.name=gym:dreamctl-tests/Masked-v0", "env.mlp_keys=^state$", "env.num_envs=1"]).env
     with pytest.raises(UsageError) as refused:
         make_env(cfg, seed=0)
     assert str(refused.value) == (
