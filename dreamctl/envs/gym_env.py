@@ -297,7 +297,7 @@ class GymnasiumCopies(VectorEnvAdapter):
             self.broken = True
             if not isinstance(exc, Exception) or isinstance(exc, DreamctlError):
                 raise
-            died = dead_workers(self.env)
+            died = dead_workers(self.env) if isinstance(exc, (EOFError, ConnectionError)) else ""  # a dead pipe
             if died:
                 raise DreamctlError(f"{self.spec.name} stopped: {died}.") from exc
             said = " ".join(str(exc).split())
@@ -311,10 +311,11 @@ class GymnasiumCopies(VectorEnvAdapter):
 
 
 def dead_workers(env: Any) -> str:
-    """Which worker processes of the copies died, and how, in words; "" when none did (or there are none)."""
+    """Which worker processes of the copies died, and how, in words; "" when none did (or there are none). A worker
+    whose copy raised reports the exception and then exits with status 0: that is no death."""
     if not isinstance(env, gym.vector.AsyncVectorEnv):
         return ""
-    codes = [(i, p.exitcode) for i, p in enumerate(env.processes) if not p.is_alive()]
+    codes = [(i, p.exitcode) for i, p in enumerate(env.processes) if not p.is_alive() and p.exitcode != 0]
     if not codes:
         return ""
     said = ", ".join(f"copy {i} {_death(code)}" for i, code in codes)

@@ -250,6 +250,36 @@ def test_a_killed_worker_process_is_named_and_the_others_are_ended():
     assert not any(p.is_alive() for p in processes)
 
 
+def test_a_worker_that_exits_after_its_copy_raised_is_no_death():
+    """gymnasium's worker reports its copy's exception, then exits with status 0, maybe before the trainer looks."""
+    import gymnasium as gym
+
+    from dreamctl.config import load_config
+    from dreamctl.envs.gym_env import GymEnv, dead_workers
+    from dreamctl.errors import DreamctlError
+
+    class Raising(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, seed=None, options=None):
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            raise RuntimeError("physics diverged")
+
+    gym.register("dreamctl-tests/Raising-v0", entry_point=Raising)
+    env = GymEnv("dreamctl-tests/Raising-v0", load_config("vector").env, 2, seed=0)
+    env.reset()
+    with pytest.raises(DreamctlError, match=r"failed in a copy \(RuntimeError: physics diverged\)\.$"):
+        env.step(np.zeros(2, np.int64))
+    for process in env.env.processes[:1]:
+        process.join(10)
+    assert env.env.processes[0].exitcode == 0 and dead_workers(env.env) == ""
+    env.close()
+    assert not any(p.is_alive() for p in env.env.processes)
+
+
 def test_an_action_mask_left_out_of_the_observed_keys_is_refused_in_one_sentence():
     """Acting (and imagination, through the world model's reconstruction of it) reads the mask from the observed
     keys: without it the agent would choose actions the env forbids, unannounced."""
