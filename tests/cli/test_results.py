@@ -240,7 +240,7 @@ def test_show_an_interrupted_then_resumed_run(tmp_path):
             dreamctl_command() + args,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # unread: a pipe nobody drains could fill and stall the run
             start_new_session=True,
         )
     )
