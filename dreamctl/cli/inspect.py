@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dreamctl.cli.app import Home, app
@@ -47,7 +48,7 @@ def list_(
     if as_json:
         print_json(rows)
         return
-    out.print(f"Registry: {registry.root}")
+    out.print(f"Registry: {registry.root}", markup=False, highlight=False)
     if not rows:
         out.print(
             "No runs" + (f" with status {status}" if status else "") + " yet; start one with "
@@ -122,14 +123,16 @@ def show(
         print_json(s)
         return
     if s["reason"] is not None:
-        out.print(f"[bold]{s['id']}[/bold] · [red]{s['status']}[/red] · {size_label(s['disk_bytes'])} in {s['path']}")
+        out.print(
+            f"[bold]{s['id']}[/bold] · [red]{s['status']}[/red] · {size_label(s['disk_bytes'])} in {escape(s['path'])}"
+        )
         out.print(f"reason: {s['reason']}", markup=False)
         return
     p = s["progress"]
     name = f" ({s['name']})" if s["name"] else ""
     out.print(
-        f"[bold]{s['id']}[/bold]{name} · {s['status']} · {s['env']} · preset {s['preset']} · seed {s['seed']} · "
-        f"{s['device']}, precision {s['precision']} · {s['parameters'] or 0:,} parameters"
+        f"[bold]{s['id']}[/bold]{name} · {s['status']} · {escape(s['env'])} · preset {escape(s['preset'])} · "
+        f"seed {s['seed']} · {s['device']}, precision {s['precision']} · {s['parameters'] or 0:,} parameters"
     )
     out.print(f"folder {s['path']} ({size_label(s['disk_bytes'])})", markup=False)
     out.print(f"command: {s['command']}", markup=False, highlight=False)
@@ -145,7 +148,7 @@ def show(
     out.print("protocol: " + ", ".join(f"{k} {v}" for k, v in s["protocol"].items()), markup=False, highlight=False)
     changes = s["config_changes"]
     if changes is None:
-        out.print(f"changes from the preset: unknown ({s['preset']} is not a bundled preset)")
+        out.print(f"changes from the preset: unknown ({s['preset']} is not a bundled preset)", markup=False)
     else:
         listed = ", ".join(f"{k} {c['preset']} → {c['run']}" for k, c in changes.items())
         out.print(f"changes from preset {s['preset']}: {listed or 'none'}", markup=False, highlight=False)
@@ -165,11 +168,12 @@ def show(
         )
     for h in s["history"]:
         extra = f" from step {h['from_step']:,} to {h['target_steps']:,}" if h.get("event") == "resumed" else ""
-        out.print(f"{h.get('event')} {h.get('time', '')}{extra}" + (f"; {h['note']}" if h.get("note") else ""))
+        note = f"; {h['note']}" if h.get("note") else ""
+        out.print(f"{h.get('event')} {h.get('time', '')}{extra}{note}", markup=False, highlight=False)
     for w in s["warnings"]:
-        out.print(f"[yellow]warning: {w}[/yellow]")
+        out.print(f"[yellow]warning at step {w['step']:,}:[/yellow] {escape(w['message'])}")
     if s["error"]:
-        out.print(f"[red]last error:[/red] {s['error']}")
+        out.print(f"[red]last error:[/red] {escape(s['error'])}")
 
 
 @app.command()

@@ -283,6 +283,23 @@ def test_show_a_failed_run_names_its_error(tmp_path):
     assert "File too large" in s["error"] and s["error"] in run_cli("show", "1", home=home, check=True).stdout
 
 
+def test_show_prints_warnings_errors_and_paths_as_they_are(two_seeds, tmp_path):
+    """Brackets in an error or a folder are text, not rich markup (which raised on '[/model]' or ate '[b]')."""
+    home = tmp_path / "a [b]" / "home"
+    home.parent.mkdir()
+    subprocess.run(["cp", "-a", str(two_seeds), str(home)], check=True)
+    meta_path = home / "runs" / "run-1" / "run.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    meta["warnings"] = [{"step": 4000, "message": "the world model has collapsed.", "streak_start": 3}]
+    meta["error"] = "ValueError: bad value for key [/model]"
+    meta_path.write_text(yaml.safe_dump(meta))
+    lines = run_cli("show", "1", home=home, check=True).stdout.splitlines()
+    assert "warning at step 4,000: the world model has collapsed." in lines
+    assert "last error: ValueError: bad value for key [/model]" in lines
+    assert any(line.startswith(f"folder {home}/runs/run-1 (") for line in lines)
+    assert run_cli("list", home=home, check=True).stdout.startswith(f"Registry: {home}\n")
+
+
 def test_a_damaged_run_lists_as_unreadable_and_nothing_changes(two_seeds, tmp_path):
     home = tmp_path / "home"
     subprocess.run(["cp", "-a", str(two_seeds), str(home)], check=True)
