@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,17 @@ def read_run(run: Run) -> RunLog:
 
 
 def smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average: out[i] = mean(y[max(0, i - window + 1) : i + 1]), (n,) -> (n,)."""
+    """Trailing moving average of the finite values: out[i] = mean of the finite y[max(0, i - window + 1) : i + 1],
+    NaN where that window holds none, (n,) -> (n,). A NaN or inf (a skipped float16 step's gradient norm) leaves only
+    the windows that hold it, instead of every running sum after it."""
     y = np.asarray(y, np.float64)
-    sums = np.cumsum(np.concatenate([[0.0], y]))
+    finite = np.isfinite(y)
+    sums = np.cumsum(np.concatenate([[0.0], np.where(finite, y, 0.0)]))
+    counts = np.cumsum(np.concatenate([[0], finite]))
     i = np.arange(1, len(y) + 1)
     start = np.maximum(0, i - window)
-    return (sums[i] - sums[start]) / (i - start)
+    n = counts[i] - counts[start]
+    return np.where(n > 0, (sums[i] - sums[start]) / np.maximum(n, 1), np.nan)
 
 
 def auto_window(n: int) -> int:
@@ -170,7 +176,9 @@ def band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.nd
         return empty, empty, empty, empty
     grid = np.linspace(start, end, BAND_POINTS)
     stacked = np.stack([np.interp(grid, x, y) for x, y in curves])
-    return grid, stacked.mean(0), stacked.min(0), stacked.max(0)
+    with warnings.catch_warnings():  # a grid point where every curve is NaN stays NaN, unannounced
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return grid, np.nanmean(stacked, 0), np.nanmin(stacked, 0), np.nanmax(stacked, 0)
 
 
 def plot(

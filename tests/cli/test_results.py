@@ -328,13 +328,23 @@ def test_smooth_is_a_trailing_mean_by_hand():
     np.testing.assert_allclose(smooth(np.array([5.0, -1]), 1), [5, -1])
 
 
+def test_a_nan_or_inf_leaves_only_the_windows_that_hold_it_by_hand():
+    nan, inf = float("nan"), float("inf")
+    np.testing.assert_allclose(smooth(np.array([1.0, 2, nan, 4, 5, 6]), 2), [1, 1.5, 2, 4, 4.5, 5.5])
+    np.testing.assert_allclose(smooth(np.array([1.0, inf, nan, 4]), 2), [1, 1, nan, 4])
+    x = np.array([0.0, 1, 2])
+    _, mean, low, high = band([(x, np.array([1.0, nan, 3])), (x, np.array([3.0, 5, 7]))])
+    assert mean[0] == 2 and low[0] == 1 and high[0] == 3 and mean[-1] == 5 and np.isfinite(mean).all()
+
+
 @given(
-    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60),
+    st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan"))), min_size=1, max_size=60),
     st.integers(1, 80),
 )
 def test_smooth_matches_its_definition(values, window):
     y = np.array(values)
-    expected = [y[max(0, i - window + 1) : i + 1].mean() for i in range(len(y))]
+    windows = [y[max(0, i - window + 1) : i + 1] for i in range(len(y))]
+    expected = [w[np.isfinite(w)].mean() if np.isfinite(w).any() else np.nan for w in windows]
     np.testing.assert_allclose(smooth(y, window), expected, rtol=1e-9, atol=1e-6)
 
 
