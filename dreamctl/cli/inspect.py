@@ -190,7 +190,10 @@ def plot(
         None, "--smooth", show_default=False, help="Moving-average window in points (default: a twentieth of them)."
     ),
     group: Optional[str] = typer.Option(
-        None, "--group", show_default=False, help="Average runs alike in these keys (env, preset, seed), with a band."
+        None,
+        "--group",
+        show_default=False,
+        help="Average the training curves of runs alike in these keys (env, preset, seed), with a min-max band.",
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Also write every drawn point to this CSV file."),
     home: Optional[Path] = Home,
@@ -198,7 +201,7 @@ def plot(
     """Draw learning curves of one run or several overlaid.
 
     Training returns (raw faint, smoothed bold), evaluations with their std, the share of battles won (smax: runs),
-    and any logged metric.
+    and any logged metric; with --group, each group's mean training curve and its band instead.
 
     Example: [bold]dreamctl plot run-3 run-4 --metric loss/kl[/bold] or
     [bold]dreamctl plot 1 2 3 --group env,preset --out seeds.png[/bold]

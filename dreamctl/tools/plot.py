@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dreamctl.errors import UsageError, did_you_mean
+from dreamctl.errors import DreamctlError, UsageError, did_you_mean
 from dreamctl.runs.metrics import read_jsonl
 from dreamctl.runs.run import Run, eval_policy
 from dreamctl.scores import dmc_reference, human_normalized, table
@@ -202,10 +202,16 @@ def plot(
         raise UsageError(f"--smooth must be 1 or more, got {window}.")
     if data is not None and (data.suffix.lower() != ".csv" or not data.parent.is_dir()):
         raise UsageError(f"--data must be a .csv file in an existing folder, got '{data}'.")
+    if data is not None:
+        check_output(data, (".csv",))  # before the figure is written, not after
     logs = [read_run(run) for run in runs]
     for log in logs:
         if not log.episodes and not log.evals:
-            raise UsageError(f"{log.ref} has no finished episode or evaluation yet; plot it once it has.")
+            raise DreamctlError(f"{log.ref} has no finished episode or evaluation yet; plot it once it has.")
+        if group and not log.episodes:  # a group's curve is the mean of its members' training curves
+            raise DreamctlError(
+                f"{log.ref} has no finished training episode to average with the others; plot it without --group."
+            )
     check_metrics(logs, metrics)
     groups = group_logs(logs, group)
     battles = any(log.fought_battles() for log in logs)

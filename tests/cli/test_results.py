@@ -392,12 +392,31 @@ def fake_run(home, env, preset, steps, seed=0):
 
 
 def test_plot_refuses_what_it_cannot_draw(tmp_path):
+    """A run with nothing to draw yet is no misuse of the command (exit 1); runs that share no x range are (exit 2)."""
     empty = fake_run(tmp_path, "catch", "debug", [])
-    with pytest.raises(UsageError, match="no finished episode or evaluation yet"):
+    with pytest.raises(DreamctlError, match="no finished episode or evaluation yet") as refused:
         plot([empty], tmp_path / "p.png")
+    assert refused.value.exit_code == 1
     early, late = fake_run(tmp_path, "catch", "debug", range(1, 5)), fake_run(tmp_path, "catch", "debug", range(9, 15))
     with pytest.raises(UsageError, match="cover no common range"):
         plot([early, late], tmp_path / "p.png", group=["env"])
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_group_refuses_a_run_without_training_episodes_instead_of_a_band_of_the_others(tmp_path):
+    """Its evaluations alone have no curve to average: '(2 runs)' over one run's curve would be false."""
+    evaluated = fake_run(tmp_path, "catch", "debug", [])
+    evaluated.update(lambda m: m.update(evals=[{"step": 40, "episodes": 2, "mean": 1.0, "std": 0.0}]))
+    plot([evaluated], tmp_path / "alone.png")  # without --group it draws the evaluation
+    with pytest.raises(DreamctlError, match=f"^{evaluated.ref} has no finished training episode to average"):
+        plot([fake_run(tmp_path, "catch", "debug", range(1, 5)), evaluated], tmp_path / "p.png", group=["env"])
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_checks_its_data_file_before_it_writes_the_figure(tmp_path):
+    (tmp_path / "taken.csv").mkdir()
+    with pytest.raises(UsageError, match="it is a folder"):
+        plot([fake_run(tmp_path, "catch", "debug", range(1, 5))], tmp_path / "p.png", data=tmp_path / "taken.csv")
     assert not (tmp_path / "p.png").exists()
 
 
