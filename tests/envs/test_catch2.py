@@ -125,7 +125,15 @@ def test_eval_reports_each_agent_and_the_team_and_imagine_draws_each_agents_rows
     assert (result["random"], result["optimal"]) == (RANDOM_RETURN, OPTIMAL_RETURN)
     video = tmp_path / "dream.mp4"
     args = ["--out", str(video), "--context", "3", "--horizon", "4", "--samples", "3"]
+    (tmp_path / "dream.png").mkdir()  # where the figure of the `agent` vector goes: checked before any work
+    refused = run_cli("imagine", "latest", *args, home=home)
+    assert (
+        refused.returncode == 2
+        and refused.stderr.strip() == f"error: cannot write '{tmp_path}/dream.png': it is a folder."
+    )
+    (tmp_path / "dream.png").rmdir()
     out = run_cli("imagine", "latest", *args, home=home, check=True).stdout
+    assert (tmp_path / "dream.png").stat().st_size > 0
     assert "(3 observed, 4 dreamed, 3 samples of 2 agents)" in out
     with av.open(str(video)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
