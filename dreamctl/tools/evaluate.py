@@ -15,7 +15,7 @@ from dreamctl.runs.evals import evaluation_result, record_evaluation
 from dreamctl.runs.registry import Registry
 from dreamctl.runs.run import Run, obs_space_of
 from dreamctl.runs.system import inference_precision, resolve_device
-from dreamctl.tools.video import check_output, to_rgb, upscale, write_video
+from dreamctl.tools.video import check_output, write_video
 from dreamctl.training.rollout import evaluation_episodes
 
 
@@ -82,7 +82,7 @@ def evaluate(
         torch.manual_seed(seed)
         playback = evaluation_episodes(agent, from_dict(meta["config"]).env, episodes, seed, record, sample)
     if video_path is not None and playback.frames is not None:
-        write_video(video_path, upscale(to_rgb(playback.frames), 4), fps=15)
+        write_video(video_path, playback.frames, fps=15, scale=4)
     result = evaluation_result(playback, meta, sample)
     record_evaluation(run, step, result)
     return {"run": run.ref, "checkpoint_step": step, **result}

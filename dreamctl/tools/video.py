@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamctl.errors import DreamctlError, UsageError
-from dreamctl.runs.fileio import fsync_dir
+from dreamctl.runs.fileio import DISK_FULL, disk_full, fsync_dir
 
 FORMATS = (".mp4", ".gif")
 
@@ -67,13 +67,14 @@ def to_rgb(frames: np.ndarray) -> np.ndarray:
     return frames.repeat(3, -1) if frames.shape[-1] == 1 else frames
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 15) -> None:
-    """frames: uint8 (T, H, W, 3). Written to a temp name first, so a failed write leaves nothing behind, and flushed
-    with its folder entry, as every file dreamctl writes."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 15, scale: int = 1) -> None:
+    """frames: uint8 (T, H, W, 1 or 3), each drawn `scale` times larger in RGB as it is encoded (a whole Atari episode
+    enlarged at once would take gigabytes). Written to a temp name first, so a failed write leaves nothing behind,
+    and flushed with its folder entry, as every file dreamctl writes."""
     import av
 
     path = Path(path)
-    frames = np.ascontiguousarray(frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2])
+    height, width = frames.shape[1] * scale // 2 * 2, frames.shape[2] * scale // 2 * 2  # H.264 wants even sizes
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         with av.open(str(tmp), mode="w") as container:
@@ -84,9 +85,10 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 15) -> None:
                 stream = container.add_stream("libx264", rate=fps)
                 stream.pix_fmt = "yuv420p"
                 stream.options = {"crf": "18"}
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.width, stream.height = width, height
             for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                image = np.ascontiguousarray(upscale(to_rgb(frame), scale)[:height, :width])
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
@@ -97,5 +99,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 15) -> None:
     except BaseException as exc:  # Ctrl-C while encoding too: no hidden temp file stays behind
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
+            if exc.errno in DISK_FULL:
+                raise disk_full(f"writing the video {path}") from None
             raise DreamctlError(f"could not write the video {path} ({exc.strerror or exc}).") from None
         raise
