@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -147,12 +148,13 @@ class VectorEnvAdapter(BatchedEnv):
         self.last = np.zeros(num_envs, bool)
 
     def reset(self) -> Step:
-        obs, _ = self.env.reset(seed=self.seed)
+        obs, _ = self._copies(lambda: self.env.reset(seed=self.seed))
         self.last[:] = False
         return first_step(self._observations(obs))
 
     def step(self, action: np.ndarray) -> Step:
-        obs, reward, terminated, truncated, _ = self.env.step(self._env_action(action))
+        env_action = self._env_action(action)
+        obs, reward, terminated, truncated, _ = self._copies(lambda: self.env.step(env_action))
         first = self.last.copy()  # the copies that ended last step have just been reset
         self.last = np.asarray(terminated | truncated, bool)
         return Step(
@@ -172,6 +174,10 @@ class VectorEnvAdapter(BatchedEnv):
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         return np.asarray(action, np.int64)
+
+    def _copies(self, call: Callable[[], Any]) -> Any:
+        """call() on the vector env itself (its reset, step or call), where a subclass may watch for its failures."""
+        return call()
 
 
 def rng_state_bytes(rng: np.random.Generator) -> np.ndarray:

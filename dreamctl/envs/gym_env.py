@@ -15,6 +15,7 @@ dreamctl's messages only: a copy that raises or whose worker process dies ends t
 from __future__ import annotations
 
 import functools
+import multiprocessing.connection
 import os
 import signal
 from collections.abc import Callable
@@ -25,13 +26,14 @@ import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, Step, VectorEnvAdapter, convert_frames
+from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.envs.gym_state import Resumable, to_array
 from dreamctl.errors import DreamctlError, UsageError
 
 
 def _quiet() -> None:
-    """Headless SDL and no Gymnasium warnings, in this process (and in each worker process, which may not fork)."""
+    """Headless SDL and no Gymnasium warnings or error logs, in this process (and in each worker process, which may not
+    fork)."""
     for variable in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):
         if not os.environ.get(variable):
             os.environ[variable] = "dummy"
@@ -261,16 +263,10 @@ class GymnasiumCopies(VectorEnvAdapter):
         obs = {key: converter.shape for key, converter in self.layout.items()}
         self.spec = EnvSpec(name, obs, action_dim, discrete, cfg.action_repeat)
 
-    def reset(self) -> Step:
-        return self._guarded(functools.partial(VectorEnvAdapter.reset, self))
-
-    def step(self, action: np.ndarray) -> Step:
-        return self._guarded(functools.partial(VectorEnvAdapter.step, self, action))
-
     def get_state(self) -> dict[str, np.ndarray]:
         if not self.saveable:
             return {}
-        states = self._guarded(lambda: self.env.call("dreamctl_state"))
+        states = self._copies(lambda: self.env.call("dreamctl_state"))
         if not all(states):
             self.saveable = False
             return {}
@@ -278,19 +274,25 @@ class GymnasiumCopies(VectorEnvAdapter):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         copies = [state[f"copy{i}"].tobytes() for i in range(self.num_envs)]
-        self._guarded(lambda: self.env.call("dreamctl_restore", copies))
+        self._copies(lambda: self.env.call("dreamctl_restore", copies))
         self.last[:] = state["last"]
 
     def close(self) -> None:
-        """Close the copies; workers that a failure left mid-call (or dead) are killed instead, since they ignore
-        SIGTERM and would no longer answer gymnasium's close."""
-        if self.broken and isinstance(self.env, gym.vector.AsyncVectorEnv):
-            kill_workers(self.env)
-        else:
+        """Close the copies; workers that a failure left mid-call, or that died, are killed instead, since they
+        ignore SIGTERM and would not answer gymnasium's close."""
+        if not isinstance(self.env, gym.vector.AsyncVectorEnv):
             self.env.close()
+            return
+        if not self.broken:
+            try:
+                self.env.close()
+                return
+            except (EOFError, OSError):  # a worker died since the last call (out of memory during an update)
+                pass
+        kill_workers(self.env)
 
-    def _guarded(self, call: Callable[[], Any]) -> Any:
-        """call() on the copies; a copy that raised or whose worker died ends in one sentence naming the env."""
+    def _copies(self, call: Callable[[], Any]) -> Any:
+        """call() on the copies; a copy that raised, or whose worker died, ends in one sentence naming the env."""
         try:
             return call()
         except BaseException as exc:  # a second Ctrl-C inside a worker call too leaves the workers mid-call
@@ -301,7 +303,9 @@ class GymnasiumCopies(VectorEnvAdapter):
             if died:
                 raise DreamctlError(f"{self.spec.name} stopped: {died}.") from exc
             said = " ".join(str(exc).split())
-            raise DreamctlError(f"{self.spec.name} failed in a copy ({type(exc).__name__}: {said}).") from exc
+            raise DreamctlError(
+                f"{self.spec.name} failed in a copy ({type(exc).__name__}{': ' + said if said else ''})."
+            ) from exc
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         return env_action(self.action_space, action)
@@ -311,11 +315,16 @@ class GymnasiumCopies(VectorEnvAdapter):
 
 
 def dead_workers(env: Any) -> str:
-    """Which worker processes of the copies died, and how, in words; "" when none did (or there are none). A worker
-    whose copy raised reports the exception and then exits with status 0: that is no death."""
+    """Which worker processes of the copies died, and how, in words; "" when none did (or there are none). A dead
+    worker's pipe can report its end a moment before the process can be reaped, so this waits up to a second for one.
+    A worker whose copy raised reports the exception and then exits with status 0: that is no death."""
     if not isinstance(env, gym.vector.AsyncVectorEnv):
         return ""
-    codes = [(i, p.exitcode) for i, p in enumerate(env.processes) if not p.is_alive() and p.exitcode != 0]
+    ended = set(multiprocessing.connection.wait([p.sentinel for p in env.processes], timeout=1.0))
+    for process in env.processes:
+        if process.sentinel in ended:
+            process.join(1.0)
+    codes = [(i, p.exitcode) for i, p in enumerate(env.processes) if p.exitcode not in (None, 0)]
     if not codes:
         return ""
     said = ", ".join(f"copy {i} {_death(code)}" for i, code in codes)
@@ -323,10 +332,8 @@ def dead_workers(env: Any) -> str:
     return f"the worker process of {said}" + (" (as the kernel ends a process when memory runs out)" if killed else "")
 
 
-def _death(code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with status {code}"
+def _death(code: int) -> str:
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
 
 
 def kill_workers(env: gym.vector.AsyncVectorEnv) -> None:
