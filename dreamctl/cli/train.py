@@ -136,7 +136,7 @@ def train(
 def _dry_run(cfg, preset: str) -> None:
     import yaml
 
-    from dreamctl.envs import encoder_of, make_env, no_key_selected
+    from dreamctl.envs import check_mask_observed, encoder_of, make_env, no_key_selected
     from dreamctl.runs.system import (
         check_replay_rows,
         check_whole_worlds,
@@ -155,6 +155,7 @@ def _dry_run(cfg, preset: str) -> None:
     seen = {key: shape for key, shape in spec.obs_space.items() if readers[key]}
     if not seen:
         raise no_key_selected(spec, cfg.env)
+    check_mask_observed(spec, list(seen), cfg.env)
     params = parameter_count(cfg, seen, spec.action_dim, spec.discrete, spec.num_agents)
     out.print(f"# preset {preset}", markup=False)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dreamctl.config import EnvConfig
 from dreamctl.envs.base import BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
 from dreamctl.envs.names import is_atari, resolve
@@ -13,6 +15,7 @@ __all__ = [
     "EnvSpec",
     "ObsSpace",
     "Step",
+    "check_mask_observed",
     "encoder_of",
     "is_image",
     "make_env",
@@ -23,10 +26,12 @@ __all__ = [
 ]
 
 
-def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: bool = False) -> BatchedEnv:
+def make_env(
+    cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: bool = False, new_run: bool = False
+) -> BatchedEnv:
     """Build `num_envs` (default cfg.num_envs) copies of the env that cfg.name names (for a multi-agent game:
     worlds, each as many copies as it has agents), observing the keys that env.cnn_keys and env.mlp_keys select
-    (all of the env's keys with `every_key`)."""
+    (all of the env's keys with `every_key`); for a `new_run`, refusing what `check_mask_observed` refuses."""
     env = _build(cfg, seed, num_envs or cfg.num_envs)
     if every_key:
         return env
@@ -36,20 +41,31 @@ def make_env(cfg: EnvConfig, seed: int, num_envs: int | None = None, every_key: 
         env.close()
         raise no_key_selected(env.spec, cfg)
     mask = space.get(ACTION_MASK_KEY)
-    if mask is not None and ACTION_MASK_KEY not in keys:
-        env.close()
-        raise UsageError(
-            f"{env.spec.name}'s {ACTION_MASK_KEY} says which actions are allowed now, and the agent must observe it; "
-            f"make env.mlp_keys ({cfg.mlp_keys}) match it too."
-        )
-    if mask is not None and (not env.spec.discrete or mask != (env.spec.action_dim,)):
+    if mask is not None and ACTION_MASK_KEY in keys and (not env.spec.discrete or mask != (env.spec.action_dim,)):
         env.close()
         raise UsageError(
             f"{env.spec.name}'s {ACTION_MASK_KEY} has shape {mask} for {env.spec.action_dim} "
             f"{'discrete' if env.spec.discrete else 'continuous'} actions; dreamctl masks discrete actions with one "
             "flag per action."
         )
+    if new_run:
+        try:
+            check_mask_observed(env.spec, keys, cfg)
+        except UsageError:
+            env.close()
+            raise
     return env if len(keys) == len(space) else SelectedKeys(env, keys)
+
+
+def check_mask_observed(spec: EnvSpec, observed: Sequence[str], cfg: EnvConfig) -> None:
+    """Refuse, for a new run, an env's action mask left out of the observed keys: acting and imagination read the
+    mask from them, so the agent would choose actions the env forbids. (Runs recorded before this check open as they
+    were trained.)"""
+    if ACTION_MASK_KEY in spec.obs_space and ACTION_MASK_KEY not in observed:
+        raise UsageError(
+            f"{spec.name}'s {ACTION_MASK_KEY} says which actions are allowed now, and the agent must observe it; "
+            f"make env.mlp_keys ({cfg.mlp_keys}) match it too."
+        )
 
 
 def observes_images(cfg: EnvConfig) -> bool:

@@ -77,7 +77,7 @@ def train(
     with leaving(ranks):
         device = configure_torch(cfg)
         rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
-        env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world))
+        env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world), new_run=True)
         try:
             spec = env.spec
             params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)

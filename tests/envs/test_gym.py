@@ -105,8 +105,17 @@ class Faulty(gym.Env):
         return np.zeros(2, np.float32), 0.0, False, False, {}
 
 
+class Masked(gym.Env):
+    metadata = {"render_modes": []}
+    observation_space = gym.spaces.Dict(
+        {"state": gym.spaces.Box(-1.0, 1.0, (2,), np.float32), "action_mask": gym.spaces.MultiBinary(3)}
+    )
+    action_space = gym.spaces.Discrete(3)
+
+
 gym.register("PixelGrid-v0", entry_point=PixelGrid)
 gym.register("Faulty-v0", entry_point=Faulty)
+gym.register("Masked-v0", entry_point=Masked)
 gym.register("PixelDrive-v0", entry_point=PixelGrid, kwargs={"continuous": True})
 gym.register("Drift-v0", entry_point=Drift)
 gym.register("DriftDict-v0", entry_point=Drift, kwargs={"dict_obs": True})
@@ -296,6 +305,17 @@ def test_a_worker_that_exits_after_its_copy_raised_is_no_death():
     assert not any(p.is_alive() for p in env.env.processes)
 
 
+def test_a_new_run_that_would_not_observe_its_action_mask_is_refused_by_train_and_its_dry_run(env_module, home):
+    name = "gym:pixelenvs:Masked-v0"
+    for dry in ([], ["--dry-run"]):
+        proc = run_cli("train", name, "--set", "env.mlp_keys=^state$", *dry, home=home, env=env_module)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"error: {name}'s action_mask says which actions are allowed now, and the agent must observe it; make "
+            "env.mlp_keys (^state$) match it too."
+        ]
+    assert not (home / "runs").exists()
+
+
 def test_an_action_mask_left_out_of_the_observed_keys_is_refused_in_one_sentence():
     """Acting (and imagination, through the world model's reconstruction of it) reads the mask from the observed
     keys: without it the agent would choose actions the env forbids, unannounced."""
@@ -313,8 +333,9 @@ def test_an_action_mask_left_out_of_the_observed_keys_is_refused_in_one_sentence
 
     gym.register("dreamctl-tests/Masked-v0", entry_point=Masked)
     cfg = load_config("vector", ["env.name=gym:dreamctl-tests/Masked-v0", "env.mlp_keys=^state$", "env.num_envs=1"]).env
+    make_env(cfg, seed=0).close()  # a run recorded before the check opens as it was trained
     with pytest.raises(UsageError) as refused:
-        make_env(cfg, seed=0)
+        make_env(cfg, seed=0, new_run=True)
     assert str(refused.value) == (
         "gym:dreamctl-tests/Masked-v0's action_mask says which actions are allowed now, and the agent must observe it; "
         "make env.mlp_keys (^state$) match it too."
