@@ -124,14 +124,15 @@ def show(
         return
     if s["reason"] is not None:
         out.print(
-            f"[bold]{s['id']}[/bold] · [red]{s['status']}[/red] · {size_label(s['disk_bytes'])} in {escape(s['path'])}"
+            f"[bold]{s['id']}[/bold] · [red]{s['status']}[/red] · {size_label(s['disk_bytes'])} "
+            f"in {escape(str(s['path']))}"
         )
         out.print(f"reason: {s['reason']}", markup=False)
         return
     p = s["progress"]
     name = f" ({s['name']})" if s["name"] else ""
     out.print(
-        f"[bold]{s['id']}[/bold]{name} · {s['status']} · {escape(s['env'])} · preset {escape(s['preset'])} · "
+        f"[bold]{s['id']}[/bold]{name} · {s['status']} · {escape(str(s['env']))} · preset {escape(str(s['preset']))} · "
         f"seed {s['seed']} · {s['device']}, precision {s['precision']} · {s['parameters'] or 0:,} parameters"
     )
     out.print(f"folder {s['path']} ({size_label(s['disk_bytes'])})", markup=False)
@@ -171,9 +172,17 @@ def show(
         note = f"; {h['note']}" if h.get("note") else ""
         out.print(f"{h.get('event')} {h.get('time', '')}{extra}{note}", markup=False, highlight=False)
     for w in s["warnings"]:
-        out.print(f"[yellow]warning at step {w['step']:,}:[/yellow] {escape(w['message'])}")
+        out.print(f"[yellow]{_warning_label(w)}[/yellow]")
     if s["error"]:
-        out.print(f"[red]last error:[/red] {escape(s['error'])}")
+        out.print(f"[red]last error:[/red] {escape(str(s['error']))}")
+
+
+def _warning_label(warning: dict) -> str:
+    """`warning at step N: message` from a run.yaml warning (a mapping; a hand edit may have dropped its step), as
+    escaped markup."""
+    step = warning.get("step")
+    where = f" at step {step:,}" if isinstance(step, int) else ""
+    return escape(f"warning{where}: {warning.get('message')}")
 
 
 @app.command()

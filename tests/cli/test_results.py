@@ -291,10 +291,12 @@ def test_show_prints_warnings_errors_and_paths_as_they_are(two_seeds, tmp_path):
     meta_path = home / "runs" / "run-1" / "run.yaml"
     meta = yaml.safe_load(meta_path.read_text())
     meta["warnings"] = [{"step": 4000, "message": "the world model has collapsed.", "streak_start": 3}]
+    meta["warnings"].append({"message": "[edited]"})  # a hand edit
     meta["error"] = "ValueError: bad value for key [/model]"
+    meta["preset"] = None
     meta_path.write_text(yaml.safe_dump(meta))
     lines = run_cli("show", "1", home=home, check=True).stdout.splitlines()
-    assert "warning at step 4,000: the world model has collapsed." in lines
+    assert "warning at step 4,000: the world model has collapsed." in lines and "warning: [edited]" in lines
     assert "last error: ValueError: bad value for key [/model]" in lines
     assert any(line.startswith(f"folder {home}/runs/run-1 (") for line in lines)
     assert run_cli("list", home=home, check=True).stdout.startswith(f"Registry: {home}\n")
@@ -408,7 +410,7 @@ def test_a_group_refuses_a_run_without_training_episodes_instead_of_a_band_of_th
     evaluated = fake_run(tmp_path, "catch", "debug", [])
     evaluated.update(lambda m: m.update(evals=[{"step": 40, "episodes": 2, "mean": 1.0, "std": 0.0}]))
     plot([evaluated], tmp_path / "alone.png")  # without --group it draws the evaluation
-    with pytest.raises(DreamctlError, match=f"^{evaluated.ref} has no finished training episode to average"):
+    with pytest.raises(UsageError, match=f"^{evaluated.ref} has no finished training episode to average"):
         plot([fake_run(tmp_path, "catch", "debug", range(1, 5)), evaluated], tmp_path / "p.png", group=["env"])
     assert not (tmp_path / "p.png").exists()
 
