@@ -33,6 +33,7 @@ X_AXES = ("steps", "frames", "hours")
 GROUP_KEYS = ("env", "preset", "seed")
 RETURN = "return"  # the first panel's name
 WON = "battles won"  # the panel of runs of battles
+PANEL_WORDS = {RETURN: "finished training episode", WON: "finished training battle"}  # what a panel's points are
 BAND_POINTS = 200  # x positions where a group's curves are averaged
 X_LABELS = {"steps": "agent steps", "frames": "frames", "hours": "hours of training"}
 
@@ -167,8 +168,8 @@ def group_logs(logs: list[RunLog], keys: Sequence[str]) -> dict[str, list[RunLog
 
 
 def band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, min and max of curves (x ascending) on `BAND_POINTS` x positions spanning the range all of them cover;
-    returns (x, mean, low, high), empty where the ranges do not overlap."""
+    """Mean, min and max of curves (x ascending) on `BAND_POINTS` x positions spanning the range all of them cover,
+    skipping a curve where it is NaN; returns (x, mean, low, high), empty where the ranges do not overlap."""
     start = max(x[0] for x, _ in curves)
     end = min(x[-1] for x, _ in curves)
     if end < start:
@@ -208,10 +209,6 @@ def plot(
     for log in logs:
         if not log.episodes and not log.evals:
             raise DreamctlError(f"{log.ref} has no finished episode or evaluation yet; plot it once it has.")
-        if group and not log.episodes:  # a group's curve is the mean of its members' training curves
-            raise DreamctlError(
-                f"{log.ref} has no finished training episode to average with the others; plot it without --group."
-            )
     check_metrics(logs, metrics)
     groups = group_logs(logs, group)
     battles = any(log.fought_battles() for log in logs)
@@ -280,10 +277,12 @@ def _draw_group(
     curves = []
     for log in members:
         x, y = panel_series(log, panel, axis)
-        if len(x):
-            curves.append((x, smooth(y, window or auto_window(len(y)))))
-    if not curves:
-        return
+        if not len(x):  # averaging the others under this group's label would misstate what was averaged
+            raise UsageError(
+                f"{log.ref} has no {PANEL_WORDS.get(panel, f'logged {panel}')} to average with the other runs of its "
+                "group; plot it without --group."
+            )
+        curves.append((x, smooth(y, window or auto_window(len(y)))))
     x, mean, low, high = band(curves)
     if not len(x):
         raise UsageError(
