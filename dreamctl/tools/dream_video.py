@@ -121,8 +121,12 @@ def imagine(
     formats = FORMATS if has_images else FIGURE_FORMATS + FORMATS
     out_path = check_output(Path(out), formats) if out is not None else None
     vectors = any(len(shape) == 1 for shape in obs_space_of(run.meta()).values())
-    if out_path is not None and has_images and vectors:  # their figure goes beside the video
-        check_output(out_path.with_suffix(".png"), FIGURE_FORMATS)
+    if out_path is not None and has_images and vectors:  # the figure of the vectors goes beside the video
+        try:
+            check_output(out_path.with_suffix(".png"), FIGURE_FORMATS)
+        except UsageError as exc:
+            said = str(exc).rstrip(".")
+            raise UsageError(f"{said} (the figure of the run's vector observations goes beside the video).") from None
     agent, meta, step = load_agent(run, checkpoint, device)
     wm = agent.world_model
     if out_path is None:  # default: the run's own videos/ folder

@@ -127,9 +127,9 @@ def test_eval_reports_each_agent_and_the_team_and_imagine_draws_each_agents_rows
     args = ["--out", str(video), "--context", "3", "--horizon", "4", "--samples", "3"]
     (tmp_path / "dream.png").mkdir()  # where the figure of the `agent` vector goes: checked before any work
     refused = run_cli("imagine", "latest", *args, home=home)
-    assert (
-        refused.returncode == 2
-        and refused.stderr.strip() == f"error: cannot write '{tmp_path}/dream.png': it is a folder."
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: cannot write '{tmp_path}/dream.png': it is a folder (the figure of the run's vector observations "
+        "goes beside the video)."
     )
     (tmp_path / "dream.png").rmdir()
     out = run_cli("imagine", "latest", *args, home=home, check=True).stdout
