@@ -30,12 +30,20 @@ def test_frames_are_enlarged_one_at_a_time_as_they_are_encoded(tmp_path):
 
 
 def test_a_full_disk_while_writing_a_video_is_one_sentence_and_leaves_nothing(tmp_path, monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    """The disk fills while frames are encoded, after the encoder has written into the temporary file."""
+    made, encode = [], av.VideoFrame.from_ndarray
 
-    monkeypatch.setattr(av, "open", full)
+    def full_at_frame_50(image, format):
+        if len(made) == 0 and len(calls) == 50:
+            made.extend(tmp_path.iterdir())
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(1)
+        return encode(image, format=format)
+
+    calls: list[int] = []
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", full_at_frame_50)
     path = tmp_path / "episode.mp4"
     with pytest.raises(DreamctlError) as said:
-        video.write_video(path, np.zeros((2, 8, 8, 3), np.uint8))
+        video.write_video(path, np.zeros((60, 16, 16, 3), np.uint8))
     assert str(said.value) == f"the disk is full while writing the video {path}; free some space and try again."
-    assert list(tmp_path.iterdir()) == []
+    assert made and list(tmp_path.iterdir()) == []
