@@ -333,7 +333,12 @@ def dead_workers(env: Any) -> str:
 
 
 def _death(code: int) -> str:
-    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal, which has no name
+        return f"was killed by signal {-code}"
 
 
 def kill_workers(env: gym.vector.AsyncVectorEnv) -> None:

@@ -258,6 +258,13 @@ def test_a_killed_worker_process_is_named_and_the_others_are_ended():
     assert not any(p.is_alive() for p in processes)
 
 
+def test_how_a_worker_ended_in_words():
+    from dreamctl.envs.gym_env import _death
+
+    assert _death(-9) == "was killed by SIGKILL" and _death(-40) == "was killed by signal 40"
+    assert _death(3) == "exited with status 3"
+
+
 def test_closing_copies_whose_worker_died_since_the_last_call_ends_the_others():
     """As after the last step of an evaluation, or a worker killed while the trainer updated: gymnasium's close
     would write to the dead pipe and raise."""
