@@ -117,10 +117,11 @@ def imagine(
         if value < low:
             raise UsageError(f"--{name} must be at least {low}, got {value}.")
     run = Registry(home).resolve(ref)
-    has_images = any(len(shape) == 3 for shape in obs_space_of(run.meta()).values())
+    shapes = obs_space_of(run.meta()).values()
+    has_images = any(len(shape) == 3 for shape in shapes)
     formats = FORMATS if has_images else FIGURE_FORMATS + FORMATS
     out_path = check_output(Path(out), formats) if out is not None else None
-    vectors = any(len(shape) == 1 for shape in obs_space_of(run.meta()).values())
+    vectors = any(len(shape) == 1 for shape in shapes)
     if out_path is not None and has_images and vectors:  # the figure of the vectors goes beside the video
         try:
             check_output(out_path.with_suffix(".png"), FIGURE_FORMATS)
