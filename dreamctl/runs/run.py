@@ -179,9 +179,17 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(
-        self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], step: int, extra: dict[str, Any]
+        self,
+        tensors: dict[str, torch.Tensor],
+        metadata: dict[str, str],
+        step: int,
+        extra: dict[str, Any],
+        keep: int | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml.
+        """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml, in one edit of
+        run.yaml with the run's `progress` and, where `keep` is given, the pruning of older checkpoints
+        (`prune_checkpoints`).
 
         A step already listed is not written again: training has not moved since (a stop right after a checkpoint,
         or before a resume's first step), and safetensors orders its header differently in every process, so new
@@ -189,19 +197,30 @@ class Run:
         """
         from safetensors.torch import save as st_save
 
-        for entry in self.meta().get("checkpoints", []):
-            if entry["step"] == step:
-                return entry
-        make_folder(self.checkpoints_dir)
-        data = st_save(tensors, metadata={**metadata, "format_version": json.dumps(CHECKPOINT_FORMAT)})
-        name = f"step-{step}.safetensors"
-        atomic_write_bytes(self.checkpoints_dir / name, data)
-        entry = {"step": step, "file": f"checkpoints/{name}", "sha256": sha256_bytes(data), "bytes": len(data), **extra}
+        listed = [entry for entry in self.meta().get("checkpoints", []) if entry["step"] == step]
+        if listed:
+            entry = listed[0]
+        else:
+            make_folder(self.checkpoints_dir)
+            data = st_save(tensors, metadata={**metadata, "format_version": json.dumps(CHECKPOINT_FORMAT)})
+            name = f"step-{step}.safetensors"
+            atomic_write_bytes(self.checkpoints_dir / name, data)
+            digest = sha256_bytes(data)
+            entry = {"step": step, "file": f"checkpoints/{name}", "sha256": digest, "bytes": len(data), **extra}
+        doomed: list[Path] = []
 
-        def add(meta: dict[str, Any]) -> None:
-            meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] != step] + [entry]
+        def record(meta: dict[str, Any]) -> None:
+            if not listed:
+                meta["checkpoints"] = [c for c in meta.get("checkpoints", []) if c["step"] != step] + [entry]
+            if progress is not None:
+                meta["progress"] = progress
+            if keep is not None:
+                doomed.extend(self._prune(meta, keep))
 
-        self.update(add)
+        if not listed or progress is not None or keep is not None:
+            self.update(record)
+        for path in doomed:
+            path.unlink(missing_ok=True)
         return entry
 
     def find_checkpoint(self, which: str | int = "latest", meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -272,31 +291,28 @@ class Run:
         (harmless) and never a listed checkpoint that is missing.
         """
         doomed: list[Path] = []
-
-        def prune(meta: dict[str, Any]) -> None:
-            listed = sorted(meta.get("checkpoints", []), key=lambda c: c["step"])
-            keep_steps = {c["step"] for c in listed[-keep:]}
-            try:
-                keep_steps.add(self.find_checkpoint("best", meta)["step"])
-            except (CheckpointError, UsageError):  # no checkpoint yet, or none evaluated
-                pass
-            meta["checkpoints"] = [c for c in listed if c["step"] in keep_steps]
-            doomed.extend(self.path / c["file"] for c in listed if c["step"] not in keep_steps)
-            kept = meta["checkpoints"]
-            newest_end = max((c.get("end_chunk", math.inf) for c in kept), default=0)  # on from it: the next's
-
-            def needed(index: int) -> bool:
-                return index >= newest_end or any(
-                    c.get("first_chunk", 0) <= index < c.get("end_chunk", math.inf) for c in kept
-                )
-
-            doomed.extend(
-                chunk for chunk in self.replay_dir.glob("chunk-*.bin") if not needed(int(chunk.stem.split("-")[1]))
-            )
-
-        self.update(prune)
+        self.update(lambda meta: doomed.extend(self._prune(meta, keep)))
         for path in doomed:
             path.unlink(missing_ok=True)
+
+    def _prune(self, meta: dict[str, Any], keep: int) -> list[Path]:
+        """`prune_checkpoints`' edit of run.yaml's `meta`; returns the files to delete once it is written."""
+        listed = sorted(meta.get("checkpoints", []), key=lambda c: c["step"])
+        keep_steps = {c["step"] for c in listed[-keep:]}
+        try:
+            keep_steps.add(self.find_checkpoint("best", meta)["step"])
+        except (CheckpointError, UsageError):  # no checkpoint yet, or none evaluated
+            pass
+        meta["checkpoints"] = kept = [c for c in listed if c["step"] in keep_steps]
+        newest_end = max((c.get("end_chunk", math.inf) for c in kept), default=0)  # on from it: the next's
+
+        def needed(index: int) -> bool:
+            return index >= newest_end or any(
+                c.get("first_chunk", 0) <= index < c.get("end_chunk", math.inf) for c in kept
+            )
+
+        chunks = [chunk for chunk in self.replay_dir.glob("chunk-*.bin") if not needed(int(chunk.stem.split("-")[1]))]
+        return [self.path / c["file"] for c in listed if c["step"] not in keep_steps] + chunks
 
     def drop_checkpoints_after(self, step: int) -> None:
         """Resuming from an older checkpoint abandons the later ones, their evaluations and warnings, and the score

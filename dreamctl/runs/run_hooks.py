@@ -119,9 +119,7 @@ def save_checkpoint(run: Run, trainer: Trainer, cfg: Config, logger: MetricsLogg
         tensors = merged
     chunks = trainer.chunks_needed(trainer.replay.cursor)
     extra = {"updates": trainer.updates, "first_chunk": chunks.start, "end_chunk": chunks.stop}
-    run.save_checkpoint(tensors, metadata, trainer.env_steps, extra)
-    run.update(lambda m: m.update(progress=progress_of(trainer)))
-    run.prune_checkpoints(cfg.run.keep_checkpoints)
+    run.save_checkpoint(tensors, metadata, trainer.env_steps, extra, cfg.run.keep_checkpoints, progress_of(trainer))
 
 
 def progress_record(env_steps: int, frames: int, updates: int, wall_time: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The run store: ids, references, checkpoints with sha256, locks, pruning, atomic writes."""
 
+import copy
 import errno
 import fcntl
 import json
@@ -178,6 +179,23 @@ def test_pruning_drops_the_chunks_between_an_old_best_checkpoint_and_the_newest_
     assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 40, 50]
     left = {p.name for p in run.replay_dir.iterdir()}
     assert left == set(names) - {"chunk-2.bin", "chunk-2-rank1.bin"}
+
+
+def test_a_checkpoint_lists_itself_records_progress_and_prunes_in_one_write_of_run_yaml(home, monkeypatch):
+    """run.yaml is rewritten (and synced) whole at every edit: a checkpoint makes one edit, not one per change, and a
+    reader never sees the new checkpoint listed beside the old progress."""
+    run = make_run(home)
+    for step in (10, 20):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": 0})
+    writes = []
+    write_meta = run.write_meta
+    monkeypatch.setattr(run, "write_meta", lambda data: writes.append(copy.deepcopy(data)) or write_meta(data))
+    run.save_checkpoint({"x": torch.ones(1)}, {}, 30, {"first_chunk": 0}, keep=1, progress={"env_steps": 30})
+    assert len(writes) == 1
+    assert [c["step"] for c in writes[0]["checkpoints"]] == [30]
+    assert writes[0]["progress"] == {"env_steps": 30}
+    assert run.meta() == writes[0]
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step-30.safetensors"]
 
 
 def _hold_lock(home, ready):
