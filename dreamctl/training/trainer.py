@@ -240,14 +240,22 @@ class Trainer:
 
     def share_episodes(self) -> None:
         """Every rank counts every rank's finished episodes (env indices numbered across the ranks, rank-major)
-        and rank 0's hooks hear of them; called by all ranks at the same step, before metrics and checkpoints."""
+        and rank 0's hooks hear of them; called by all ranks at the same step, before metrics and checkpoints.
+
+        They are counted in the order they ended (by agent step, then env index), as one process with every rank's
+        copies counts them: so the last return is the latest episode's, and where a stop adds a share between two
+        log steps, a resumed run still logs its episodes in the uninterrupted run's order.
+        """
         if self.ranks is None:
             return
         n = self.env.num_envs
+        shared = []
         for rank, episodes in enumerate(self.ranks.all_gather(self._unshared)):
             for episode in episodes:
                 episode.env_index += rank * n
-                self._count_episode(episode)
+                shared.append(episode)
+        for episode in sorted(shared, key=lambda e: (e.end_step, e.env_index)):
+            self._count_episode(episode)
         self._unshared = []
 
     def _updates_due(self) -> int:

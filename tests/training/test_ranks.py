@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from dreamctl.errors import SecondSignal
 from dreamctl.model.agent import Agent
 from dreamctl.model.noise import set_row_shard, uniform_like
 from dreamctl.training.ranks import RankLost, Ranks, _first_sentence, join, leaving
+from dreamctl.training.trainer import Episode, Trainer
 
 CASES = {
     "catch": ("train.batch_size=4",),
@@ -161,3 +163,24 @@ def test_a_rank_that_stops_at_once_fails_the_others_next_collective_at_once(tmp_
 )
 def test_a_lost_rank_is_explained_by_the_first_sentence_of_the_failure(message: str, reason: str):
     assert _first_sentence(RuntimeError(message)) == reason
+
+
+def test_ranks_count_the_shared_episodes_in_the_order_they_ended_whatever_the_shares():
+    """Rank 0's episodes end at agent steps 10 and 30, rank 1's at 20 and 30 (2 copies per rank). One share of all
+    four and two shares split at step 25 (a stop between log steps) count them alike: by end step, then by the env
+    index numbered across the ranks, as one process with all four copies would."""
+
+    def episode(env_index: int, end_step: int) -> Episode:
+        return Episode(env_index, float(end_step + env_index), 5, 5, False, end_step, end_step, 0.0)
+
+    def counted(shares: list[list[list[Episode]]]) -> list[tuple[int, int]]:
+        seen: list[Episode] = []
+        trainer = SimpleNamespace(env=SimpleNamespace(num_envs=2), _unshared=[], _count_episode=seen.append)
+        for gathered in shares:
+            trainer.ranks = SimpleNamespace(all_gather=lambda mine, gathered=gathered: gathered)
+            Trainer.share_episodes(trainer)  # type: ignore[arg-type]
+        return [(e.end_step, e.env_index) for e in seen]
+
+    whole = [[episode(1, 10), episode(0, 30)], [episode(1, 20), episode(0, 30)]]
+    split = [[[episode(1, 10)], [episode(1, 20)]], [[episode(0, 30)], [episode(0, 30)]]]
+    assert counted([whole]) == counted(split) == [(10, 1), (20, 3), (30, 0), (30, 2)]
