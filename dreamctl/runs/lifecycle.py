@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
-from dreamctl.envs import EnvSpec, check_new_run_env, make_env
+from dreamctl.envs import BatchedEnv, EnvSpec, check_new_run_env, make_env
 from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry
 from dreamctl.runs.run import Run, now, obs_space_of
 from dreamctl.runs.run_hooks import RunHooks, collapse_recorded, progress_of, save_checkpoint
 from dreamctl.runs.sharded import (
+    agreed,
     chunk_reader,
     env_seed,
     follow,
@@ -77,15 +78,19 @@ def train(
     with leaving(ranks):
         device = configure_torch(cfg)
         rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
-        env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world), new_run=True)
+        env: BatchedEnv | None = None
         try:
-            spec = env.spec
-            params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
-            preflight(cfg, spec.obs_space, params, spec.num_agents, world)
-            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+            with agreed(ranks):
+                env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world), new_run=True)
+                spec = env.spec
+                params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
+                preflight(cfg, spec.obs_space, params, spec.num_agents, world)
+                trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
             hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
             if ranks is not None and not ranks.is_root:
-                raise_refusal(ranks.broadcast(None))  # rank 0 created the run, or says why it could not
+                created: dict[str, Any] = ranks.broadcast(None)
+                raise_refusal(created)  # rank 0 created the run, or says why it could not
+                ranks.resume_command = created["resume_command"]
                 return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
             meta = _new_run_meta(cfg, spec, preset, command, device, hosts, params)
             try:
@@ -94,7 +99,8 @@ def train(
                 _tell_followers(ranks, exc, "create the run")
                 raise
             if ranks is not None:
-                ranks.broadcast({})
+                ranks.resume_command = run.resume_command(world)
+                ranks.broadcast({"resume_command": ranks.resume_command})
             if on_created:
                 on_created(run)
             with run.locked():
@@ -102,7 +108,8 @@ def train(
                 trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
                 return _execute(run, cfg, trainer, logger, should_stop)
         finally:
-            env.close()
+            if env is not None:
+                env.close()
 
 
 def _new_run_meta(
@@ -214,17 +221,29 @@ def _resume(
             )
             preflight(cfg, obs_space, int(params), agents, world, resuming=True)
             tensors, metadata = run.load_checkpoint(entry) if entry else ({}, {})
+            if entry:
+                run.check_chunks(entry, world)
         except Exception as exc:
             _tell_followers(ranks, exc)
             raise
         resumes = sum(1 for h in meta.get("history", []) if h.get("event") == "resumed")
-        plan = {"config": cfg.to_dict(), "resumes": resumes, "restore": entry is not None, "metadata": metadata}
+        resume_command = run.resume_command(world)
+        plan = {
+            "config": cfg.to_dict(),
+            "resumes": resumes,
+            "restore": entry is not None,
+            "metadata": metadata,
+            "resume_command": resume_command,
+        }
         if ranks is not None:
+            ranks.resume_command = resume_command
             ranks.broadcast(plan)
         device = configure_torch(cfg)
-        env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0, 1 if ranks is None else ranks.world))
+        env: BatchedEnv | None = None
         try:
-            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+            with agreed(ranks):
+                env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0, world))
+                trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
             event = {
                 "event": "resumed",
                 "time": now(),
@@ -259,7 +278,8 @@ def _resume(
             run.update(mark)
             return _execute(run, cfg, trainer, logger, should_stop)
         finally:
-            env.close()
+            if env is not None:
+                env.close()
 
 
 def _tell_followers(ranks: Ranks | None, exc: Exception, doing: str = "resume the run") -> None:

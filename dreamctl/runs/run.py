@@ -352,9 +352,21 @@ class Run:
         try:
             return decode_chunk(path.read_bytes())
         except FileNotFoundError:
-            raise CheckpointError(f"replay chunk {path} is missing, so the replay cannot be restored.") from None
+            raise _missing_chunk(path) from None
         except Exception:
             raise CheckpointError(f"replay chunk {path} is corrupt, so the replay cannot be restored.") from None
+
+    def check_chunks(self, entry: dict[str, Any], ranks: int) -> None:
+        """Refuse to resume from the checkpoint `entry` where a replay chunk it needs (`prune_checkpoints`) is missing,
+        before any rank starts on it: a job's rank 0 can still tell the others why, which it cannot once they wait for
+        their chunks. A checkpoint listed without its `end_chunk`, as before the end was recorded, is left to the
+        reads."""
+        if "end_chunk" not in entry:
+            return
+        for index in range(entry.get("first_chunk", 0), entry["end_chunk"]):
+            for rank in range(ranks):
+                if not self.chunk_path(index, rank).is_file():
+                    raise _missing_chunk(self.chunk_path(index, rank))
 
     def remove_temp_files(self) -> None:
         """Delete the leftovers of a killed trainer's writes, once the training lock is held: the temp files of
@@ -377,3 +389,7 @@ class Run:
             except FileNotFoundError:
                 continue
         return total
+
+
+def _missing_chunk(path: Path) -> CheckpointError:
+    return CheckpointError(f"replay chunk {path} is missing, so the replay cannot be restored.")

@@ -12,14 +12,16 @@ resume:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dreamctl.config import Config, from_dict
-from dreamctl.envs import make_env
+from dreamctl.envs import BatchedEnv, make_env
+from dreamctl.errors import DreamctlError
 from dreamctl.runs.system import configure_torch, prepare, resolve_precision
 from dreamctl.training.ranks import Ranks
 from dreamctl.training.state import restore_trainer, trainer_state
@@ -89,17 +91,47 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
     raises too); the rank trains beside it. Returns the trainer and whether it finished."""
     plan: dict[str, Any] = ranks.broadcast(None)
     raise_refusal(plan)
+    ranks.resume_command = plan["resume_command"]
     cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
     device = configure_torch(cfg)
-    env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank, ranks.world))
+    env: BatchedEnv | None = None
     try:
-        trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+        with agreed(ranks):
+            env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank, ranks.world))
+            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
         if plan["restore"]:
             tensors = scatter_state(ranks, None)
             restore_trainer(trainer, tensors, plan["metadata"], chunk_reader(None, ranks))
         return trainer, follow(cfg, trainer, ranks, should_stop)
     finally:
-        env.close()
+        if env is not None:
+            env.close()
+
+
+@contextlib.contextmanager
+def agreed(ranks: Ranks | None) -> Iterator[None]:
+    """A step of setup that every rank of a job takes at the same point (making its env and trainer), ended
+    together: where any rank meets a refusal or failure (a DreamctlError), every rank raises the first such rank's
+    and only that rank says it. Otherwise each rank would print the same sentence, or the ones that passed would stop
+    at their next collective with no more than that another rank was lost. Other exceptions (bugs) go up at once
+    with their traceback. Nothing is agreed in a single process."""
+    if ranks is None:
+        yield
+        return
+    failure: DreamctlError | None = None
+    try:
+        yield
+    except DreamctlError as exc:
+        failure = exc
+    failures = ranks.all_gather(failure)
+    first = next((rank for rank, f in enumerate(failures) if f is not None), None)
+    if first is None:
+        return
+    said = failures[first]
+    assert said is not None
+    said.every_rank = True
+    said.said_elsewhere = first != ranks.rank
+    raise said from None
 
 
 def raise_refusal(word: dict[str, Any]) -> None:

@@ -55,6 +55,8 @@ class Ranks:
 
     def __init__(self, rank: int, world: int, local_world: int = 1):
         self.rank, self.world, self.local_world = rank, world, local_world
+        self.resume_command: str | None = None
+        """The command that continues the job's run, once the run exists: a lost rank's message names it."""
 
     @property
     def is_root(self) -> bool:
@@ -131,9 +133,11 @@ class Ranks:
             # checkpoint that can no longer be gathered nor kill this process before it has said why it stopped.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+            resume = self.resume_command
+            then = "" if resume is None else f"; `{resume}` continues the run from its latest checkpoint"
             raise RankLost(
-                f"another rank of this {self.world}-rank job stopped ({_first_sentence(exc)}), so this one stops too; "
-                "the run is interrupted and `dreamctl resume` continues it from its latest checkpoint."
+                f"another rank of this {self.world}-rank job stopped ({_first_sentence(exc)}), so this one stops "
+                f"too{then}."
             ) from None
 
 

@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import fast_args, in_background, run_cli
 from resume_checks import assert_identical, final_state, start, wait_for
 
 from dreamctl.cli.launch import kill_reports
+from dreamctl.errors import DreamctlError
 from dreamctl.runs.registry import Registry
+from dreamctl.runs.sharded import agreed
 
 TWO = ["--nproc", "2"]
 
@@ -40,6 +43,13 @@ def test_600_steps_with_two_ranks_equal_250_then_resume(tmp_path: Path):
         busy = run_cli("resume", "run-1", "--steps", "600", *TWO, home=split)
     assert busy.returncode == 1 and "being trained by another process" in busy.stderr, busy.stderr
     assert busy.stderr.count("\n") == 1, busy.stderr
+    chunk = split / "runs" / "run-1" / "replay" / "chunk-0-rank1.bin"
+    chunk.rename(chunk.with_suffix(".away"))  # rank 0 finds it missing before the other rank waits for it
+    missing = run_cli("resume", "run-1", "--steps", "600", *TWO, home=split)
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: replay chunk {chunk} is missing, so the replay cannot be restored."
+    ], missing.stderr
+    chunk.with_suffix(".away").rename(chunk)
     run_cli("resume", "run-1", "--steps", "600", *TWO, home=split, check=True)
     assert_identical(whole, split)
     tensors, meta, chunks = final_state(split)
@@ -75,6 +85,35 @@ def test_a_run_rank_0_cannot_create_stops_every_rank_in_one_sentence(tmp_path: P
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot create the registry at {home}"), lines
     assert time.monotonic() - began < 120
+
+
+def test_a_refusal_every_rank_meets_while_setting_up_is_said_once(tmp_path: Path):
+    """Each rank makes its env and trainer after the ranks join; a refusal there (here: more memory than the machine
+    has) is said by one rank, not once per rank."""
+    huge = ["--set", "train.replay_capacity=100000000000"]
+    proc = run_cli("train", "catch", *fast_args(), "--steps", "100000000000", *huge, *TWO, home=tmp_path / "home")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: this run needs about "), lines
+
+
+@pytest.mark.parametrize("failing", [[0], [1], [0, 1]])
+def test_setup_ends_with_the_first_failing_ranks_error_on_every_rank_said_by_that_rank_alone(failing: list[int]):
+    class Ranks:
+        def __init__(self, rank: int):
+            self.rank = rank
+
+        def all_gather(self, mine):
+            return [DreamctlError(f"rank {r} failed") if r in failing else None for r in range(2)]
+
+    for rank in range(2):
+        with pytest.raises(DreamctlError) as raised, agreed(Ranks(rank)):  # type: ignore[arg-type]
+            if rank in failing:
+                raise DreamctlError(f"rank {rank} failed")
+        assert str(raised.value) == f"rank {failing[0]} failed" and raised.value.every_rank
+        assert raised.value.said_elsewhere == (rank != failing[0])
+    with agreed(None):  # one process: nothing to agree
+        pass
 
 
 def test_a_taken_name_is_refused_before_any_rank_starts(tmp_path: Path):
@@ -145,6 +184,9 @@ def test_a_killed_rank_ends_the_job_soon_and_the_run_resumes(tmp_path: Path):
     assert "another rank of this 2-rank job stopped (" in err and ".cc:" not in err, err  # gloo's reason, unplaced
     run = Registry(home).resolve("run-1")
     assert run.status() == "interrupted"
+    assert _meta(home)["error"].endswith(
+        "; `dreamctl resume run-1 --nproc 2` continues the run from its latest checkpoint."
+    )
     step = _meta(home)["checkpoints"][-1]["step"]
     run_cli("resume", "run-1", "--steps", str(step + 200), *TWO, home=home, check=True)
     assert _meta(home)["status"] == "finished" and _meta(home)["progress"]["env_steps"] == step + 200
