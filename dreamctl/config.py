@@ -27,7 +27,8 @@ class EnvConfig:
     """The environment and its protocol. Defaults: DreamerV2's Atari protocol (Machado et al. 2018)."""
 
     name: str = "pong"
-    """catch, an Atari game, or gym:<id>; replaced by the ENV argument of `dreamctl train`."""
+    """The ENV argument of `dreamctl train` (catch, catch2, reach, an Atari game, dmc:, gym:, pz: or smax:), which
+    `--set` cannot change."""
     num_envs: int = 1
     """Env copies stepped together, each in its own episode (the paper used one)."""
     image_size: int = 64
@@ -47,14 +48,14 @@ class EnvConfig:
     action_set: Literal["minimal", "full"] = "minimal"
     """Atari's minimal action set (the released code) or all 18 actions (the paper's text)."""
     life_loss: bool = False
-    """End episodes on a lost life (not part of the protocol)."""
+    """End episodes on a lost life (Atari; not part of the protocol)."""
     resize: Literal["area", "bilinear"] = "area"
     """area (pixel-area averaging: Atari frames by ALE's own cv2 INTER_AREA, as DreamerV2; other envs' by torch's
     area mode, the same where the size divides evenly) or antialiased bilinear (Pillow's, DreamerV3's Atari100k)."""
     max_pool: bool = True
     """Max over the last two frames of each action repeat (Atari)."""
     reward_clip: bool = False
-    """Clip env rewards to their sign; scores are raw either way."""
+    """Clip env rewards to their sign (Atari); scores are raw either way."""
     cnn_keys: str = ".*"
     """Regular expression (matched at the key's start) of the image observations the conv encoder reads."""
     mlp_keys: str = ".*"

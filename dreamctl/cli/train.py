@@ -15,7 +15,7 @@ from dreamctl.cli.launch import launch, without_nproc
 from dreamctl.config import PRECISIONS
 from dreamctl.config_rules import MAX_SEED, check_device
 from dreamctl.errors import UsageError
-from dreamctl.terminal import ProgressView, estimate_line, finish, out, stop_signals
+from dreamctl.terminal import ProgressView, err, estimate_line, finish, out, stop_signals
 from dreamctl.training.launched import is_follower, launched_ranks
 
 NPROC = typer.Option(
@@ -83,11 +83,15 @@ def train(
     Example: [bold]dreamctl train catch --preset debug[/bold] or [bold]dreamctl train pong --preset atari100k[/bold]
     or [bold]dreamctl train catch --preset debug --nproc 2[/bold]
     """
-    from dreamctl.config import load_config
+    from dreamctl.config import load_config, override_keys
     from dreamctl.envs import check_new_run_env, resolve
 
     game = resolve(env)
     check_flags(device, precision)
+    if "env.name" in override_keys(overrides or []):
+        raise UsageError(
+            f"the env is the ENV argument ({env}), which also picks the preset; name it there, not with --set."
+        )
     sets = [f"env.name={game}"] + list(overrides or [])
     for key, value in (
         ("train.steps", steps),
@@ -104,7 +108,7 @@ def train(
     # A user's file is recorded by its file name, so that it is never taken for the bundled preset of its stem.
     preset_label = Path(preset).name if preset.endswith((".yaml", ".yml")) else preset
     if dry_run:
-        _dry_run(cfg, preset_label)
+        _dry_run(cfg, preset_label, nproc)
         return
     if launched_ranks() is None:  # a job's ranks hear rank 0's refusal from it (runs/lifecycle.py)
         check_new_run(name, home)
@@ -128,16 +132,35 @@ def train(
             command=["dreamctl"] + sys.argv[1:],
             progress=view,
             should_stop=should_stop,
-            on_created=lambda r: out.print(f"Training [green]{r.ref}[/green] in {r.path}"),
+            on_created=lambda r: _created(r, cfg),
         )
     finish(outcome, caught, "trained")
 
 
-def _dry_run(cfg, preset: str) -> None:
+def _created(run, cfg) -> None:
+    out.print(f"Training [green]{run.ref}[/green] in {run.path}")
+    warning = _no_update_warning(cfg)
+    if warning:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+
+
+def _no_update_warning(cfg) -> str | None:
+    """What to say of a run too short to pass its random prefill (legal: `resume --steps` can take it further)."""
+    if cfg.train.steps > cfg.train.prefill:
+        return None
+    return (
+        f"train.steps ({cfg.train.steps:,}) does not pass train.prefill ({cfg.train.prefill:,}), so the run will only "
+        "play randomly and make no update; raise --steps or lower train.prefill to train the agent."
+    )
+
+
+def _dry_run(cfg, preset: str, ranks: int) -> None:
+    """Print the resolved config, the observations, parameters, memory and time; refuse first what `train` would."""
     import yaml
 
     from dreamctl.envs import check_mask_observed, encoder_of, make_env, no_key_selected
     from dreamctl.runs.system import (
+        check_multi_applies,
         check_replay_rows,
         check_whole_worlds,
         configure_torch,
@@ -156,6 +179,9 @@ def _dry_run(cfg, preset: str) -> None:
     if not seen:
         raise no_key_selected(spec, cfg.env)
     check_mask_observed(spec, list(seen), cfg.env)
+    check_whole_worlds(cfg, spec.num_agents, ranks)
+    check_replay_rows(cfg, spec.num_agents, ranks)
+    check_multi_applies(cfg, spec.num_agents)
     params = parameter_count(cfg, seen, spec.action_dim, spec.discrete, spec.num_agents)
     out.print(f"# preset {preset}", markup=False)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
@@ -163,8 +189,6 @@ def _dry_run(cfg, preset: str) -> None:
         kind = "uint8 image" if len(shape) == 3 else "float32 vector"
         reader = {"cnn": "the conv encoder", "mlp": "the MLP encoder"}.get(readers[key] or "", "nobody (not selected)")
         out.print(f"# observation {key}: {kind} {list(shape)}, read by {reader}", markup=False)
-    check_whole_worlds(cfg, spec.num_agents)
-    check_replay_rows(cfg, spec.num_agents)
     mem = estimate_memory(cfg, seen, params)
     out.print(
         f"# device {device}; {params:,} parameters; memory ≈ {mem['total'] / 2**30:.2f} GiB "
@@ -176,6 +200,9 @@ def _dry_run(cfg, preset: str) -> None:
     timed = "timed on this config just now" if estimate else "could not be timed here"
     line = estimate_line(estimate, cfg) if estimate else "unknown"
     out.print(f"# time {line} ({timed}); nothing was created.", markup=False)
+    warning = _no_update_warning(cfg)
+    if warning:
+        out.print(f"# warning: {warning}", markup=False, highlight=False)
 
 
 def _estimate(cfg):

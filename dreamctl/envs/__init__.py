@@ -102,11 +102,28 @@ def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
     )
 
 
+ATARI_ONLY = {"sticky_actions": 0.0, "noop_max": 0, "life_loss": False, "max_pool": False, "reward_clip": False}
+"""Env settings that only Atari games read, each with the value that means "off" (the other presets' values)."""
+
+
 def check_new_run_env(cfg: EnvConfig) -> None:
     """Refuse, for a new run, env settings it could not train with or its env would silently ignore: the conv
-    encoder reads 64x64 frames, and the built-in games draw one 64x64 grey frame per agent step. (Runs recorded
-    before this check open as they were trained.)"""
+    encoder reads 64x64 frames, the built-in games draw one 64x64 grey frame per agent step, only Atari games read
+    the settings of ATARI_ONLY, and only gym: envs render frames on request. (Runs recorded before this check open
+    as they were trained.)"""
     name = resolve(cfg.name)
+    if not is_atari(name):
+        ignored = {key: off for key, off in ATARI_ONLY.items() if getattr(cfg, key) != off}
+        if ignored:
+            keys = " and ".join(", ".join(f"env.{key}" for key in ignored).rsplit(", ", 1))
+            sets = " ".join(f"--set env.{key}={str(off).lower()}" for key, off in ignored.items())
+            raise UsageError(
+                f"{keys} {'apply' if len(ignored) > 1 else 'applies'} only to Atari games, which {name} is not, so "
+                f"it would ignore {'them' if len(ignored) > 1 else 'it'}; turn {'them' if len(ignored) > 1 else 'it'} "
+                f"off ({sets}) or use a preset made for it."
+            )
+    if cfg.render_pixels and not name.startswith(("gym:", "pz:")):  # pz: envs say themselves why they refuse it
+        raise UsageError(f"env.render_pixels is for gym: envs, and {name} would ignore it; leave it false.")
     if name not in ("catch", "catch2", "reach"):
         if cfg.image_size != 64:
             raise UsageError(

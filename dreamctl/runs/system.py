@@ -111,9 +111,23 @@ def check_whole_worlds(cfg: Config, agents: int, ranks: int = 1) -> None:
     """Every batch holds whole worlds, and each data-parallel rank an equal share of them: refuse, in one
     sentence, a batch size that would split a world's agents or not divide among the ranks."""
     if cfg.train.batch_size % (agents * ranks):
-        among = f"the env's {agents} agents" if ranks == 1 else f"{agents * ranks} ({agents} agents x {ranks} ranks)"
+        of = f"{agents} agent{'s' * (agents > 1)}"
+        among = f"the env's {of}" if ranks == 1 else f"{agents * ranks} ({of} x {ranks} ranks)"
         why = "every batch holds whole worlds" + ("" if ranks == 1 else ", an equal number on each rank")
         raise UsageError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of {among}, since {why}.")
+
+
+def check_multi_applies(cfg: Config, agents: int) -> None:
+    """Refuse, for a new run of a one-agent env, multi-agent settings it would ignore (the model builds attention
+    across agents and the central critic only where a world has several)."""
+    if agents > 1:
+        return
+    for key, off in (("multi.communication", "none"), ("multi.critic", "local")):
+        if get_value(cfg, key) != off:
+            raise UsageError(
+                f"{cfg.env.name} has one agent, so {key}={get_value(cfg, key)} would change nothing; set {key}={off} "
+                "or pick an env with several agents (catch2, pz:, smax:)."
+            )
 
 
 def check_replay_rows(cfg: Config, agents: int, ranks: int = 1) -> None:
@@ -139,6 +153,8 @@ def preflight(
     Returns the memory estimate."""
     check_whole_worlds(cfg, agents, ranks)
     check_replay_rows(cfg, agents, ranks)
+    if not resuming:
+        check_multi_applies(cfg, agents)
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:

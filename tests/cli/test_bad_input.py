@@ -91,6 +91,28 @@ CASES = [
     ("built-in action repeat", ["train", "reach", "--set", "env.action_repeat=2"], 2, "set env.action_repeat=1"),
     ("built-in image size", ["train", "catch", "--set", "env.image_size=32", "--dry-run"], 2, "env.image_size=64"),
     ("built-in colour", ["train", "catch2", "--set", "env.grayscale=false"], 2, "set env.grayscale=true"),
+    ("Atari-only setting", ["train", "catch", "--set", "env.reward_clip=true"], 2, "env.reward_clip applies only to"),
+    (
+        "Atari preset on another env",
+        ["train", "gym:CartPole-v1", "--preset", "atari", "--dry-run"],
+        2,
+        "env.sticky_actions, env.noop_max and env.max_pool apply only to Atari games, which gym:CartPole-v1 is not",
+    ),
+    ("rendering outside gym", ["train", "reach", "--set", "env.render_pixels=true"], 2, "env.render_pixels is for gym"),
+    ("env name in --set", ["train", "catch", "--set", "env.name=pong"], 2, "the env is the ENV argument (catch)"),
+    ("attention for one agent", ["train", "catch", "--set", "multi.communication=attention"], 2, "catch has one agent"),
+    (
+        "central critic for one agent in a dry run",
+        ["train", "reach", "--set", "multi.critic=central", "--dry-run"],
+        2,
+        "so multi.critic=central would change nothing",
+    ),
+    (
+        "batch split among ranks in a dry run",
+        ["train", "catch", "--nproc", "2", "--set", "train.batch_size=3", "--dry-run"],
+        2,
+        "must be a multiple of 2 (1 agent x 2 ranks)",
+    ),
     (
         "batch splits a world in a dry run",
         ["train", "catch2", "--set", "train.batch_size=15", "--dry-run"],
@@ -150,6 +172,13 @@ def test_bad_input_gets_one_sentence(registry, name, args, code, text):
     assert text in lines[0]
     assert (home / "runs" / "run-1" / "run.yaml").read_text() == before
     assert sorted(p.name for p in (home / "runs").iterdir()) == ["run-1"]
+
+
+def test_a_dry_run_refuses_before_it_prints_the_config(registry):
+    """`--dry-run > config.yaml` must not save a config that `train` refuses."""
+    home, _ = registry
+    proc = run_cli("train", "catch2", "--set", "train.batch_size=3", "--dry-run", home=home)
+    assert proc.returncode == 2 and "multiple of the env's 2 agents" in proc.stderr and proc.stdout == ""
 
 
 def test_preset_that_is_not_yaml(registry):

@@ -147,6 +147,21 @@ def test_a_run_shorter_than_an_episode_says_no_episode_ended(home):
     assert "run-1 trained 20 agent steps; no episode ended yet." in proc.stdout
 
 
+def test_a_run_that_ends_within_its_prefill_is_trained_with_a_warning_that_no_update_will_run(home):
+    """Legal (a later `resume --steps` trains it further), but the user should know that nothing learns."""
+    warning = (
+        "warning: train.steps (200) does not pass train.prefill (200), so the run will only play randomly and make "
+        "no update; raise --steps or lower train.prefill to train the agent."
+    )
+    dry = run_cli("train", "catch", "--steps", "200", *fast_args(), "--dry-run", home=home, check=True)
+    assert f"# {warning}" in dry.stdout
+    proc = run_cli("train", "catch", "--steps", "200", *fast_args(), home=home, check=True)
+    assert proc.stderr.strip() == warning and "Training run-1" in proc.stdout
+    assert json.loads(run_cli("list", "--json", home=home, check=True).stdout)[0]["updates"] == 0
+    proc = run_cli("train", "catch", "--steps", "201", *fast_args(), home=home, check=True)
+    assert proc.stderr == ""
+
+
 def test_two_trains_started_together_get_distinct_run_ids(home):
     import os
     import subprocess
