@@ -249,4 +249,7 @@ def estimate_line(estimate, cfg) -> str:
     other = estimate.other_seconds(cfg)
     if other is not None and other < 0.9 * seconds:
         line += f", ≈ {duration_label(other)} with --precision {estimate.other_precision}"
+    if estimate.busy is not None:
+        load, cores = estimate.busy
+        line += f" (timed while other work kept the machine busy, load {load:.1f} on {cores} cores: it may be high)"
     return line

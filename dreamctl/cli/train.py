@@ -139,18 +139,22 @@ def train(
 
 def _created(run, cfg) -> None:
     out.print(f"Training [green]{run.ref}[/green] in {run.path}")
-    warning = _no_update_warning(cfg)
+    warning = _no_update_warning(cfg, int(run.meta()["env_spec"].get("agents", 1)))
     if warning:
         err.print(f"warning: {warning}", markup=False, highlight=False)
 
 
-def _no_update_warning(cfg) -> str | None:
-    """What to say of a run too short to pass its random prefill (legal: `resume --steps` can take it further)."""
-    if cfg.train.steps > cfg.train.prefill:
+def _no_update_warning(cfg, agents: int) -> str | None:
+    """What to say of a run too short to make an update after its random prefill (legal: `resume --steps` can take
+    it further)."""
+    from dreamctl.runs.estimate import work_left
+
+    if work_left(cfg, cfg.env.num_envs * agents, 0, 0)["updates"] > 0:
         return None
     return (
-        f"train.steps ({cfg.train.steps:,}) does not pass train.prefill ({cfg.train.prefill:,}), so the run will only "
-        "play randomly and make no update; raise --steps or lower train.prefill to train the agent."
+        f"train.steps ({cfg.train.steps:,}) ends the run before its first update (train.prefill is "
+        f"{cfg.train.prefill:,}), so it will only play randomly; raise --steps or lower train.prefill to train the "
+        "agent."
     )
 
 
@@ -200,7 +204,7 @@ def _dry_run(cfg, preset: str, ranks: int) -> None:
     timed = "timed on this config just now" if estimate else "could not be timed here"
     line = estimate_line(estimate, cfg) if estimate else "unknown"
     out.print(f"# time {line} ({timed}); nothing was created.", markup=False)
-    warning = _no_update_warning(cfg)
+    warning = _no_update_warning(cfg, spec.num_agents)
     if warning:
         out.print(f"# warning: {warning}", markup=False, highlight=False)
 

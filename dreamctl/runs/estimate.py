@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ class TimeEstimate:
     precision: str  # the run's: float32, bf16 or float16
     other_precision: str | None = None  # bf16 where a float32 run on this machine could use it
     other_update: float | None = None
+    busy: tuple[float, int] | None = None  # (load average, cores) where other work filled the cores while timing
 
     def seconds(self, cfg: Config, env_steps: int = 0, updates: int = 0, update_cost: float | None = None) -> float:
         """Seconds from (`env_steps`, `updates`) to the end of the run (`cfg.train.steps`)."""
@@ -91,6 +93,7 @@ def estimate_time(cfg: Config, budget: float = 2.0) -> TimeEstimate:
     # A small replay: enough rows for one batch; its size does not change what a tick or an update costs.
     t.replay_capacity = env.num_envs * (t.batch_length + 2)
     python_rng = random.getstate()
+    busy = machine_busy()
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
             trainer = Trainer(cfg, env, device, amp)
@@ -114,13 +117,22 @@ def estimate_time(cfg: Config, budget: float = 2.0) -> TimeEstimate:
         env.close()
         random.setstate(python_rng)
     costs = Costs(prefill_tick, policy_tick, update)
-    return TimeEstimate(costs, env.num_envs, PRECISION_NAMES[amp], other, other_update)
+    return TimeEstimate(costs, env.num_envs, PRECISION_NAMES[amp], other, other_update, busy)
+
+
+def machine_busy() -> tuple[float, int] | None:
+    """(The last minute's load average, the cores this process may use) where the load fills those cores: other
+    work then takes their time from the timing (oversubscribed threads can slow it many times over)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return (load, cores) if load >= cores else None
 
 
 def _time(work: Callable[[], None], budget: float, least: int, sync: Callable[[], None] | None) -> float:
     """Seconds per call of `work`: one untimed warm-up call (its first-call costs, such as oneDNN's kernel choices,
     would inflate the answer several-fold), then at least `least` timed calls and as many more as fit in `budget`
-    seconds (no more once 50 are timed); `sync` waits for queued GPU work."""
+    seconds (no more once 50 are timed); `sync` waits for queued GPU work. A mean, not a median: the calls that
+    end episodes cost more, and they are part of a run."""
     wait = sync or (lambda: None)
     work()
     wait()

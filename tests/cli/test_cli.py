@@ -150,8 +150,8 @@ def test_a_run_shorter_than_an_episode_says_no_episode_ended(home):
 def test_a_run_that_ends_within_its_prefill_is_trained_with_a_warning_that_no_update_will_run(home):
     """Legal (a later `resume --steps` trains it further), but the user should know that nothing learns."""
     warning = (
-        "warning: train.steps (200) does not pass train.prefill (200), so the run will only play randomly and make "
-        "no update; raise --steps or lower train.prefill to train the agent."
+        "warning: train.steps (200) ends the run before its first update (train.prefill is 200), so it will only "
+        "play randomly; raise --steps or lower train.prefill to train the agent."
     )
     dry = run_cli("train", "catch", "--steps", "200", *fast_args(), "--dry-run", home=home, check=True)
     assert f"# {warning}" in dry.stdout

@@ -39,6 +39,21 @@ def test_seconds_weigh_each_kind_of_work_by_its_cost():
     assert estimate_line(same, CFG) == "≈ 21 s of training here in float32"
 
 
+def test_an_estimate_timed_on_a_busy_machine_says_it_may_be_high(monkeypatch):
+    from dreamctl.runs import estimate
+
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (4.2, 3.0, 1.0))
+    monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert estimate.machine_busy() == (4.2, 2)
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (1.9, 3.0, 1.0))
+    assert estimate.machine_busy() is None
+    busy = TimeEstimate(Costs(0.001, 0.01, 0.1), 4, "float32", busy=(4.2, 2))
+    assert estimate_line(busy, CFG) == (
+        "≈ 21 s of training here in float32 (timed while other work kept the machine busy, load 4.2 on 2 cores: it "
+        "may be high)"
+    )
+
+
 def progress(steps, prefill):
     return Progress(steps, 5000, 0, 0, None, 0.0, prefill)
 
