@@ -77,6 +77,7 @@ CASES = [
     ("cuda without gpu", ["train", "catch", "--device", "cuda"], 2, "no CUDA GPU"),
     ("fp16 on cpu", ["train", "catch", "--precision", "16", "--device", "cpu"], 2, "precision 16 needs"),
     ("gym id missing", ["train", "gym:NoSuchEnv-v0"], 2, "could not be made"),
+    ("gym: before an Atari id", ["train", "gym:ALE/Pong-v5"], 2, "drop the prefix: ALE/Pong-v5"),
     ("no key selected", ["train", "gym:CartPole-v1", "--set", "env.mlp_keys=^$"], 2, "no observation of gym:Cart"),
     ("unknown option", ["list", "--colour"], 2, "No such option"),
     ("pz AEC-only", ["train", "pz:classic/tictactoe_v3"], 2, "only PettingZoo's AEC"),
