@@ -40,8 +40,9 @@ def run() -> int:
     except DreamctlError as exc:
         if debug:
             raise
-        # Rank 0 refuses the same command itself, and says what it relays to the other ranks.
-        if not (exc.said_elsewhere or (is_follower() and isinstance(exc, UsageError))):
+        # Rank 0 refuses the same command itself, and says what it relays to the other ranks; a refusal the ranks
+        # agreed on (`every_rank`) is said by the rank that met it first, which may be another.
+        if not (exc.said_elsewhere or (is_follower() and isinstance(exc, UsageError) and not exc.every_rank)):
             err.print(f"error: {exc}", markup=False, highlight=False)
         code = exc.exit_code
     except TyperException as exc:  # the command line itself is wrong: bad option, missing argument, bad value

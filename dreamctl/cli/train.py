@@ -104,7 +104,7 @@ def train(
     if preset is None:
         preset = _default_preset(game, sets)
     cfg = load_config(preset, sets)
-    check_new_run_env(cfg.env)
+    check_new_run_env(cfg)
     # A user's file is recorded by its file name, so that it is never taken for the bundled preset of its stem.
     preset_label = Path(preset).name if preset.endswith((".yaml", ".yml")) else preset
     if dry_run:
@@ -139,17 +139,21 @@ def train(
 
 def _created(run, cfg) -> None:
     out.print(f"Training [green]{run.ref}[/green] in {run.path}")
-    warning = _no_update_warning(cfg, int(run.meta()["env_spec"].get("agents", 1)))
+    meta = run.meta()
+    warning = _no_update_warning(cfg, int(meta["env_spec"].get("agents", 1)), int(meta["ranks"]["world_size"]))
     if warning:
         err.print(f"warning: {warning}", markup=False, highlight=False)
 
 
-def _no_update_warning(cfg, agents: int) -> str | None:
+def _no_update_warning(cfg, agents: int, ranks: int) -> str | None:
     """What to say of a run too short to make an update after its random prefill (legal: `resume --steps` can take
-    it further)."""
+    it further). Each tick adds num_envs x agents x ranks agent steps and one row to each rank's replay, and the
+    first update waits for a training window's rows (`Trainer._updates_due`)."""
     from dreamctl.runs.estimate import work_left
 
-    if work_left(cfg, cfg.env.num_envs * agents, 0, 0)["updates"] > 0:
+    per_tick = cfg.env.num_envs * agents * ranks
+    ticks = -(-cfg.train.steps // per_tick)
+    if work_left(cfg, per_tick, 0, 0)["updates"] > 0 and ticks >= cfg.train.batch_length:
         return None
     return (
         f"train.steps ({cfg.train.steps:,}) ends the run before its first update (train.prefill is "
@@ -164,7 +168,6 @@ def _dry_run(cfg, preset: str, ranks: int) -> None:
 
     from dreamctl.envs import check_mask_observed, encoder_of, make_env, no_key_selected
     from dreamctl.runs.system import (
-        check_multi_applies,
         check_replay_rows,
         check_whole_worlds,
         configure_torch,
@@ -185,7 +188,6 @@ def _dry_run(cfg, preset: str, ranks: int) -> None:
     check_mask_observed(spec, list(seen), cfg.env)
     check_whole_worlds(cfg, spec.num_agents, ranks)
     check_replay_rows(cfg, spec.num_agents, ranks)
-    check_multi_applies(cfg, spec.num_agents)
     params = parameter_count(cfg, seen, spec.action_dim, spec.discrete, spec.num_agents)
     out.print(f"# preset {preset}", markup=False)
     out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", markup=False, highlight=False)
@@ -204,7 +206,7 @@ def _dry_run(cfg, preset: str, ranks: int) -> None:
     timed = "timed on this config just now" if estimate else "could not be timed here"
     line = estimate_line(estimate, cfg) if estimate else "unknown"
     out.print(f"# time {line} ({timed}); nothing was created.", markup=False)
-    warning = _no_update_warning(cfg, spec.num_agents)
+    warning = _no_update_warning(cfg, spec.num_agents, ranks)
     if warning:
         out.print(f"# warning: {warning}", markup=False, highlight=False)
 

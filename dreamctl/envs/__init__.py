@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dreamctl.config import EnvConfig
+from dreamctl.config import Config, EnvConfig
 from dreamctl.envs.base import BatchedEnv, EnvSpec, ObsSpace, SelectedKeys, Step, encoder_of, is_image
 from dreamctl.envs.names import is_atari, resolve
 from dreamctl.errors import UsageError
@@ -102,42 +102,65 @@ def no_key_selected(spec: EnvSpec, cfg: EnvConfig) -> UsageError:
     )
 
 
-ATARI_ONLY = {"sticky_actions": 0.0, "noop_max": 0, "life_loss": False, "max_pool": False, "reward_clip": False}
-"""Env settings that only Atari games read, each with the value that means "off" (the other presets' values)."""
+ATARI_ONLY = {
+    "sticky_actions": 0.0,
+    "noop_max": 0,
+    "life_loss": False,
+    "max_pool": False,
+    "reward_clip": False,
+    "action_set": "minimal",
+}
+"""Env settings that only Atari games read, each with the value the other presets give it (off, or the default)."""
 
 
-def check_new_run_env(cfg: EnvConfig) -> None:
+def has_one_agent(name: str) -> bool:
+    """Whether the env of this canonical name has one agent, known by its name alone: catch, reach, Atari games,
+    gym: and dmc: envs. (PettingZoo's few one-agent envs are not told apart; they take the `multiagent` preset,
+    whose multi-agent settings they ignore.)"""
+    return name in ("catch", "reach") or name.startswith(("gym:", "dmc:")) or is_atari(name)
+
+
+def check_new_run_env(cfg: Config) -> None:
     """Refuse, for a new run, env settings it could not train with or its env would silently ignore: the conv
     encoder reads 64x64 frames, the built-in games draw one 64x64 grey frame per agent step, only Atari games read
-    the settings of ATARI_ONLY, and only gym: envs render frames on request. (Runs recorded before this check open
-    as they were trained.)"""
-    name = resolve(cfg.name)
+    the settings of ATARI_ONLY, only gym: envs render frames on request, and one-agent envs have no other agents to
+    attend to. (Runs recorded before this check open as they were trained.)"""
+    name = resolve(cfg.env.name)
     if not is_atari(name):
-        ignored = {key: off for key, off in ATARI_ONLY.items() if getattr(cfg, key) != off}
+        ignored = {key: off for key, off in ATARI_ONLY.items() if getattr(cfg.env, key) != off}
         if ignored:
             keys = " and ".join(", ".join(f"env.{key}" for key in ignored).rsplit(", ", 1))
             sets = " ".join(f"--set env.{key}={str(off).lower()}" for key, off in ignored.items())
+            it = "them" if len(ignored) > 1 else "it"
             raise UsageError(
                 f"{keys} {'apply' if len(ignored) > 1 else 'applies'} only to Atari games, which {name} is not, so "
-                f"it would ignore {'them' if len(ignored) > 1 else 'it'}; turn {'them' if len(ignored) > 1 else 'it'} "
-                f"off ({sets}) or use a preset made for it."
+                f"it would ignore {it}; turn {it} off ({sets}) or use a preset made for it."
             )
-    if cfg.render_pixels and not name.startswith(("gym:", "pz:")):  # pz: envs say themselves why they refuse it
+    if cfg.env.render_pixels and not name.startswith(("gym:", "pz:")):  # pz: envs say themselves why they refuse it
         raise UsageError(f"env.render_pixels is for gym: envs, and {name} would ignore it; leave it false.")
+    if has_one_agent(name):
+        for key, off in (("communication", "none"), ("critic", "local")):
+            value = getattr(cfg.multi, key)
+            if value != off:
+                raise UsageError(
+                    f"{name} has one agent, so multi.{key}={value} would change nothing; set multi.{key}={off} or "
+                    "pick an env with several agents (catch2, pz:, smax:)."
+                )
+    env = cfg.env
     if name not in ("catch", "catch2", "reach"):
-        if cfg.image_size != 64:
+        if env.image_size != 64:
             raise UsageError(
-                f"DreamerV2's conv encoder reads 64x64 frames, so env.image_size cannot be {cfg.image_size}; "
+                f"DreamerV2's conv encoder reads 64x64 frames, so env.image_size cannot be {env.image_size}; "
                 "set env.image_size=64."
             )
         return
-    for key, value, needed in (("image_size", cfg.image_size, 64), ("action_repeat", cfg.action_repeat, 1)):
+    for key, value, needed in (("image_size", env.image_size, 64), ("action_repeat", env.action_repeat, 1)):
         if value != needed:
             raise UsageError(
                 f"{name} draws one 64x64 grey frame per agent step, so env.{key} cannot be {value}; "
                 f"set env.{key}={needed}."
             )
-    if not cfg.grayscale:
+    if not env.grayscale:
         raise UsageError(f"{name} draws one 64x64 grey frame per agent step; set env.grayscale=true.")
 
 

@@ -169,10 +169,6 @@ def _worker_copy(make: Callable[[], gym.Env], index: int, builder: int) -> gym.E
 def inspect(env_id: str, cfg: EnvConfig) -> tuple[str | None, gym.Space, gym.Space]:
     """Make the env once: the key for its rendered frame (None without `render_pixels`), and its observation and
     action spaces as the copies will have them; refuse, with the reason, what cannot work."""
-    if env_id.startswith("ALE/"):  # gymnasium knows ALE's ids only once ale_py is imported, which dreamctl's own does
-        raise UsageError(
-            f"Atari games run on dreamctl's own ALE env with DreamerV2's protocol; drop the prefix: {env_id}."
-        )
     try:
         probe = gym.make(env_id)
     except gym.error.Error as exc:

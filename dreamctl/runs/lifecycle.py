@@ -73,14 +73,14 @@ def train(
     """Create a run in the registry and train it to cfg.train.steps agent steps (as one of torchrun's ranks when
     it started this process)."""
     cfg = prepare(cfg)
-    check_new_run_env(cfg.env)
+    check_new_run_env(cfg)
     ranks = join() if launched_ranks() else None
     with leaving(ranks):
-        device = configure_torch(cfg)
         rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
         env: BatchedEnv | None = None
         try:
             with agreed(ranks):
+                device = configure_torch(cfg)
                 env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world), new_run=True)
                 spec = env.spec
                 params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
@@ -238,10 +238,10 @@ def _resume(
         if ranks is not None:
             ranks.resume_command = resume_command
             ranks.broadcast(plan)
-        device = configure_torch(cfg)
         env: BatchedEnv | None = None
         try:
             with agreed(ranks):
+                device = configure_torch(cfg)
                 env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0, world))
                 trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
             event = {

@@ -93,10 +93,10 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
     raise_refusal(plan)
     ranks.resume_command = plan["resume_command"]
     cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
-    device = configure_torch(cfg)
     env: BatchedEnv | None = None
     try:
         with agreed(ranks):
+            device = configure_torch(cfg)
             env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank, ranks.world))
             trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
         if plan["restore"]:
@@ -127,7 +127,7 @@ def agreed(ranks: Ranks | None) -> Iterator[None]:
     first = next((rank for rank, f in enumerate(failures) if f is not None), None)
     if first is None:
         return
-    said = failures[first]
+    said = failure if first == ranks.rank else failures[first]  # this rank's own keeps its traceback
     assert said is not None
     said.every_rank = True
     said.said_elsewhere = first != ranks.rank

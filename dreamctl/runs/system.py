@@ -117,19 +117,6 @@ def check_whole_worlds(cfg: Config, agents: int, ranks: int = 1) -> None:
         raise UsageError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of {among}, since {why}.")
 
 
-def check_multi_applies(cfg: Config, agents: int) -> None:
-    """Refuse, for a new run of a one-agent env, multi-agent settings it would ignore (the model builds attention
-    across agents and the central critic only where a world has several)."""
-    if agents > 1:
-        return
-    for key, off in (("multi.communication", "none"), ("multi.critic", "local")):
-        if get_value(cfg, key) != off:
-            raise UsageError(
-                f"{cfg.env.name} has one agent, so {key}={get_value(cfg, key)} would change nothing; set {key}={off} "
-                "or pick an env with several agents (catch2, pz:, smax:)."
-            )
-
-
 def check_replay_rows(cfg: Config, agents: int, ranks: int = 1) -> None:
     """A replay row is one step of each of a rank's env copies (every agent of every world): refuse, in one sentence,
     a replay too short for a training window (train.batch_length rows) or for one chunk file (run.replay_chunk)."""
@@ -153,8 +140,6 @@ def preflight(
     Returns the memory estimate."""
     check_whole_worlds(cfg, agents, ranks)
     check_replay_rows(cfg, agents, ranks)
-    if not resuming:
-        check_multi_applies(cfg, agents)
     need = estimate_memory(cfg, obs_space, params)
     have = available_memory()
     if have is not None and need["total"] > have:

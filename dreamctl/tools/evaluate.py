@@ -73,10 +73,12 @@ def evaluate(
     if video_path is not None:
         images = [key for key, shape in obs_space_of(meta).items() if len(shape) == 3]
         if not images:
-            raise UsageError(
-                f"{run.ref} observes no images, so --video has nothing to show; train with --set "
-                f"env.render_pixels=true to observe the rendered frames too."
+            fix = (
+                "; train with --set env.render_pixels=true to observe the rendered frames too"
+                if str(meta.get("env", "")).startswith("gym:")
+                else ""
             )
+            raise UsageError(f"{run.ref} observes no images, so --video has nothing to show{fix}.")
         record = images[0]
     with torch.random.fork_rng():
         torch.manual_seed(seed)

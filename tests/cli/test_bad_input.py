@@ -175,6 +175,52 @@ def test_bad_input_gets_one_sentence(registry, name, args, code, text):
     assert sorted(p.name for p in (home / "runs").iterdir()) == ["run-1"]
 
 
+@pytest.mark.parametrize(
+    "preset, sets, refused",
+    [
+        ("catch2", ["env.name=catch2", "multi.communication=attention", "multi.critic=central"], None),
+        ("multiagent", ["env.name=pz:mpe2/simple_v3"], None),  # its preset attends; a one-agent pz: env ignores it
+        ("smax", ["env.name=smax:3m"], None),
+        ("debug", ["env.name=catch", "multi.critic=central"], "catch has one agent"),
+        ("vector", ["env.name=gym:CartPole-v1", "multi.communication=attention"], "gym:CartPole-v1 has one agent"),
+        ("atari", ["env.name=pong", "multi.communication=attention"], "pong has one agent"),
+        ("dmc", ["env.name=dmc:walker_walk", "env.action_set=full"], "env.action_set applies only to Atari games"),
+        ("atari", ["env.name=pong", "env.action_set=full", "env.life_loss=true"], None),
+    ],
+)
+def test_a_new_run_refuses_the_settings_its_env_would_ignore(preset, sets, refused):
+    from dreamctl.config import load_config
+    from dreamctl.envs import check_new_run_env
+    from dreamctl.errors import UsageError
+
+    cfg = load_config(preset, sets)
+    if refused is None:
+        check_new_run_env(cfg)
+    else:
+        with pytest.raises(UsageError, match=refused):
+            check_new_run_env(cfg)
+
+
+@pytest.mark.parametrize(
+    "sets, agents, ranks, warned",
+    [
+        (["train.steps=200", "train.prefill=200"], 1, 1, True),  # the prefill's end, no pretraining
+        (["train.steps=200", "train.prefill=200", "train.pretrain=10"], 1, 1, False),  # pretraining at its end
+        (["train.steps=201", "train.prefill=200"], 1, 1, False),  # 204 steps: 2 updates
+        (["train.steps=201", "train.prefill=206"], 1, 1, True),  # 204 steps, still random
+        (["train.steps=201", "train.prefill=206"], 1, 2, False),  # 2 ranks: ticks of 8, the run ends at 208
+        (["train.steps=700", "train.prefill=640", "env.num_envs=64"], 1, 1, True),  # 11 rows, windows of 16
+        (["train.steps=700", "train.prefill=300"], 2, 1, False),
+    ],
+)
+def test_the_no_update_warning_counts_ticks_updates_and_rows_as_the_trainer_does(sets, agents, ranks, warned):
+    from dreamctl.cli.train import _no_update_warning
+    from dreamctl.config import load_config
+
+    cfg = load_config("debug", ["train.train_every=2", *sets])  # 4 env copies, windows of 16 rows
+    assert (_no_update_warning(cfg, agents, ranks) is not None) == warned
+
+
 def test_a_dry_run_refuses_before_it_prints_the_config(registry):
     """`--dry-run > config.yaml` must not save a config that `train` refuses."""
     home, _ = registry

@@ -291,3 +291,25 @@ def test_the_library_entry_points_are_there_on_first_use():
     assert set(dreamctl.__all__) == {"Config", "evaluate", "imagine", "load_config", "resume", "train"}
     with pytest.raises(AttributeError):
         _ = dreamctl.no_such_thing
+
+
+@pytest.mark.parametrize("every_rank, said", [(False, False), (True, True)])
+def test_a_followers_usage_error_is_said_only_where_the_ranks_agreed_it_was_this_ranks(
+    monkeypatch, capsys, every_rank, said
+):
+    """Rank 0 says the usage errors every rank meets alike; one that a follower met first in a setup all ranks agreed
+    on (`runs.sharded.agreed`) is that follower's to say: rank 0 stays silent about it."""
+    import dreamctl.cli as cli
+    from dreamctl.errors import UsageError
+
+    refusal = UsageError("this rank cannot compute bf16.")
+    refusal.every_rank = every_rank
+
+    def command(standalone_mode):
+        raise refusal
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cli, "app", command)
+    assert cli.run() == 2
+    assert (capsys.readouterr().err == "error: this rank cannot compute bf16.\n") == said

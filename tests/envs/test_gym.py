@@ -164,7 +164,7 @@ def test_cartpole_trains_on_its_state_vector_and_imagine_draws_one_panel_per_dim
     image = matplotlib.image.imread(figure)
     assert image.shape[:2] == (40 + 140 * 4, 800)  # one 1.4-inch panel per dimension of the 4-vector, at 100 dpi
     proc = run_cli("eval", "latest", "--video", str(tmp_path / "play.mp4"), home=home)
-    assert proc.returncode == 2 and "observes no images" in proc.stderr
+    assert proc.returncode == 2 and "observes no images" in proc.stderr and "env.render_pixels=true" in proc.stderr
 
 
 def test_a_dict_env_with_an_image_and_vectors_trains_through_the_cli(env_module, home):

@@ -77,6 +77,12 @@ def test_trains_through_the_cli_and_eval_shows_each_agent(tmp_path, name, sets):
     np.testing.assert_allclose(result["returns"], team, rtol=1e-6)
     listed = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
     assert listed[0]["preset"] == "multiagent"
+    if "spread" in name:  # vectors only, and no rendering to offer: pz: envs refuse env.render_pixels
+        proc = run_cli("eval", "latest", "--video", str(tmp_path / "play.mp4"), home=home)
+        assert (
+            proc.returncode == 2
+            and proc.stderr.strip() == "error: run-1 observes no images, so --video has nothing to show."
+        )
 
 
 def test_two_player_atari_reads_the_roms_that_ale_py_ships():

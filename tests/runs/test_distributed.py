@@ -107,11 +107,13 @@ def test_setup_ends_with_the_first_failing_ranks_error_on_every_rank_said_by_tha
             return [DreamctlError(f"rank {r} failed") if r in failing else None for r in range(2)]
 
     for rank in range(2):
+        mine = DreamctlError(f"rank {rank} failed")
         with pytest.raises(DreamctlError) as raised, agreed(Ranks(rank)):  # type: ignore[arg-type]
             if rank in failing:
-                raise DreamctlError(f"rank {rank} failed")
+                raise mine
         assert str(raised.value) == f"rank {failing[0]} failed" and raised.value.every_rank
         assert raised.value.said_elsewhere == (rank != failing[0])
+        assert (raised.value is mine) == (rank == failing[0])  # the rank that says it keeps its own traceback
     with agreed(None):  # one process: nothing to agree
         pass
 
