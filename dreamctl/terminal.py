@@ -192,7 +192,9 @@ def finish(outcome, caught, verb: str) -> None:
     run = outcome.run
     code = 128 + (caught["signal"] or signal.SIGTERM)  # 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP
     if run is None:  # a rank other than 0: rank 0 says how the job ended
-        if not outcome.finished:
+        # A rank that only agreed to another's stop ends well: a signal's status would have the launcher take it for
+        # a failure and send the others SIGTERM, a second signal to a rank 0 that was signalled itself.
+        if not outcome.finished and caught["signal"] is not None:
             raise typer.Exit(code)
         return
     if not outcome.finished:

@@ -5,6 +5,7 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,21 @@ def test_a_followers_usage_error_is_said_only_where_the_ranks_agreed_it_was_this
     monkeypatch.setattr(cli, "app", command)
     assert cli.run() == 2
     assert (capsys.readouterr().err == "error: this rank cannot compute bf16.\n") == said
+
+
+@pytest.mark.parametrize("signalled, code", [(None, None), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_rank_stopped_by_the_ranks_vote_alone_exits_well(signalled, code):
+    """Rank 1 stops when any rank was signalled; only a signal of its own makes its exit status a signal's (the
+    launcher would take 143 from a rank that merely followed for a failure, and SIGTERM the others)."""
+    import typer
+
+    from dreamctl.runs.lifecycle import Outcome
+    from dreamctl.terminal import finish
+
+    stopped = Outcome(None, False, 100, None)
+    if code is None:
+        finish(stopped, {"signal": signalled}, "trained")
+    else:
+        with pytest.raises(typer.Exit) as raised:
+            finish(stopped, {"signal": signalled}, "trained")
+        assert raised.value.exit_code == code
