@@ -138,7 +138,10 @@ class Registry:
         raise UsageError(f"no run '{ref}' under {self.root}{hint}; `dreamctl list` shows the runs there.")
 
     def all_runs(self) -> list[Run]:
-        """Every run folder, readable or not, by id."""
+        """Every run folder, readable or not, by id; none where the registry has not been made yet."""
+        for folder in (self.root, self.runs_dir):
+            if folder.exists() and not folder.is_dir():
+                raise UsageError(f"{folder} is a file, not a dreamctl registry; pass the registry's folder as --home.")
         if not self.runs_dir.is_dir():
             return []
         found = [Run(p) for p in self.runs_dir.iterdir() if p.is_dir() and re.fullmatch(r"run-\d+", p.name)]

@@ -41,6 +41,12 @@ CASES = [
     ("bad checkpoint word", ["eval", "keep", "--checkpoint", "newest"], 2, "--checkpoint"),
     ("option without its value", ["eval", "keep", "--episodes"], 2, "requires an argument; see `dreamctl eval --help`"),
     ("empty registry's latest", ["show", "latest", "--home", "/nonexistent-dreamctl-home"], 2, "train catch --preset"),
+    (
+        "a file as the registry",
+        ["list", "--home", "/etc/hostname"],
+        2,
+        "/etc/hostname is a file, not a dreamctl registry",
+    ),
     ("mistyped precision", ["train", "catch", "--precision", "8"], 2, "--precision must be one of auto, 32, bf16, 16"),
     ("mistyped device", ["resume", "keep", "--device", "gpu"], 2, "--device must be auto, cpu or cuda[:i]"),
     ("superscript checkpoint", ["eval", "keep", "--checkpoint", "²"], 2, "must be a step number, latest or best"),
