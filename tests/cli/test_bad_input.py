@@ -43,9 +43,9 @@ CASES = [
     ("empty registry's latest", ["show", "latest", "--home", "/nonexistent-dreamctl-home"], 2, "train catch --preset"),
     (
         "a file as the registry",
-        ["list", "--home", "/etc/hostname"],
+        ["list", "--home", "/etc/passwd"],
         2,
-        "/etc/hostname is a file, not a dreamctl registry",
+        "/etc/passwd is a file, not a dreamctl registry",
     ),
     ("mistyped precision", ["train", "catch", "--precision", "8"], 2, "--precision must be one of auto, 32, bf16, 16"),
     ("mistyped device", ["resume", "keep", "--device", "gpu"], 2, "--device must be auto, cpu or cuda[:i]"),
