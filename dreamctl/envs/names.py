@@ -100,7 +100,7 @@ def is_atari(name: str) -> bool:
 def _resolve_smax(text: str) -> str:
     from dreamctl.envs.smax import MAPS
 
-    map_name = text[len("smax:") :]
+    map_name = text[len("smax:") :].lower()  # SMAX's map names are lower case: 3m, 2s3z, smacv2_5_units, ...
     if map_name in MAPS:
         return f"smax:{map_name}"
     close = difflib.get_close_matches(map_name, MAPS, n=1, cutoff=0.6)

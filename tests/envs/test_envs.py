@@ -26,6 +26,16 @@ def test_unknown_name_suggests_the_closest():
         resolve("pongg")
 
 
+@pytest.mark.parametrize("spelling, name", [("smax:3M", "smax:3m"), ("SMAX:2S3Z", "smax:2s3z"), ("Catch2", "catch2")])
+def test_built_in_games_and_smax_maps_resolve_in_any_case(spelling, name):
+    assert resolve(spelling) == name
+
+
+def test_an_ale_id_under_gym_is_told_to_drop_the_prefix():
+    with pytest.raises(UsageError, match="drop the prefix: ALE/Pong-v5"):
+        resolve("gym:ALE/Pong-v5")
+
+
 def test_all_62_games_are_known_and_resolve_to_themselves():
     assert len(table()) == 62
     assert all(resolve(game) == game for game in table())
