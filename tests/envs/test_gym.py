@@ -231,7 +231,8 @@ def test_a_rendered_frame_is_drawn_once_per_agent_step_after_its_repeated_action
 def test_a_copy_that_raises_ends_the_run_in_one_sentence(env_module, home, copies):
     """In a worker process (2 copies) as in this one: the copy's exception, not gymnasium's traceback, and no hang."""
     name = "gym:pixelenvs:Faulty-v0"
-    proc = run_cli("train", name, "--steps", "200", "--set", f"env.num_envs={copies}", home=home, env=env_module)
+    sets = ["--set", f"env.num_envs={copies}", "--set", "train.prefill=100"]  # a run that would update
+    proc = run_cli("train", name, "--steps", "200", *sets, home=home, env=env_module)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "WARN" not in proc.stderr, proc.stderr
     said = f"error: {name} failed in a copy (RuntimeError: physics diverged at step 20)."
     assert proc.stderr.strip().splitlines() == [said]

@@ -68,7 +68,7 @@ def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_sentence
     proc = run_cli(*args, home=tmp_path / "home", env={"TMPDIR": str(temp)})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: train.batch_size (5) must be a multiple of 2 (1 agents x 2 ranks), since every batch holds whole "
+        "error: train.batch_size (5) must be a multiple of 2 (1 agent x 2 ranks), since every batch holds whole "
         "worlds, an equal number on each rank."
     ]
     assert list(temp.iterdir()) == []
