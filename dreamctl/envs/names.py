@@ -63,9 +63,8 @@ def resolve(name: str) -> str:
     if text.startswith("gym:"):
         if len(text) == len("gym:"):
             raise UsageError("gym: needs a Gymnasium environment id after it, for example gym:CartPole-v1.")
-        if text.startswith(
-            "gym:ALE/"
-        ):  # gymnasium knows ALE's ids only once ale_py is imported, as dreamctl's own does
+        # gymnasium knows ALE's ids only once ale_py is imported, as dreamctl's own Atari env does
+        if text.startswith("gym:ALE/"):
             raise UsageError(
                 f"Atari games run on dreamctl's own ALE env with DreamerV2's protocol; drop the prefix: {text[4:]}."
             )
