@@ -44,6 +44,7 @@ class OneHotColumns(NamedTuple):
         return OneHotColumns(torch.cat([self.index, other.index + self.width], -1), self.width + other.width)
 
     def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The block written out: (..., width), 1 at each index and 0 elsewhere."""
         zeros = torch.zeros(*self.index.shape[:-1], self.width, dtype=dtype, device=self.index.device)
         return zeros.scatter_(-1, self.index, 1.0)
 
@@ -71,6 +72,7 @@ class OneHotFeature:
         return self.rest.device
 
     def dense(self) -> Tensor:
+        """The feature written out: (..., ones.width + rest columns)."""
         return torch.cat([self.ones.dense(self.rest.dtype), self.rest], -1)
 
     def times(self, layer: nn.Linear) -> Tensor:
@@ -123,6 +125,8 @@ def _split(weight: Tensor, width: int) -> tuple[Tensor, Tensor]:
 
 
 def _gathered_product(feature: OneHotFeature, rows: Tensor, rest_weight: Tensor, bias: Tensor | None) -> Tensor:
+    """feature.dense() @ W.T + bias (..., out): the one-hot block's share as the sum of the weight rows `rows`
+    (width, out) its ones pick, the rest's through `rest_weight` (out, rest columns)."""
     index = feature.ones.index
     out = F.embedding_bag(index.reshape(-1, index.shape[-1]), rows, mode="sum").view(*index.shape[:-1], -1)
     if feature.rest.shape[-1]:

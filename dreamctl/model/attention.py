@@ -78,5 +78,6 @@ class CentralCritic(nn.Module):
         init_keras_(self)
 
     def forward(self, feat: Feature, present: Tensor | None = None) -> Tensor:
-        """present: None, or (N,) 0 for agents that finished early, whom the others do not attend to."""
+        """feat: (..., N, F), N = worlds * agents with each world's agents adjacent -> (..., N, 1). present: None, or
+        (N,) 0 for agents that finished early, whom the others do not attend to."""
         return self.head(self.attention(F.elu(self.embed(feat)), present))

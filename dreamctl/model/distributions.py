@@ -40,18 +40,22 @@ class OneHotDist:
         return self.logits.softmax(-1)
 
     def sample(self) -> Tensor:
+        """A one-hot draw (..., K) whose gradient is softmax's (straight-through)."""
         cdf = self.probs.detach().cumsum(-1)
         u = uniform_like(cdf[..., :1]) * cdf[..., -1:]
         index = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1)
         return self._straight_through(index)
 
     def mode(self) -> Tensor:
+        """The most likely class, one-hot (..., K), with the same straight-through gradient as a sample."""
         return self._straight_through(self.logits.argmax(-1, keepdim=True))
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """log p(value) for one-hot values (..., K) -> (...)."""
         return (value * self.log_probs).sum(-1)
 
     def entropy(self) -> Tensor:
+        """(...,): -sum_k p_k log p_k over the last axis."""
         return -(self.probs * self.log_probs).sum(-1)
 
     def _straight_through(self, index: Tensor) -> Tensor:
@@ -79,6 +83,7 @@ class TruncNormalDist:
         self.mass = (torch.special.ndtr(self.beta) - self.cdf_alpha).clamp_min(1e-12)
 
     def sample(self) -> Tensor:
+        """A reparameterised draw (..., A) through the inverse CDF of the truncated normal."""
         u = uniform_like(self.mean)
         p = (self.cdf_alpha + u * self.mass).clamp(1e-7, 1 - 1e-7)
         x = self.mean + self.std * torch.special.ndtri(p)
@@ -86,14 +91,18 @@ class TruncNormalDist:
         return x + (clipped - x).detach()
 
     def mode(self) -> Tensor:
+        """The mean (..., A), the truncated normal's mode, kept 1e-6 inside the bounds."""
         return self.mean.clamp(self.low + self.clip, self.high - self.clip)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """log p(value) for values inside the bounds, summed over the action axis: (..., A) -> (...)."""
         z = (value.to(self.mean.dtype) - self.mean) / self.std
         log_pdf = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) - self.std.log() - self.mass.log()
         return log_pdf.sum(-1)
 
     def entropy(self) -> Tensor:
+        """The closed form of the truncated normal's entropy, summed over the action axis: (...,). Exact, so the
+        actor's entropy bonus needs no sample (TFP's TruncatedNormal has the same form)."""
         pdf_a = torch.exp(-0.5 * self.alpha**2) / math.sqrt(2 * math.pi)
         pdf_b = torch.exp(-0.5 * self.beta**2) / math.sqrt(2 * math.pi)
         ent = (

@@ -11,7 +11,9 @@ Index convention (DreamerV2's code): state s_t carries the reward r_t received o
 d_t; the action a_t chosen in s_t is stored at index t + 1; w_t = prod_{k<t} d_k.
 Where several agents share a world and one finished before the others, its rows until the world's episode ends are
 padding: the world model's terms average over the present rows only (`present`, (B, T), 1 or 0), and imagination
-gives the starts of absent rows the weight w = 0.
+gives the starts of absent rows the weight w = 0. The behaviour losses keep DreamerV2's mean over every start: an
+absent start adds 0 to it, so a batch with fewer present agents gives those losses a smaller scale, which Adam's
+normalised step mostly divides out.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def kl_balance(
     post_logits: Tensor, prior_logits: Tensor, balance: float = 0.8, free: float = 0.0, present: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """KL balancing (paper Eq. 2, Algorithm 2): balance * max(KL[sg(q) || p], free) + (1 - balance) *
-    max(KL[q || sg(p)], free), each KL averaged over the batch's present rows before the free-nats floor
-    (`free_avg`).
+    max(KL[q || sg(p)], free), each KL averaged over the batch's present rows (present: (B, T) or None) before the
+    free-nats floor (`free_avg`).
 
     With balance 0.8 the prior is trained toward the posterior with 4 times the weight (0.8 / 0.2) with which the
     posterior is regularised toward the prior. post_logits, prior_logits: (B, T, stoch, classes).

@@ -136,6 +136,7 @@ class MLP(nn.Module):
         init_keras_(self)
 
     def forward(self, x: Feature) -> Tensor:
+        """x: (..., in_dim) -> (..., out_dim), the output layer in float32 under autocast."""
         hidden = self.body(x)
         if isinstance(hidden, Tensor) and autocast_dtype(hidden.device.type) is not None:
             with torch.autocast(hidden.device.type, enabled=False):
@@ -194,10 +195,12 @@ class LayerNormGRUCell(nn.Module):
         init_keras_(self)
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        """x: (..., in_dim), h: (..., size) -> h' (..., size)."""
         return self.gates(self.linear(torch.cat([x, h], -1)), h)
 
     def gates(self, parts: Tensor, h: Tensor) -> Tensor:
-        """The cell after its Linear: h' from the gates' pre-activations `parts` and h."""
+        """The cell after its Linear: h' (..., size) from the gates' pre-activations `parts` (..., 3 * size: reset,
+        candidate, update) and h (..., size)."""
         parts = F.layer_norm(at_least_float32(parts), (3 * self.size,), self.norm.weight, self.norm.bias, self.norm.eps)
         reset, cand, update = parts.split(self.size, -1)
         reset = torch.sigmoid(reset)
@@ -221,10 +224,12 @@ class ActionHead(nn.Module):
                 self.net.out.weight.mul_(math.sqrt((fan_in + 2 * action_dim) / (fan_in + action_dim)))
 
     def forward(self, feat: Feature, available: Tensor | None = None) -> OneHotDist | TruncNormalDist:
+        """feat: (..., feat_dim) -> the action distribution over (..., action_dim)."""
         return self.dist(self.net(feat).float(), available)
 
     def dist(self, out: Tensor, available: Tensor | None = None) -> OneHotDist | TruncNormalDist:
-        """The action distribution from the network's raw output (logits, or raw mean and std).
+        """The action distribution from the network's raw output `out`: logits (..., action_dim), or the raw mean
+        and std (..., 2 * action_dim), squashed as DreamerV2's DistLayer does (mean tanh, std 2 sigmoid(x / 2) + 0.1).
 
         available: bool (..., action_dim) or None, the discrete actions allowed now (`dreamctl.keys.ACTION_MASK_KEY`):
         the others get probability 0 (a logit of -1e9, so that log-probabilities and the entropy stay finite). A row

@@ -40,6 +40,9 @@ class Optimizer:
         self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps, fused=True)
 
     def step(self, loss: Tensor) -> Tensor:
+        """One step on a scalar loss: backward, averaging across ranks, unscaling, clipping, decay, Adam. Returns the
+        global gradient norm before clipping (what the logs report). As in DreamerV2's code, the decay applies even
+        where a float16 loss scaler skips the step for a non-finite gradient."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         if self.average_gradients is not None:
             # Still scaled: every rank then unscales the same numbers and agrees on skipping a step.
@@ -75,6 +78,7 @@ class Optimizer:
         return out
 
     def load_state_tensors(self, tensors: dict[str, Tensor], prefix: str) -> None:
+        """Restore what `state_tensors` saved under `prefix`; parameters without saved moments start fresh."""
         state = {}
         for index, (name, _) in enumerate(self.named):
             entry = {k[len(f"{prefix}{name}/") :]: v for k, v in tensors.items() if k.startswith(f"{prefix}{name}/")}

@@ -33,7 +33,7 @@ class State(NamedTuple):
     logits: Tensor  # (..., stoch, classes), the distribution the sample came from
 
     def feat(self) -> Tensor:
-        """The feature every head reads: concat(flatten(z), h)."""
+        """The feature every head reads: concat(flatten(z), h), (..., stoch * classes + deter)."""
         return torch.cat([self.stoch, self.deter.to(self.stoch.dtype)], -1)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> State:
@@ -127,7 +127,11 @@ class RSSM(nn.Module):
     def img_step(
         self, state: State, action: Tensor, ones: OneHotColumns | None = None, present: Tensor | None = None
     ) -> State:
-        """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t)."""
+        """Prior step: (z_{t-1}, a_{t-1}, h_{t-1}) -> h_t and a sample of p(z_t | h_t).
+
+        state: fields (N, ...); action: (N, A); ones: where the ones of concat(z_{t-1}, a_{t-1}) are, when known (the
+        first layer then gathers weight rows); present: (N,) or None, for the attention across agents.
+        """
         deter = self.recurrent(state, action, ones, present)
         logits = self.prior(deter)
         return State(deter, OneHotDist(logits).sample().flatten(-2), logits)

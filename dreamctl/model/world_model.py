@@ -127,10 +127,12 @@ class WorldModel(nn.Module):
         return torch.tanh(reward) if self.cfg.reward_transform == "tanh" else reward
 
     def reward(self, feat: Feature) -> Tensor:
+        """The reward head's mean: feat (..., F) -> (...,), in float32."""
         return self.reward_head(feat).squeeze(-1).float()
 
     def continuation(self, feat: Feature) -> Tensor:
-        """Predicted discount: probability of continuing times gamma (the head was trained on that target)."""
+        """Predicted discount: probability of continuing times gamma (the head was trained on that target); without a
+        discount head, gamma everywhere. feat (..., F) -> (...,)."""
         if self.discount_head is None:
             return torch.full(feat.shape[:-1], self.discount, device=feat.device)
         return torch.sigmoid(self.discount_head(feat).squeeze(-1).float())

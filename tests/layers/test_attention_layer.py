@@ -1,4 +1,7 @@
-"""The small-group encoder layer equals nn.TransformerEncoderLayer: outputs and gradients in float64."""
+"""The small-group encoder layer equals nn.TransformerEncoderLayer: outputs and gradients in float64; its attention
+worked by hand."""
+
+import math
 
 import pytest
 import torch
@@ -6,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dreamctl.layers import TransformerEncoderLayer, reformulations
-from dreamctl.layers.attention import SUMS_MAX_AGENTS, SUMS_MAX_AGENTS_WITHOUT_GRAD
+from dreamctl.layers.attention import (
+    SUMS_MAX_AGENTS,
+    SUMS_MAX_AGENTS_WITHOUT_GRAD,
+    _attend_by_matmuls,
+    _attend_by_sums,
+)
 
 
 def _outputs_and_grads(layer, x, blocked, probe):
@@ -64,3 +72,22 @@ def test_without_autograd_the_layer_equals_torchs_on_either_side_of_the_sums_lim
         with reformulations(False):
             plain = layer(x, blocked)
     torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("attend", [_attend_by_sums, _attend_by_matmuls])
+def test_multi_head_attention_worked_by_hand(attend):
+    """Two agents, two heads of width 2 (scores scaled by 1 / sqrt 2). Head 0: agent 0's query (1, 0) meets the keys
+    0 and (sqrt(2) ln 3, 0), scores 0 and ln 3, softmax 1/4 and 3/4 of the values (4, 0) and (8, 0): (7, 0). Head 1's
+    queries are 0, so it averages (0, 2) and (0, 6): (0, 4). Agent 1's queries are all 0: (6, 0) and (0, 4). With agent
+    0 blocked from agent 1, agent 0 reads only its own values: (4, 0, 0, 2)."""
+    k1 = 2**0.5 * math.log(3.0)
+    qkv = torch.tensor(
+        [
+            [1.0, 0, 0, 0] + [0.0, 0, 0, 0] + [4.0, 0, 0, 2],  # agent 0: query | key | value, each (head 0, head 1)
+            [0.0, 0, 0, 0] + [k1, 0, 0, 0] + [8.0, 0, 0, 6],
+        ],
+        dtype=torch.float64,
+    )[None]
+    torch.testing.assert_close(attend(qkv, 2, None)[0], torch.tensor([[7.0, 0, 0, 4], [6.0, 0, 0, 4]]).double())
+    blocked = torch.tensor([[[False, True], [False, False]]])
+    torch.testing.assert_close(attend(qkv, 2, blocked)[0], torch.tensor([[4.0, 0, 0, 2], [6.0, 0, 0, 4]]).double())

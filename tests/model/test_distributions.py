@@ -45,6 +45,16 @@ def test_truncated_normal_log_prob_and_entropy_worked_by_hand():
     torch.testing.assert_close(dist.entropy(), torch.tensor(0.682786), atol=1e-6, rtol=0)
 
 
+def test_truncated_normal_away_from_its_centre_worked_by_hand():
+    """Mean 0.5, std 0.5 at x = 0: z = -1, a = (-1 - 0.5) / 0.5 = -3, b = 1; Z = Phi(1) - Phi(-3) = 0.841345 -
+    0.001350 = 0.839995, ln Z = -0.174360; log p(0) = -z^2 / 2 - ln sqrt(2 pi) - ln 0.5 - ln Z = -0.5 - 0.918939 +
+    0.693147 + 0.174360 = -0.551432; H = ln(sqrt(2 pi e) 0.5 Z) + (a phi(a) - b phi(b)) / (2 Z) with phi(-3) =
+    0.004432, phi(1) = 0.241971: 0.551432 + (-0.013296 - 0.241971) / 1.679990 = 0.551432 - 0.151945 = 0.399487."""
+    dist = TruncNormalDist(torch.full((1,), 0.5), torch.full((1,), 0.5))
+    torch.testing.assert_close(dist.log_prob(torch.zeros(1)), torch.tensor(-0.551432), atol=2e-6, rtol=0)
+    torch.testing.assert_close(dist.entropy(), torch.tensor(0.399487), atol=2e-6, rtol=0)
+
+
 def test_truncated_normal_stays_inside_bounds_and_is_normalised():
     torch.manual_seed(0)
     mean, std = torch.full((400_000, 1), 0.7), torch.full((400_000, 1), 0.6)

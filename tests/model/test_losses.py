@@ -331,15 +331,19 @@ def test_world_model_loss_weights_each_observation_by_its_kind(image_scale, vect
     torch.testing.assert_close(out.loss.detach(), expected)
 
 
-def test_world_model_loss_adds_its_terms_with_their_scales():
+@pytest.mark.parametrize("reward_scale", [1.0, 2.0])
+def test_world_model_loss_adds_its_terms_with_their_scales(reward_scale):
     torch.manual_seed(0)
     cfg = tiny_config(
-        "model.kl_scale=0.1", "model.discount_scale=5.0", "model.reward_scale=1.0", "model.reward_transform=tanh"
+        "model.kl_scale=0.1",
+        "model.discount_scale=5.0",
+        f"model.reward_scale={reward_scale}",
+        "model.reward_transform=tanh",
     )
     agent = Agent(cfg, {"image": (64, 64, 1)}, 3, True)
     out = agent.world_model.loss(random_batch(cfg))
     m = out.metrics
-    expected = m["loss/image"] + m["loss/reward"] + 5.0 * m["loss/discount"] + 0.1 * m["loss/kl"]
+    expected = m["loss/image"] + reward_scale * m["loss/reward"] + 5.0 * m["loss/discount"] + 0.1 * m["loss/kl"]
     torch.testing.assert_close(m["loss/model"], expected)  # without free nats the balanced KL's value is the KL
     torch.testing.assert_close(out.loss.detach(), expected)
     target = agent.world_model.reward_target(torch.tensor([0.0, 100.0]))

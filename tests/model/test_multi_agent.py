@@ -222,6 +222,18 @@ def test_agents_that_finished_early_contribute_no_loss_and_are_not_attended_to()
     assert all(differ[name] != expected[name] for name in ("model", "actor", "critic", "post_entropy"))
 
 
+def test_a_world_whose_agents_are_all_absent_has_each_agent_attend_to_itself_alone():
+    """No agent of the world is present (every one finished before the step): each still attends to its own key, so
+    its outputs are finite and equal those of the same layers over a group of one."""
+    torch.manual_seed(0)
+    team, alone = AgentAttention(8, agents=2, layers=2, heads=2), AgentAttention(8, agents=1, layers=2, heads=2)
+    alone.load_state_dict(team.state_dict())
+    x = torch.randn(3, 2, 8)  # (steps, worlds * agents, D): one world of two agents
+    out = team(x, present=torch.zeros(3, 2))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, alone(x))
+
+
 def test_a_checkpoint_of_torchs_encoder_names_loads_with_its_optimizer_moments():
     """Attention checkpoints from before dreamctl's own encoder layer named its parameters `encoder.layers.<i>`."""
     cfg = tiny_config("train.batch_size=4", "multi.communication=attention", "multi.critic=central")

@@ -86,6 +86,31 @@ def test_layer_norm_gru_follows_dreamerv2_equations():
     torch.testing.assert_close(cell(x, h), expected)
 
 
+def test_layer_norm_gru_worked_by_hand():
+    """Zero weights leave the gates to the LayerNorm's biases: reset 0 -> sigmoid 0.5, candidate 2 -> tanh(0.5 * 2) =
+    0.761594 (the reset gate scales the pre-activation), update 1 -> sigmoid(1 - 1) = 0.5 (the bias of -1), so h' =
+    0.5 * 0.761594 + 0.5 * h = 0.480797 for h = 0.2. With every bias 0 the update gate is sigmoid(-1) = 0.268941 and
+    the candidate tanh(0) = 0: h' = 0.731059 h, the old state kept by the larger share."""
+    cell = LayerNormGRUCell(3, 2)
+    with torch.no_grad():
+        cell.linear.weight.zero_()
+        cell.norm.bias.copy_(torch.tensor([0.0, 0.0, 2.0, 2.0, 1.0, 1.0]))
+    x, h = torch.randn(1, 3), torch.tensor([[0.2, 0.2]])
+    torch.testing.assert_close(cell(x, h), torch.full((1, 2), 0.480797), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        cell.norm.bias.zero_()
+    torch.testing.assert_close(cell(x, h), 0.731059 * h, atol=1e-6, rtol=0)
+
+
+def test_the_continuous_actor_squashes_its_mean_and_floors_its_std_worked_by_hand():
+    """DreamerV2's DistLayer: mean = tanh(raw), std = 2 sigmoid(raw / 2) + 0.1, so raw 0 gives mean 0 and std 1.1,
+    raw atanh(0.5) = 0.549306 gives mean 0.5, and a very negative raw std the floor 0.1."""
+    head = ActionHead(feat_dim=4, action_dim=2, discrete=False, layers=1, units=8)
+    dist = head.dist(torch.tensor([[0.0, 0.549306, 0.0, -100.0]]))
+    torch.testing.assert_close(dist.mean, torch.tensor([[0.0, 0.5]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dist.std, torch.tensor([[1.1, 0.1]]), atol=1e-6, rtol=0)
+
+
 def test_mlp_layers():
     mlp = MLP(7, 3, layers=2, units=16)
     linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]

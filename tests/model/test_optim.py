@@ -59,3 +59,13 @@ def test_weight_decay_multiplies_each_weight_by_one_minus_wd_whatever_the_learni
     opt = Optimizer(module, lr=lr, eps=1e-5, clip=100.0, weight_decay=0.1)
     opt.step(0.0 * (module.a.sum() + module.b.sum()))
     torch.testing.assert_close(torch.cat([module.a, module.b]).detach(), torch.tensor([0.9, -1.8]))
+
+
+@pytest.mark.parametrize(("gradient", "step"), [(1e-5, -0.5), (1.0, -1.0 / (1.0 + 1e-5))])
+def test_adams_epsilon_is_added_to_the_corrected_root_of_the_second_moment_worked_by_hand(gradient, step):
+    """At the first step Adam's corrected moments are g and g^2, so the step is lr g / (|g| + eps): with lr 1 and
+    eps 1e-5, a gradient of 1e-5 moves the weight by 0.5, one of 1 by 0.99999 (torch's placement of eps, which
+    docs/architecture.md compares with Keras')."""
+    layer = _one_weight()
+    _step(layer, Optimizer(layer, lr=1.0, eps=1e-5, clip=100.0, weight_decay=0.0), gradient)
+    torch.testing.assert_close(layer.weight.detach(), torch.tensor([[step]]), atol=1e-6, rtol=0)
