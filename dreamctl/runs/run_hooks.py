@@ -98,6 +98,8 @@ class RunHooks(Hooks):
         if result["win_rate"] is not None:
             scalars["eval/win_rate"] = result["win_rate"]
         self.logger.scalars(trainer.env_steps, scalars)
+        if self.ranks is not None:
+            self.ranks.wait_for_root()  # the other ranks waited there while this one evaluated
 
 
 def collapse_recorded(warnings: list[dict[str, Any]], trainer: Trainer) -> bool:

@@ -83,7 +83,8 @@ class FollowerHooks(Hooks):
         gather_state(self.ranks, trainer_state(trainer)[0])
 
     def on_eval(self, trainer: Trainer) -> None:
-        self.on_checkpoint(trainer)  # rank 0 then plays the evaluation episodes alone
+        self.on_checkpoint(trainer)
+        self.ranks.wait_for_root()  # while rank 0 plays the evaluation episodes alone
 
 
 def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trainer, bool]:

@@ -37,7 +37,10 @@ from dreamctl.training.launched import launched_ranks, stop_with_launcher
 T = TypeVar("T")
 
 TIMEOUT = datetime.timedelta(minutes=30)
-"""How long a rank waits for the others in one collective (rank 0 evaluates while the others wait)."""
+"""How long a rank waits for the others in one collective; a lost rank is found sooner, by its closed connection."""
+EVALUATION_TIMEOUT = datetime.timedelta(days=1)
+"""How long the other ranks wait while rank 0 plays a run's evaluation episodes alone (`Ranks.wait_for_root`):
+as long as the episodes may take, which TIMEOUT does not bound (100 Atari episodes, a slow env's rendering)."""
 
 
 class RankLost(DreamctlError):
@@ -53,8 +56,9 @@ class Ranks:
         local_world: ranks on this machine (they share its CPU threads).
     """
 
-    def __init__(self, rank: int, world: int, local_world: int = 1):
-        self.rank, self.world, self.local_world = rank, world, local_world
+    def __init__(self, rank: int, world: int, local_world: int = 1, patient: Any = None):
+        """patient: the process group with EVALUATION_TIMEOUT (`join` makes it); None: the default group."""
+        self.rank, self.world, self.local_world, self.patient = rank, world, local_world, patient
         self.resume_command: str | None = None
         """The command that continues the job's run, once the run exists: a lost rank's message names it."""
 
@@ -111,6 +115,11 @@ class Ranks:
         box = [obj if self.is_root else None]
         self._call(dist.broadcast_object_list, box, src=0)
         return box[0]  # type: ignore[return-value]
+
+    def wait_for_root(self) -> None:
+        """Meet rank 0 once it has played its evaluation episodes: the other ranks wait here, up to
+        EVALUATION_TIMEOUT, instead of in their next collective, which would give up after TIMEOUT."""
+        self._call(dist.barrier, group=self.patient)
 
     def close(self, together: bool = True) -> None:
         """Leave the job: together (a barrier first), as a rank that tore its group down while another still used it
@@ -170,8 +179,9 @@ def join() -> Ranks:
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT)
     else:
         dist.init_process_group("gloo", timeout=TIMEOUT)
+    patient = dist.new_group(backend="gloo", timeout=EVALUATION_TIMEOUT)
     set_row_shard(launched.rank, launched.world)
-    return Ranks(launched.rank, launched.world, launched.local_world)
+    return Ranks(launched.rank, launched.world, launched.local_world, patient)
 
 
 def host_name() -> str:

@@ -32,8 +32,19 @@ def _meta(home: Path) -> dict:
 def test_600_steps_with_two_ranks_equal_250_then_resume(tmp_path: Path):
     """The checkpoint at 250 agent steps holds both ranks' envs, RNGs, acting state, replay tails and metric sums
     (250 is inside a log interval), and each rank's chunks are under the run: resuming with 2 ranks continues bit for
-    bit, the first row logged after it included. Another rank count is refused."""
-    args = ["train", "catch", "--seed", "3", *fast_args()]
+    bit, the first row logged after it included, through rank 0's evaluations (at 200 and 400 agent steps), which the
+    other rank waits out. Another rank count is refused."""
+    args = [
+        "train",
+        "catch",
+        "--seed",
+        "3",
+        *fast_args(),
+        "--set",
+        "run.eval_every=200",
+        "--set",
+        "run.eval_episodes=2",
+    ]
     whole, split = tmp_path / "whole", tmp_path / "split"
     run_cli(*args, "--steps", "600", *TWO, home=whole, check=True)
     run_cli(*args, "--steps", "250", *TWO, home=split, check=True)
@@ -58,6 +69,7 @@ def test_600_steps_with_two_ranks_equal_250_then_resume(tmp_path: Path):
     assert not any(k.startswith(("rank1/agent/", "rank1/optim/")) for k in tensors)  # stored once
     assert any(name.endswith("-rank1.bin") for name in chunks) and any("rank" not in name for name in chunks)
     assert meta["progress"]["env_steps"] == 600  # the job's agent steps, both ranks' envs together
+    assert [e["step"] for e in meta["evals"]] == [200, 400]
 
 
 def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_sentence(tmp_path: Path):

@@ -3,6 +3,7 @@ update on the whole batch."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from conftest import random_batch, tiny_config
 from dreamctl.errors import SecondSignal
 from dreamctl.model.agent import Agent
 from dreamctl.model.noise import set_row_shard, uniform_like
+from dreamctl.training import ranks as ranks_module
 from dreamctl.training.ranks import RankLost, Ranks, _first_sentence, join, leaving
 from dreamctl.training.trainer import Episode, Trainer
 
@@ -147,6 +149,26 @@ def test_a_rank_that_stops_at_once_fails_the_others_next_collective_at_once(tmp_
         for process in job.processes:
             process.kill()
     assert (tmp_path / "rank0").read_text() == "lost"
+
+
+def _evaluate_on_rank_0(rank: int, world: int, port: int, out: Path) -> None:
+    ranks_module.TIMEOUT = datetime.timedelta(seconds=2)  # this process's: its collectives give up after 2 s
+    ranks = _join(rank, world, port)
+    try:
+        if rank == 0:
+            time.sleep(5)  # plays the evaluation episodes, alone
+        ranks.wait_for_root()
+        ranks.any(False)  # the next collective of training
+        (out / f"rank{rank}").write_text("trained on")
+    finally:
+        ranks.close()
+
+
+def test_the_other_ranks_wait_out_rank_0s_evaluation_even_past_the_collective_timeout(tmp_path: Path):
+    """Rank 0 evaluates for longer than a collective's timeout while rank 1 waits for it: rank 1 waits in the
+    patient group and both train on, where its next collective alone would have given up."""
+    mp.start_processes(_evaluate_on_rank_0, args=(2, _free_port(), tmp_path), nprocs=2, start_method="spawn")
+    assert [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)] == ["trained on"] * 2
 
 
 @pytest.mark.parametrize(
