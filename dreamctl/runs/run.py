@@ -188,8 +188,9 @@ class Run:
         progress: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write step-<step>.safetensors atomically and list it (with its sha256) in run.yaml, in one edit of
-        run.yaml with the run's `progress` and, where `keep` is given, the pruning of older checkpoints
-        (`prune_checkpoints`).
+        run.yaml with the run's `progress` and, where `keep` is given, the pruning of older checkpoints and replay
+        chunks (`_prune`). run.yaml stops listing a file before the file is deleted, so a kill in between leaves an
+        orphan file (harmless) and never a listed checkpoint that is missing.
 
         A step already listed is not written again: training has not moved since (a stop right after a checkpoint,
         or before a resume's first step), and safetensors orders its header differently in every process, so new
@@ -281,22 +282,12 @@ class Run:
         check_version(f"checkpoint {path}", "format", version, CHECKPOINT_FORMAT)
         return tensors, metadata
 
-    def prune_checkpoints(self, keep: int) -> None:
-        """Keep the newest `keep` checkpoints and the best-evaluated one; drop replay chunks none of them needs (a
-        checkpoint needs the chunks from its `first_chunk` up to its `end_chunk`; one listed without an end, as
-        before the end was recorded, needs every chunk from its first on), and keep the chunks written since the
-        newest checkpoint, which the next one will need.
-
-        run.yaml stops listing a file before the file is deleted, so a kill in between leaves an orphan file
-        (harmless) and never a listed checkpoint that is missing.
-        """
-        doomed: list[Path] = []
-        self.update(lambda meta: doomed.extend(self._prune(meta, keep)))
-        for path in doomed:
-            path.unlink(missing_ok=True)
-
     def _prune(self, meta: dict[str, Any], keep: int) -> list[Path]:
-        """`prune_checkpoints`' edit of run.yaml's `meta`; returns the files to delete once it is written."""
+        """Keep the newest `keep` checkpoints and the best-evaluated one in run.yaml's `meta`, and return the files to
+        delete once it is written: the other checkpoints, and the replay chunks none of the kept ones needs (a
+        checkpoint needs the chunks from its `first_chunk` up to its `end_chunk`; one listed without an end, as before
+        the end was recorded, needs every chunk from its first on). The chunks written since the newest checkpoint
+        stay, since the next one will need them."""
         listed = sorted(meta.get("checkpoints", []), key=lambda c: c["step"])
         keep_steps = {c["step"] for c in listed[-keep:]}
         try:
@@ -357,7 +348,7 @@ class Run:
             raise CheckpointError(f"replay chunk {path} is corrupt, so the replay cannot be restored.") from None
 
     def check_chunks(self, entry: dict[str, Any], ranks: int) -> None:
-        """Refuse to resume from the checkpoint `entry` where a replay chunk it needs (`prune_checkpoints`) is missing,
+        """Refuse to resume from the checkpoint `entry` where a replay chunk it needs (`_prune`) is missing,
         before any rank starts on it: a job's rank 0 can still tell the others why, which it cannot once they wait for
         their chunks. A checkpoint listed without its `end_chunk`, as before the end was recorded, is left to the
         reads."""

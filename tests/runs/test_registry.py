@@ -144,13 +144,13 @@ def test_files_written_by_a_newer_dreamctl_are_refused_in_one_sentence_naming_bo
 
 def test_pruning_keeps_the_newest_and_the_best(home):
     run = make_run(home)
-    for step in (10, 20, 30, 40, 50):
+    for step in (10, 20, 30, 40):
         run.save_checkpoint({"x": torch.zeros(1)}, {}, step, {"first_chunk": step // 10})
     run.update(lambda m: m["evals"].append({"step": 20, "mean": 5.0}))
     (run.replay_dir).mkdir()
     for index in range(6):
         (run.replay_dir / f"chunk-{index}.bin").write_bytes(b"x")
-    run.prune_checkpoints(keep=2)
+    run.save_checkpoint({"x": torch.zeros(1)}, {}, 50, {"first_chunk": 5}, keep=2)
     assert [c["step"] for c in run.meta()["checkpoints"]] == [20, 40, 50]
     assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == [
         "step-20.safetensors",
@@ -166,16 +166,15 @@ def test_pruning_drops_the_chunks_between_an_old_best_checkpoint_and_the_newest_
     chunk written since (a long run whose score peaked early would fill the disk). Chunks written after the newest
     checkpoint stay: the next checkpoint needs them."""
     run = make_run(home)
-    for step in (10, 20, 30, 40, 50):
-        run.save_checkpoint(
-            {"x": torch.zeros(1)}, {}, step, {"first_chunk": step // 10 - 1, "end_chunk": step // 10 + 1}
-        )
+    chunks = {step: {"first_chunk": step // 10 - 1, "end_chunk": step // 10 + 1} for step in (10, 20, 30, 40, 50)}
+    for step in (10, 20, 30, 40):
+        run.save_checkpoint({"x": torch.zeros(1)}, {}, step, chunks[step])
     run.update(lambda m: m["evals"].append({"step": 10, "mean": 5.0}))
     run.replay_dir.mkdir()
     names = [f"chunk-{index}.bin" for index in range(8)] + ["chunk-1-rank1.bin", "chunk-2-rank1.bin"]
     for name in names:
         (run.replay_dir / name).write_bytes(b"x")
-    run.prune_checkpoints(keep=2)
+    run.save_checkpoint({"x": torch.zeros(1)}, {}, 50, chunks[50], keep=2)
     assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 40, 50]
     left = {p.name for p in run.replay_dir.iterdir()}
     assert left == set(names) - {"chunk-2.bin", "chunk-2-rank1.bin"}
@@ -206,7 +205,11 @@ def _hold_lock(home, ready):
 
 
 @pytest.mark.parametrize(
-    "prune", [lambda run: run.prune_checkpoints(keep=1), lambda run: run.drop_checkpoints_after(10)]
+    "prune",
+    [
+        lambda run: run.save_checkpoint({"x": torch.zeros(1)}, {}, 40, {"first_chunk": 0}, keep=1),
+        lambda run: run.drop_checkpoints_after(10),
+    ],
 )
 def test_a_kill_while_deleting_checkpoints_never_leaves_a_listed_file_missing(home, monkeypatch, prune):
     run = make_run(home)
@@ -459,8 +462,8 @@ def test_the_best_checkpoint_is_the_best_greedy_evaluation(home):
     run.update(lambda m: m["evals"].append({"step": 20, "mean": 9.0, "policy": "sample"}))
     run.update(lambda m: m["evals"].append({"step": 30, "mean": 4.0, "policy": "greedy"}))
     assert run.find_checkpoint("best")["step"] == 10
-    run.prune_checkpoints(keep=1)
-    assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 30]
+    run.save_checkpoint({"x": torch.zeros(1)}, {}, 40, {"first_chunk": 0}, keep=1)
+    assert [c["step"] for c in run.meta()["checkpoints"]] == [10, 40]
 
 
 def test_redoing_history_drops_the_later_checkpoints_and_their_evaluations(home):
