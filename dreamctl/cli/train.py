@@ -258,7 +258,14 @@ def resume(
     caught, should_stop = stop_signals()
     with ProgressView(out) if not is_follower() else contextlib.nullcontext() as view:
         outcome = runs.resume(
-            run, home=home, steps=steps, overrides=sets, checkpoint=which, progress=view, should_stop=should_stop
+            run,
+            home=home,
+            steps=steps,
+            overrides=sets,
+            checkpoint=which,
+            progress=view,
+            should_stop=should_stop,
+            warn=lambda text: err.print(f"warning: {text}", markup=False, highlight=False),
         )
     finish(outcome, caught, "reached")
 

@@ -52,6 +52,11 @@ class Step(NamedTuple):
     is_present: np.ndarray | None = None
 
 
+class EnvNotRestored(Exception):
+    """A checkpoint's env state that this env cannot take (written under other versions of its libraries); the env is
+    left as it was built, so that `reset` starts new episodes."""
+
+
 class BatchedEnv(ABC):
     spec: EnvSpec
     num_envs: int
@@ -75,6 +80,7 @@ class BatchedEnv(ABC):
         return None
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue the episodes `get_state` saved; EnvNotRestored where the saved state does not fit this env."""
         raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - envs without resources need not close anything

@@ -29,6 +29,7 @@ import numpy as np
 
 from dreamctl.config import EnvConfig
 from dreamctl.envs.gym_env import GymnasiumCopies, layout
+from dreamctl.envs.gym_state import StateMismatch
 from dreamctl.errors import DreamctlError
 
 INSTALL_EXTRA = "pip install 'dreamctl[dmc]'"
@@ -148,12 +149,20 @@ class DmcCopy(gym.Env):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Write back what `saved_state` gave, or raise StateMismatch before changing anything where it does not fit
+        this copy's model (saved under another version of MuJoCo or of the suite)."""
         import mujoco
 
+        physics = self.env.physics
+        for name, value in state["model"].items():
+            if not hasattr(physics.model, name) or getattr(physics.model, name).shape != np.shape(value):
+                raise StateMismatch(f"the model's {name} differs from the saved one")
+        size = mujoco.mj_stateSize(physics.model.ptr, mujoco.mjtState.mjSTATE_INTEGRATION)
+        if np.shape(state["integration"]) != (size,):
+            raise StateMismatch(f"the saved simulation state has {np.size(state['integration'])} numbers, not {size}")
         # An episode's start also sets what the saved fields leave out and never varies (dog's stand height and
         # weight, finger's damping and target size); a copy restored without a reset of its own would lack it.
         self.env.reset()
-        physics = self.env.physics
         for name, value in state["model"].items():
             getattr(physics.model, name)[:] = value
         for hfield in range(physics.model.nhfield):  # the renderer keeps its own copy of each terrain

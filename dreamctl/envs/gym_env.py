@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, VectorEnvAdapter, convert_frames
+from dreamctl.envs.base import RESERVED_KEYS, EnvNotRestored, EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.envs.gym_state import Resumable, to_array
 from dreamctl.errors import DreamctlError, UsageError
 
@@ -274,7 +274,9 @@ class GymnasiumCopies(VectorEnvAdapter):
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         copies = [state[f"copy{i}"].tobytes() for i in range(self.num_envs)]
-        self._copies(lambda: self.env.call("dreamctl_restore", copies))
+        refusals = [reason for reason in self._copies(lambda: self.env.call("dreamctl_restore", copies)) if reason]
+        if refusals:
+            raise EnvNotRestored(refusals[0])
         self.last[:] = state["last"]
 
     def close(self) -> None:

@@ -30,6 +30,10 @@ class Unsaveable(Exception):
     """An attribute holds a value that has no JSON form here."""
 
 
+class StateMismatch(Exception):
+    """A copy's saved state does not fit the copy built now (saved under other versions of its libraries)."""
+
+
 def encode(value: Any) -> Any:
     """A value of an env's attribute -> JSON, each non-JSON kind tagged by a one-key object."""
     if value is None or isinstance(value, (bool, str)) or type(value) in (int, float):
@@ -85,6 +89,11 @@ def _is_configuration(value: Any) -> bool:
     return isinstance(value, (gym.Space, gym.envs.registration.EnvSpec))
 
 
+def _state_of(layer: gym.Env) -> dict[str, Any]:
+    """What a layer's state is: its attributes, less the link to the inner layer and its configuration."""
+    return {key: value for key, value in vars(layer).items() if key != "env" and not _is_configuration(value)}
+
+
 class Resumable(gym.Wrapper):
     """The outermost wrapper of copy `index`: the copy's state as bytes, its pending autoreset included.
 
@@ -119,26 +128,39 @@ class Resumable(gym.Wrapper):
         try:
             if hasattr(inner, "saved_state"):
                 return json.dumps({"ended": self.ended, "state": encode(inner.saved_state())}).encode()
-            layers = [
-                {key: value for key, value in vars(layer).items() if key != "env" and not _is_configuration(value)}
-                for layer in _layers(self.env)
-            ]
+            layers = [_state_of(layer) for layer in _layers(self.env)]
             return json.dumps({"ended": self.ended, "layers": [encode(layer) for layer in layers]}).encode()
         except Unsaveable:
             return b""
 
-    def dreamctl_restore(self, states: list[bytes]) -> None:
-        """Write back this copy's saved state, from the states of every copy."""
+    def dreamctl_restore(self, states: list[bytes]) -> str | None:
+        """Write back this copy's saved state, from the states of every copy. Where it does not fit this copy (the
+        checkpoint was written under other versions of gymnasium or of the env), the copy is left as it was built
+        and the reason is returned; None when restored. A worker process that raised would end, and its copy with it.
+        """
         saved = json.loads(states[self.index])
-        if "state" in saved:
-            self.env.unwrapped.load_state(decode(saved["state"]))  # type: ignore[attr-defined]
-        else:
-            current = _layers(self.env)
-            if len(saved["layers"]) != len(current):
-                raise ValueError("the saved env has a different stack of wrappers")
-            for layer, attributes in zip(current, saved["layers"], strict=True):
-                vars(layer).update(decode(attributes))
+        try:
+            if "state" in saved:
+                self.env.unwrapped.load_state(decode(saved["state"]))  # type: ignore[attr-defined]
+            else:
+                self._restore_layers([decode(attributes) for attributes in saved["layers"]])
+        except (StateMismatch, ValueError, KeyError, TypeError) as exc:
+            return str(exc) or type(exc).__name__
         self.ended = bool(saved["ended"])
+        return None
+
+    def _restore_layers(self, saved: list[dict[str, Any]]) -> None:
+        """Each layer's attributes, once every layer is known to have been saved with every attribute it keeps now
+        (a saved layer may hold more: those an env creates once it has run, as its seeded generator)."""
+        current = _layers(self.env)
+        if len(saved) != len(current):
+            raise StateMismatch(f"the saved env has {len(saved)} layers of wrappers where this one has {len(current)}")
+        for layer, attributes in zip(current, saved, strict=True):
+            unsaved = sorted(_state_of(layer).keys() - attributes.keys())
+            if unsaved:
+                raise StateMismatch(f"{type(layer).__name__}'s {', '.join(unsaved)} was not saved")
+        for layer, attributes in zip(current, saved, strict=True):
+            vars(layer).update(attributes)
 
 
 def to_array(data: bytes) -> np.ndarray:

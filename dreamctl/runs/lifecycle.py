@@ -47,7 +47,7 @@ from dreamctl.runs.system import (
 )
 from dreamctl.training.launched import launched_ranks
 from dreamctl.training.ranks import RankLost, Ranks, host_name, join, leaving
-from dreamctl.training.state import restore_trainer
+from dreamctl.training.state import NOT_SAVEABLE, restore_trainer
 from dreamctl.training.trainer import Progress, Trainer
 
 
@@ -157,15 +157,16 @@ def resume(
     checkpoint: str | int = "latest",
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    warn: Callable[[str], None] = lambda text: None,
 ) -> Outcome:
     """Continue a run from a checkpoint (default: its latest) to `steps` total agent steps, with as many ranks as
-    trained it."""
+    trained it. `warn` hears, in one sentence, of episodes that could not be continued where the env saves them."""
     ranks = join() if launched_ranks() else None
     with leaving(ranks):
         if ranks is not None and not ranks.is_root:
             trainer, finished = resume_follower(ranks, should_stop)
             return Outcome(None, finished, trainer.env_steps, trainer.last_return)
-        return _resume(ref, home, steps, overrides, checkpoint, progress, should_stop, ranks)
+        return _resume(ref, home, steps, overrides, checkpoint, progress, should_stop, warn, ranks)
 
 
 def _resume(
@@ -176,6 +177,7 @@ def _resume(
     checkpoint: str | int,
     progress: Callable[[Progress], None] | None,
     should_stop: Callable[[], bool],
+    warn: Callable[[str], None],
     ranks: Ranks | None,
 ) -> Outcome:
     world = 1 if ranks is None else ranks.world
@@ -255,9 +257,12 @@ def _resume(
             if entry:
                 if ranks is not None:
                     tensors = scatter_state(ranks, tensors)
-                event["env_restored"] = restore_trainer(trainer, tensors, metadata, chunk_reader(run, ranks))
-                if not event["env_restored"]:
-                    event["note"] = "the env cannot save its state, so new episodes were started"
+                reason = restore_trainer(trainer, tensors, metadata, chunk_reader(run, ranks))
+                event["env_restored"] = reason is None
+                if reason is not None:
+                    event["note"] = f"{reason}, so new episodes were started"
+                    if reason != NOT_SAVEABLE:  # a surprise, where the other is the env's design
+                        warn(f"{run.ref}: {event['note']}.")
             else:
                 event["note"] = "no checkpoint had been written, so training restarted from step 0"
                 for chunk in run.replay_dir.glob("chunk-*.bin"):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dreamctl.envs.base import Step, restore_rng, rng_state_bytes
+from dreamctl.envs.base import EnvNotRestored, Step, restore_rng, rng_state_bytes
 from dreamctl.model.agent import ActState
 from dreamctl.model.rssm import State
 from dreamctl.training.trainer import collapse_warning
@@ -71,11 +71,12 @@ def restore_trainer(
     tensors: dict[str, torch.Tensor],
     meta: dict[str, str],
     load_chunk: Callable[[int], dict[str, np.ndarray]],
-) -> bool:
+) -> str | None:
     """Put a checkpoint's state into a freshly built trainer of the same config; `load_chunk(k)` reads chunk k.
 
-    Returns False when the envs could not be restored (they cannot save their state, as ALE's vector env), on this
-    rank or on any other, in which case the trainer starts new episodes.
+    Returns None where the envs continue their episodes; otherwise the trainer starts new ones, and the reason is
+    returned: NOT_SAVEABLE (as ALE's vector env), a saved state that does not fit the env here (written under other
+    versions of its libraries), or another rank's envs that could not be restored.
     """
     info = {k: json.loads(v) for k, v in meta.items()}
     device = trainer.device
@@ -100,20 +101,29 @@ def restore_trainer(
     restore_rng(trainer.rng, tensors["rng/numpy"].numpy())
     random.setstate(_to_tuple(json.loads(bytes(tensors["rng/python"].numpy()).decode())))
     env_state = {k[len("env/") :]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
-    continues = bool(trainer.env.saveable and env_state and info["env_saved"])
-    if trainer.ranks is not None:  # all ranks continue their episodes or none: their step schedules must match
-        continues = not trainer.ranks.any(not continues)
-    if continues:
-        trainer.env.set_state(env_state)
+    reason = None if trainer.env.saveable and env_state and info["env_saved"] else NOT_SAVEABLE
+    if reason is None:
+        try:
+            trainer.env.set_state(env_state)
+        except EnvNotRestored as exc:
+            reason = f"the env's saved state does not fit it here ({exc})"
+    # All ranks continue their episodes or none: their step schedules must match.
+    if trainer.ranks is not None and trainer.ranks.any(reason is not None) and reason is None:
+        reason = "another rank's envs could not be restored"
+    if reason is None:
         fields = {f: tensors[f"obs/{f}"].numpy() for f in Step._fields[1:] if f"obs/{f}" in tensors}
         trainer.obs = Step(_observation(tensors), **fields)
         latent = State(*(tensors[f"act/{key}"].to(device) for key in ("deter", "stoch", "logits")))
         trainer.act_state = ActState(latent, tensors["act/action"].to(device))
         trainer.episodes_running.ret = tensors["episode/return"].numpy().copy()
         trainer.episodes_running.length = tensors["episode/length"].numpy().copy()
-        return True
+        return None
     trainer.obs = None  # run() starts new episodes, storing their first frames like any other step
-    return False
+    return reason
+
+
+NOT_SAVEABLE = "the env cannot save its state"
+"""Why a resume of an env that never saves its state (ALE's vector env) starts new episodes, as designed."""
 
 
 def _observation(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

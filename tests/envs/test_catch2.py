@@ -191,7 +191,7 @@ def test_a_checkpoint_from_before_agents_could_finish_early_restores():
     tensors, meta = trainer_state(trainer)
     del tensors["replay/is_present"]
     restored = Trainer(cfg, make_env(cfg.env, seed=0), torch.device("cpu"))
-    assert restore_trainer(restored, tensors, meta, lambda index: trainer.replay.rows(0, 0))
+    assert restore_trainer(restored, tensors, meta, lambda index: trainer.replay.rows(0, 0)) is None
     assert (
         restored.replay.cursor == trainer.replay.cursor
         and restored.replay.data["is_present"][: trainer.replay.cursor].all()

@@ -75,6 +75,29 @@ def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
     assert_continues(cfg, state, actions[15:], expected)
 
 
+def test_a_saved_simulation_that_does_not_fit_the_model_is_refused_before_anything_is_written():
+    """A checkpoint written under another MuJoCo (a simulation state of another size) leaves the copy as built: it
+    starts the episodes a new env of its seed starts."""
+    from dreamctl.envs.dmc import DmcCopy
+    from dreamctl.envs.gym_state import StateMismatch
+
+    cfg = load_config("dmc", ["env.name=dmc:cartpole_swingup"]).env
+    copy, fresh = DmcCopy("cartpole", "swingup", cfg), DmcCopy("cartpole", "swingup", cfg)
+    try:
+        copy.reset(seed=1)
+        copy.step(np.ones(1))
+        state = copy.saved_state()
+        state["integration"] = np.append(state["integration"], 0.0)
+        before = copy.env.physics.get_state().copy()
+        with pytest.raises(StateMismatch, match="numbers, not"):
+            copy.load_state(state)
+        np.testing.assert_array_equal(copy.env.physics.get_state(), before)
+        np.testing.assert_array_equal(copy.reset(seed=5)[0], fresh.reset(seed=5)[0])
+    finally:
+        copy.close()
+        fresh.close()
+
+
 def test_closing_a_copy_frees_its_simulation_and_renderer():
     from dreamctl.envs.dmc import DmcCopy
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
 from dreamctl.config import load_config
+from dreamctl.envs.base import EnvNotRestored
 from dreamctl.envs.gym_env import GymEnv
 from dreamctl.envs.gym_state import Resumable, Unsaveable, decode, encode
 
@@ -49,6 +50,49 @@ def test_a_restored_env_continues_the_same_episodes(env_id, num_envs):
     for a, b in zip(expected, got, strict=True):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def _with_layers(state: dict[str, np.ndarray], copy: int, change) -> dict[str, np.ndarray]:
+    """The saved state with copy `copy`'s layers (each {"dict": {attribute: encoded value}}) changed by
+    `change(layers)`, as another gymnasium might have saved them."""
+    saved = json.loads(state[f"copy{copy}"].tobytes())
+    change(saved["layers"])
+    return {**state, f"copy{copy}": np.frombuffer(json.dumps(saved).encode(), np.uint8).copy()}
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda layers: layers[0]["dict"].pop("_elapsed_steps"), "TimeLimit's _elapsed_steps was not saved"),
+        (lambda layers: layers.pop(1), "layers of wrappers where this one has"),
+        (lambda layers: layers[1]["dict"].update({k: {"?": 1} for k in layers[1]["dict"]}), "unknown kind of saved"),
+    ],
+)
+def test_a_saved_state_that_does_not_fit_leaves_every_copy_as_built_and_says_why(change, reason):
+    """A checkpoint written under another gymnasium (a wrapper that kept fewer attributes, another stack of them, a
+    value saved in a form this one does not read) is refused before anything is written, and the copies' worker
+    processes stay up: the env starts new episodes."""
+    cfg = load_config("vector").env
+    original = GymEnv("CartPole-v1", cfg, 2, seed=3)
+    try:
+        original.reset()
+        original.step(np.zeros(2, np.int64))
+        state = _with_layers(original.get_state(), 1, change)
+    finally:
+        original.close()
+    restored, fresh = GymEnv("CartPole-v1", cfg, 2, seed=7), GymEnv("CartPole-v1", cfg, 2, seed=7)
+    try:
+        restored.reset()
+        with pytest.raises(EnvNotRestored, match=reason):
+            restored.set_state(state)
+        actions = np.zeros((5, 2), np.int64)
+        np.testing.assert_array_equal(restored.reset().obs["state"], fresh.reset().obs["state"])
+        for a, b in zip(steps(restored, actions), steps(fresh, actions), strict=True):
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x, y)
+    finally:
+        restored.close()
+        fresh.close()
 
 
 def test_an_env_that_rendered_cannot_be_saved_and_says_so():

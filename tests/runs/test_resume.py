@@ -309,3 +309,30 @@ def test_a_resume_records_the_precision_it_computes_in(tmp_path, monkeypatch):
     monkeypatch.setattr(lifecycle, "precision_label", lambda cfg, device: "bf16")  # as `auto` on a GPU
     lifecycle.resume("run-1", home=home, steps=220)
     assert yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["precision"] == "bf16"
+
+
+def test_a_resume_whose_env_state_does_not_fit_any_more_starts_new_episodes_and_says_so(tmp_path, monkeypatch):
+    """A gym env saved under one gymnasium and resumed under another (here: TimeLimit keeping one more attribute)
+    cannot continue its episodes; the run goes on with new ones, warned once and noted in its history."""
+    import gymnasium as gym
+
+    home = tmp_path / "home"
+    cfg = load_config("vector", ["env.name=gym:CartPole-v1", "env.num_envs=1", "train.steps=200", *FAST])
+    lifecycle.train(cfg, home=home)
+    built = gym.wrappers.TimeLimit.__init__
+
+    def upgraded(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        self._new_counter = 0
+
+    monkeypatch.setattr(gym.wrappers.TimeLimit, "__init__", upgraded)
+    said: list[str] = []
+    outcome = lifecycle.resume("run-1", home=home, steps=300, warn=said.append)
+    assert outcome.finished and outcome.env_steps == 300
+    note = (
+        "the env's saved state does not fit it here (TimeLimit's _new_counter was not saved), "
+        "so new episodes were started"
+    )
+    assert said == [f"run-1: {note}."]
+    event = yaml.safe_load((home / "runs" / "run-1" / "run.yaml").read_text())["history"][-1]
+    assert event["event"] == "resumed" and event["env_restored"] is False and event["note"] == note

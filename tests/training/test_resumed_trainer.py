@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config
 
 from dreamctl.envs.base import BatchedEnv, EnvSpec, Step
-from dreamctl.training.state import restore_trainer, trainer_state
+from dreamctl.training.state import NOT_SAVEABLE, restore_trainer, trainer_state
 from dreamctl.training.trainer import COLLAPSE_UPDATES, Hooks, Trainer, collapse_warning
 
 TICK_SECONDS = 0.02
@@ -52,14 +52,14 @@ def test_a_resumed_trainer_logs_the_speed_of_its_own_steps_not_of_the_restored_o
     first.run(400)
     tensors, meta = trainer_state(first)
     resumed = Trainer(_config(), Counter(2, pause=TICK_SECONDS), torch.device("cpu"))
-    assert restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    assert restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {}) is None
     resumed.run(440)  # 20 ticks of 2 agent steps, each at least TICK_SECONDS long
     speed = resumed.flush_metrics()["train/agent_steps_per_s"]
     assert 0 < speed <= 40 / (20 * TICK_SECONDS)  # the 400 restored steps are not this interval's
 
 
 class OtherRankCouldNotRestore:
-    """The one collective restore_trainer makes, answered as when another rank's envs could not save their state."""
+    """The one collective restore_trainer makes, answered as when another rank's envs could not be restored."""
 
     def any(self, flag: bool) -> bool:
         return True
@@ -71,8 +71,9 @@ def test_every_rank_starts_new_episodes_when_one_rank_cannot_continue_its_own():
     tensors, meta = trainer_state(first)
     resumed = Trainer(_config(), Counter(2), torch.device("cpu"))
     resumed.ranks = OtherRankCouldNotRestore()  # type: ignore[assignment]
-    assert not restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
-    assert resumed.obs is None and resumed.env.t == 0  # this rank could have continued, and does not
+    reason = restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    assert reason == "another rank's envs could not be restored"
+    assert resumed.obs is None  # this rank could have continued, and starts new episodes (run() resets its env)
     assert resumed.env_steps == 40  # the counters are restored either way, so every rank's schedule is the same
     fresh = Trainer(_config(), Counter(2), torch.device("cpu"))
     assert torch.equal(resumed.act_state.latent.deter, fresh.act_state.latent.deter)
@@ -100,7 +101,7 @@ def test_a_log_step_that_falls_in_the_restarted_episodes_first_frames_is_logged(
     first.run(400)
     tensors, meta = trainer_state(first)
     resumed = Trainer(cfg, Unsaveable(2), torch.device("cpu"), hooks=MetricSteps())
-    assert not restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
+    assert restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {}) == NOT_SAVEABLE
     resumed.run(410)
     assert resumed.hooks.rows == [404, 410]  # 410: the last row of a stint
 
