@@ -21,28 +21,26 @@ import numpy as np
 import torch
 
 from dreamctl.config import SAFE_RESUME_KEYS, Config, apply_overrides, from_dict, override_keys
-from dreamctl.envs import BatchedEnv, EnvSpec, check_new_run_env, make_env
+from dreamctl.envs import EnvSpec, check_new_run_env
 from dreamctl.errors import DreamctlError, SecondSignal, StoppedAtOnce, UsageError
 from dreamctl.runs.metrics import MetricsLogger, read_jsonl
 from dreamctl.runs.registry import Registry
 from dreamctl.runs.run import Run, now, obs_space_of
 from dreamctl.runs.run_hooks import RunHooks, collapse_recorded, progress_of, save_checkpoint
 from dreamctl.runs.sharded import (
-    agreed,
     chunk_reader,
     env_seed,
     follow,
     raise_refusal,
+    rank_trainer,
     resume_follower,
     scatter_state,
 )
 from dreamctl.runs.system import (
-    configure_torch,
     parameter_count,
     precision_label,
     preflight,
     prepare,
-    resolve_precision,
     versions,
 )
 from dreamctl.training.launched import launched_ranks
@@ -77,22 +75,21 @@ def train(
     ranks = join() if launched_ranks() else None
     with leaving(ranks):
         rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
-        env: BatchedEnv | None = None
-        try:
-            with agreed(ranks):
-                device = configure_torch(cfg)
-                env = make_env(cfg.env, env_seed(cfg, 0, False, rank, world), new_run=True)
-                spec = env.spec
-                params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
-                preflight(cfg, spec.obs_space, params, spec.num_agents, world)
-                trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+
+        def count_and_fit(spec: EnvSpec) -> int:
+            params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
+            preflight(cfg, spec.obs_space, params, spec.num_agents, world)
+            return params
+
+        with rank_trainer(cfg, env_seed(cfg, 0, False, rank, world), ranks, count_and_fit, new_run=True) as trainer:
             hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
             if ranks is not None and not ranks.is_root:
                 created: dict[str, Any] = ranks.broadcast(None)
                 raise_refusal(created)  # rank 0 created the run, or says why it could not
                 ranks.resume_command = created["resume_command"]
                 return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
-            meta = _new_run_meta(cfg, spec, preset, command, device, hosts, params)
+            spec = trainer.env.spec
+            meta = _new_run_meta(cfg, spec, preset, command, trainer.device, hosts, count_and_fit(spec))
             try:
                 run = Registry(home).create(meta, name)
             except Exception as exc:
@@ -107,9 +104,6 @@ def train(
                 logger = MetricsLogger(run.path)
                 trainer.hooks = RunHooks(run, cfg, logger, progress, ranks)
                 return _execute(run, cfg, trainer, logger, should_stop)
-        finally:
-            if env is not None:
-                env.close()
 
 
 def _new_run_meta(
@@ -240,12 +234,8 @@ def _resume(
         if ranks is not None:
             ranks.resume_command = resume_command
             ranks.broadcast(plan)
-        env: BatchedEnv | None = None
-        try:
-            with agreed(ranks):
-                device = configure_torch(cfg)
-                env = make_env(cfg.env, env_seed(cfg, resumes, entry is not None, 0, world))
-                trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+        with rank_trainer(cfg, env_seed(cfg, resumes, entry is not None, 0, world), ranks) as trainer:
+            device = trainer.device
             event = {
                 "event": "resumed",
                 "time": now(),
@@ -282,9 +272,6 @@ def _resume(
 
             run.update(mark)
             return _execute(run, cfg, trainer, logger, should_stop)
-        finally:
-            if env is not None:
-                env.close()
 
 
 def _tell_followers(ranks: Ranks | None, exc: Exception, doing: str = "resume the run") -> None:

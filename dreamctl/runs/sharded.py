@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dreamctl.config import Config, from_dict
-from dreamctl.envs import BatchedEnv, make_env
+from dreamctl.envs import BatchedEnv, EnvSpec, make_env
 from dreamctl.errors import DreamctlError
 from dreamctl.runs.system import configure_torch, prepare, resolve_precision
 from dreamctl.training.ranks import Ranks
@@ -94,16 +94,32 @@ def resume_follower(ranks: Ranks, should_stop: Callable[[], bool]) -> tuple[Trai
     raise_refusal(plan)
     ranks.resume_command = plan["resume_command"]
     cfg = prepare(from_dict(plan["config"], source="rank 0's run.yaml"))
-    env: BatchedEnv | None = None
-    try:
-        with agreed(ranks):
-            device = configure_torch(cfg)
-            env = make_env(cfg.env, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank, ranks.world))
-            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+    with rank_trainer(cfg, env_seed(cfg, plan["resumes"], plan["restore"], ranks.rank, ranks.world), ranks) as trainer:
         if plan["restore"]:
             tensors = scatter_state(ranks, None)
             restore_trainer(trainer, tensors, plan["metadata"], chunk_reader(None, ranks))
         return trainer, follow(cfg, trainer, ranks, should_stop)
+
+
+@contextlib.contextmanager
+def rank_trainer(
+    cfg: Config,
+    seed: int,
+    ranks: Ranks | None,
+    check: Callable[[EnvSpec], object] = lambda spec: None,
+    new_run: bool = False,
+) -> Iterator[Trainer]:
+    """This process's env (its first copy seeded `seed`) and trainer, made in one step that the ranks end together
+    (`agreed`); `check(spec)` may refuse the env before the trainer allocates anything. The env closes when the block
+    ends. new_run: the env is checked as a new run's (`make_env`)."""
+    env: BatchedEnv | None = None
+    try:
+        with agreed(ranks):
+            device = configure_torch(cfg)
+            env = make_env(cfg.env, seed, new_run=new_run)
+            check(env.spec)
+            trainer = Trainer(cfg, env, device, resolve_precision(cfg.run.precision, device), ranks=ranks)
+        yield trainer
     finally:
         if env is not None:
             env.close()
