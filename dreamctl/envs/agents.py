@@ -58,6 +58,9 @@ class AgentsAsCopies(BatchedEnv):
     def get_state(self) -> dict[str, np.ndarray]:
         return self.world.get_state()
 
+    def state_fits(self, state: dict[str, np.ndarray]) -> str | None:
+        return self.world.state_fits(state)
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.world.set_state(state)
 

@@ -52,11 +52,6 @@ class Step(NamedTuple):
     is_present: np.ndarray | None = None
 
 
-class EnvNotRestored(Exception):
-    """A checkpoint's env state that this env cannot take (written under other versions of its libraries); the env is
-    left as it was built, so that `reset` starts new episodes."""
-
-
 class BatchedEnv(ABC):
     spec: EnvSpec
     num_envs: int
@@ -79,8 +74,13 @@ class BatchedEnv(ABC):
         """Envs of battles (smax:): bool (worlds,), whether each world's last battle to end was won; None elsewhere."""
         return None
 
+    def state_fits(self, state: dict[str, np.ndarray]) -> str | None:
+        """Why a state `get_state` saved does not fit this env (written under other versions of its libraries), or
+        None where `set_state` can take it. Changes nothing."""
+        return None
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Continue the episodes `get_state` saved; EnvNotRestored where the saved state does not fit this env."""
+        """Continue the episodes `get_state` saved (a state that `state_fits` accepted)."""
         raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - envs without resources need not close anything
@@ -130,6 +130,9 @@ class SelectedKeys(BatchedEnv):
 
     def get_state(self) -> dict[str, np.ndarray]:
         return self.env.get_state()
+
+    def state_fits(self, state: dict[str, np.ndarray]) -> str | None:
+        return self.env.state_fits(state)
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.env.set_state(state)

@@ -148,18 +148,27 @@ class DmcCopy(gym.Env):
             "reset_next_step": self.env._reset_next_step,
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Write back what `saved_state` gave, or raise StateMismatch before changing anything where it does not fit
-        this copy's model (saved under another version of MuJoCo or of the suite)."""
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise StateMismatch where what `saved_state` gave does not fit this copy's model (saved under another
+        version of MuJoCo or of the suite); changes nothing."""
         import mujoco
 
         physics = self.env.physics
+        missing = sorted({"integration", "model", "random", "step_count", "reset_next_step"} - state.keys())
+        if missing:
+            raise StateMismatch(f"the saved state lacks {', '.join(missing)}")
         for name, value in state["model"].items():
             if not hasattr(physics.model, name) or getattr(physics.model, name).shape != np.shape(value):
                 raise StateMismatch(f"the model's {name} differs from the saved one")
         size = mujoco.mj_stateSize(physics.model.ptr, mujoco.mjtState.mjSTATE_INTEGRATION)
         if np.shape(state["integration"]) != (size,):
             raise StateMismatch(f"the saved simulation state has {np.size(state['integration'])} numbers, not {size}")
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Write back what `saved_state` gave (`check_state` accepted it)."""
+        import mujoco
+
+        physics = self.env.physics
         # An episode's start also sets what the saved fields leave out and never varies (dog's stand height and
         # weight, finger's damping and target size); a copy restored without a reset of its own would lack it.
         self.env.reset()

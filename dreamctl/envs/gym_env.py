@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from dreamctl.config import EnvConfig
-from dreamctl.envs.base import RESERVED_KEYS, EnvNotRestored, EnvSpec, VectorEnvAdapter, convert_frames
+from dreamctl.envs.base import RESERVED_KEYS, EnvSpec, VectorEnvAdapter, convert_frames
 from dreamctl.envs.gym_state import Resumable, to_array
 from dreamctl.errors import DreamctlError, UsageError
 
@@ -272,11 +272,14 @@ class GymnasiumCopies(VectorEnvAdapter):
             return {}
         return {"last": self.last.copy(), **{f"copy{i}": to_array(state) for i, state in enumerate(states)}}
 
+    def state_fits(self, state: dict[str, np.ndarray]) -> str | None:
+        """Every copy checks its saved state before any copy is written (`Resumable.dreamctl_fits`)."""
+        copies = [state[f"copy{i}"].tobytes() for i in range(self.num_envs)]
+        return next((reason for reason in self._copies(lambda: self.env.call("dreamctl_fits", copies)) if reason), None)
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         copies = [state[f"copy{i}"].tobytes() for i in range(self.num_envs)]
-        refusals = [reason for reason in self._copies(lambda: self.env.call("dreamctl_restore", copies)) if reason]
-        if refusals:
-            raise EnvNotRestored(refusals[0])
+        self._copies(lambda: self.env.call("dreamctl_restore", copies))
         self.last[:] = state["last"]
 
     def close(self) -> None:

@@ -133,34 +133,44 @@ class Resumable(gym.Wrapper):
         except Unsaveable:
             return b""
 
-    def dreamctl_restore(self, states: list[bytes]) -> str | None:
-        """Write back this copy's saved state, from the states of every copy. Where it does not fit this copy (the
-        checkpoint was written under other versions of gymnasium or of the env), the copy is left as it was built
-        and the reason is returned; None when restored. A worker process that raised would end, and its copy with it.
-        """
-        saved = json.loads(states[self.index])
+    def dreamctl_fits(self, states: list[bytes]) -> str | None:
+        """Why this copy's saved state, among the states of every copy, does not fit it (the checkpoint was written
+        under other versions of gymnasium, the env or MuJoCo), or None. Nothing is written: a worker process that
+        raised would end, and its copy with it."""
         try:
+            saved = json.loads(states[self.index])
             if "state" in saved:
-                self.env.unwrapped.load_state(decode(saved["state"]))  # type: ignore[attr-defined]
+                check = getattr(self.env.unwrapped, "check_state", None)
+                if check is not None:
+                    check(decode(saved["state"]))
             else:
-                self._restore_layers([decode(attributes) for attributes in saved["layers"]])
-        except (StateMismatch, ValueError, KeyError, TypeError) as exc:
-            return str(exc) or type(exc).__name__
-        self.ended = bool(saved["ended"])
+                self._check_layers([decode(attributes) for attributes in saved["layers"]])
+        except StateMismatch as exc:
+            return str(exc)
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"{type(exc).__name__} {str(exc).rstrip('.')}"
         return None
 
-    def _restore_layers(self, saved: list[dict[str, Any]]) -> None:
-        """Each layer's attributes, once every layer is known to have been saved with every attribute it keeps now
-        (a saved layer may hold more: those an env creates once it has run, as its seeded generator)."""
+    def dreamctl_restore(self, states: list[bytes]) -> None:
+        """Write back this copy's saved state, from the states of every copy (`dreamctl_fits` accepted them)."""
+        saved = json.loads(states[self.index])
+        if "state" in saved:
+            self.env.unwrapped.load_state(decode(saved["state"]))  # type: ignore[attr-defined]
+        else:
+            for layer, attributes in zip(_layers(self.env), saved["layers"], strict=True):
+                vars(layer).update(decode(attributes))
+        self.ended = bool(saved["ended"])
+
+    def _check_layers(self, saved: list[dict[str, Any]]) -> None:
+        """Every layer must have been saved with each attribute it holds a value in now; a saved layer may hold
+        more (what an env creates once it has run, as its seeded generator, or a value that was set then)."""
         current = _layers(self.env)
         if len(saved) != len(current):
             raise StateMismatch(f"the saved env has {len(saved)} layers of wrappers where this one has {len(current)}")
         for layer, attributes in zip(current, saved, strict=True):
-            unsaved = sorted(_state_of(layer).keys() - attributes.keys())
+            unsaved = sorted(k for k, v in _state_of(layer).items() if v is not None and k not in attributes)
             if unsaved:
                 raise StateMismatch(f"{type(layer).__name__}'s {', '.join(unsaved)} was not saved")
-        for layer, attributes in zip(current, saved, strict=True):
-            vars(layer).update(attributes)
 
 
 def to_array(data: bytes) -> np.ndarray:

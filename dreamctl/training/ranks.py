@@ -56,9 +56,10 @@ class Ranks:
         local_world: ranks on this machine (they share its CPU threads).
     """
 
-    def __init__(self, rank: int, world: int, local_world: int = 1, patient: Any = None):
-        """patient: the process group with EVALUATION_TIMEOUT (`join` makes it); None: the default group."""
-        self.rank, self.world, self.local_world, self.patient = rank, world, local_world, patient
+    def __init__(self, rank: int, world: int, local_world: int = 1, evaluation_group: Any = None):
+        """evaluation_group: the process group with EVALUATION_TIMEOUT (`join` makes it); None: the default group."""
+        self.rank, self.world, self.local_world = rank, world, local_world
+        self.evaluation_group = evaluation_group
         self.resume_command: str | None = None
         """The command that continues the job's run, once the run exists: a lost rank's message names it."""
 
@@ -119,7 +120,7 @@ class Ranks:
     def wait_for_root(self) -> None:
         """Meet rank 0 once it has played its evaluation episodes: the other ranks wait here, up to
         EVALUATION_TIMEOUT, instead of in their next collective, which would give up after TIMEOUT."""
-        self._call(dist.barrier, group=self.patient)
+        self._call(dist.barrier, group=self.evaluation_group)
 
     def close(self, together: bool = True) -> None:
         """Leave the job: together (a barrier first), as a rank that tore its group down while another still used it
@@ -179,9 +180,9 @@ def join() -> Ranks:
         dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT)
     else:
         dist.init_process_group("gloo", timeout=TIMEOUT)
-    patient = dist.new_group(backend="gloo", timeout=EVALUATION_TIMEOUT)
+    evaluation_group = dist.new_group(backend="gloo", timeout=EVALUATION_TIMEOUT)
     set_row_shard(launched.rank, launched.world)
-    return Ranks(launched.rank, launched.world, launched.local_world, patient)
+    return Ranks(launched.rank, launched.world, launched.local_world, evaluation_group)
 
 
 def host_name() -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dreamctl.envs.base import EnvNotRestored, Step, restore_rng, rng_state_bytes
+from dreamctl.envs.base import Step, restore_rng, rng_state_bytes
 from dreamctl.model.agent import ActState
 from dreamctl.model.rssm import State
 from dreamctl.training.trainer import collapse_warning
@@ -74,9 +74,9 @@ def restore_trainer(
 ) -> str | None:
     """Put a checkpoint's state into a freshly built trainer of the same config; `load_chunk(k)` reads chunk k.
 
-    Returns None where the envs continue their episodes; otherwise the trainer starts new ones, and the reason is
-    returned: NOT_SAVEABLE (as ALE's vector env), a saved state that does not fit the env here (written under other
-    versions of its libraries), or another rank's envs that could not be restored.
+    Returns None where the envs continue their episodes; otherwise the trainer starts new ones, from envs as they
+    were built, and the reason is returned: NOT_SAVEABLE (as ALE's vector env), a saved state that does not fit the
+    env here (written under other versions of its libraries), or another rank's reason (`rank r: ...`).
     """
     info = {k: json.loads(v) for k, v in meta.items()}
     device = trainer.device
@@ -102,15 +102,14 @@ def restore_trainer(
     random.setstate(_to_tuple(json.loads(bytes(tensors["rng/python"].numpy()).decode())))
     env_state = {k[len("env/") :]: v.numpy() for k, v in tensors.items() if k.startswith("env/")}
     reason = None if trainer.env.saveable and env_state and info["env_saved"] else NOT_SAVEABLE
+    misfit = None if reason else trainer.env.state_fits(env_state)
+    if misfit:
+        reason = f"the env's saved state does not fit it here ({misfit})"
+    if trainer.ranks is not None:  # all ranks continue their episodes or none: their step schedules must match
+        reasons = trainer.ranks.all_gather(reason)
+        reason = reason or next((f"rank {rank}: {said}" for rank, said in enumerate(reasons) if said), None)
     if reason is None:
-        try:
-            trainer.env.set_state(env_state)
-        except EnvNotRestored as exc:
-            reason = f"the env's saved state does not fit it here ({exc})"
-    # All ranks continue their episodes or none: their step schedules must match.
-    if trainer.ranks is not None and trainer.ranks.any(reason is not None) and reason is None:
-        reason = "another rank's envs could not be restored"
-    if reason is None:
+        trainer.env.set_state(env_state)
         fields = {f: tensors[f"obs/{f}"].numpy() for f in Step._fields[1:] if f"obs/{f}" in tensors}
         trainer.obs = Step(_observation(tensors), **fields)
         latent = State(*(tensors[f"act/{key}"].to(device) for key in ("deter", "stoch", "logits")))

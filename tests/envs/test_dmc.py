@@ -76,8 +76,9 @@ def test_a_restored_copy_continues_its_episodes_bit_for_bit(name):
 
 
 def test_a_saved_simulation_that_does_not_fit_the_model_is_refused_before_anything_is_written():
-    """A checkpoint written under another MuJoCo (a simulation state of another size) leaves the copy as built: it
-    starts the episodes a new env of its seed starts."""
+    """A checkpoint written under another MuJoCo (a simulation state of another size) or another dreamctl (a field
+    missing) is refused by the check, which leaves the copy as it was: it starts the episodes a new env of its seed
+    starts."""
     from dreamctl.envs.dmc import DmcCopy
     from dreamctl.envs.gym_state import StateMismatch
 
@@ -90,7 +91,9 @@ def test_a_saved_simulation_that_does_not_fit_the_model_is_refused_before_anythi
         state["integration"] = np.append(state["integration"], 0.0)
         before = copy.env.physics.get_state().copy()
         with pytest.raises(StateMismatch, match="numbers, not"):
-            copy.load_state(state)
+            copy.check_state(state)
+        with pytest.raises(StateMismatch, match="lacks random"):
+            copy.check_state({k: v for k, v in state.items() if k != "random"})
         np.testing.assert_array_equal(copy.env.physics.get_state(), before)
         np.testing.assert_array_equal(copy.reset(seed=5)[0], fresh.reset(seed=5)[0])
     finally:

@@ -152,11 +152,11 @@ def test_a_rank_that_stops_at_once_fails_the_others_next_collective_at_once(tmp_
 
 
 def _evaluate_on_rank_0(rank: int, world: int, port: int, out: Path) -> None:
-    ranks_module.TIMEOUT = datetime.timedelta(seconds=2)  # this process's: its collectives give up after 2 s
+    ranks_module.TIMEOUT = datetime.timedelta(seconds=10)  # this process's: its collectives give up after 10 s
     ranks = _join(rank, world, port)
     try:
         if rank == 0:
-            time.sleep(5)  # plays the evaluation episodes, alone
+            time.sleep(12)  # plays the evaluation episodes, alone
         ranks.wait_for_root()
         ranks.any(False)  # the next collective of training
         (out / f"rank{rank}").write_text("trained on")
@@ -166,7 +166,7 @@ def _evaluate_on_rank_0(rank: int, world: int, port: int, out: Path) -> None:
 
 def test_the_other_ranks_wait_out_rank_0s_evaluation_even_past_the_collective_timeout(tmp_path: Path):
     """Rank 0 evaluates for longer than a collective's timeout while rank 1 waits for it: rank 1 waits in the
-    patient group and both train on, where its next collective alone would have given up."""
+    evaluation group and both train on, where its next collective alone would have given up."""
     mp.start_processes(_evaluate_on_rank_0, args=(2, _free_port(), tmp_path), nprocs=2, start_method="spawn")
     assert [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)] == ["trained on"] * 2
 

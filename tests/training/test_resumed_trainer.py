@@ -59,10 +59,10 @@ def test_a_resumed_trainer_logs_the_speed_of_its_own_steps_not_of_the_restored_o
 
 
 class OtherRankCouldNotRestore:
-    """The one collective restore_trainer makes, answered as when another rank's envs could not be restored."""
+    """The one collective restore_trainer makes, answered as when rank 1's envs could not be restored."""
 
-    def any(self, flag: bool) -> bool:
-        return True
+    def all_gather(self, reason: str | None) -> list[str | None]:
+        return [reason, "the env cannot save its state"]
 
 
 def test_every_rank_starts_new_episodes_when_one_rank_cannot_continue_its_own():
@@ -72,8 +72,8 @@ def test_every_rank_starts_new_episodes_when_one_rank_cannot_continue_its_own():
     resumed = Trainer(_config(), Counter(2), torch.device("cpu"))
     resumed.ranks = OtherRankCouldNotRestore()  # type: ignore[assignment]
     reason = restore_trainer(resumed, tensors, meta, load_chunk=lambda k: {})
-    assert reason == "another rank's envs could not be restored"
-    assert resumed.obs is None  # this rank could have continued, and starts new episodes (run() resets its env)
+    assert reason == "rank 1: the env cannot save its state"
+    assert resumed.obs is None and resumed.env.t == 0  # this rank could have continued, and does not
     assert resumed.env_steps == 40  # the counters are restored either way, so every rank's schedule is the same
     fresh = Trainer(_config(), Counter(2), torch.device("cpu"))
     assert torch.equal(resumed.act_state.latent.deter, fresh.act_state.latent.deter)
