@@ -6,8 +6,8 @@
 For each number of env copies (default 1 and 8), times the loop the trainer runs between updates: one batched
 policy pass for all copies (inference mode), the env step, and the replay write; and the same loop during random
 prefill.
-The four loops take turns in short rounds, so that a machine whose speed drifts (these VMs' does, by 20 % or
-more within minutes) slows them alike; each rate is the median over its rounds. Prints one JSON line with
+The four loops take turns in short rounds, so that a machine whose speed drifts within minutes (these VMs' does:
+docs/performance.md) slows them alike; each rate is the median over its rounds. Prints one JSON line with
 agent-steps/s for each, and the most-copies / 1-copy ratio with the policy.
 """
 

@@ -16,7 +16,8 @@ update and every `--every` updates it measures, on a fixed batch of 64 windows o
   A model whose dreams follow the actions errs less under `real` than under `other`; where they are equal its
   dreams ignore the actions, and an actor that learns through them has nothing to follow.
 
-Prints one JSON line; each point's `seconds` is the time the updates before it took (measurements excluded).
+Prints one JSON line; each point's `seconds` is the time the updates before it took (measurements excluded). It runs
+on the CPU, whatever `run.device` says: the figures it gives are read beside the CPU presets' runs.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
     python -m benchmarks.memory --preset atari --capacity 200000
 
 Fills a replay of `capacity` steps with real Pong frames (played once, then cycled), builds the agent and runs
-`--updates` updates (the heap settles after about five), then prints one JSON line: bytes per stored step, the
-replay's bytes, peak RSS, and peak RSS minus the replay (the rest of the process: torch, the model, optimiser
-state, one batch's activations).
+`--updates` updates (the heap grows over the first few, so the peak needs several), then prints one JSON line: bytes
+per stored step, the replay's bytes, peak RSS, and peak RSS minus the replay (the rest of the process: torch, the
+model, optimiser state, one batch's activations).
 """
 
 from __future__ import annotations

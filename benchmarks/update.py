@@ -14,9 +14,10 @@ count, the model FLOPs of one update, this machine's same-precision matmul peak 
 of torch's matmul and, for float32 on the CPU, oneDNN's: both are listed), and MFU; and, when both were measured,
 how much faster bf16 is than float32 in this run. `--layers fast,plain` also times the update with every
 reformulated layer, linear and one-hot product run as torch's plain layer, and reports how much faster dreamctl's
-layers are on this device (they were tuned on CPUs; on a GPU they are unmeasured). The peak is measured for half a
-second after each timed update and its median taken: these VMs' speed drifts within minutes, and a peak measured
-once after all the updates could land in a faster or slower moment than they did.
+layers are on this device (they were tuned on CPUs; on a GPU they are unmeasured). On a GPU it also records whether
+float32 convolutions and products may run as TF32 (`tf32`), which the float32 peak does not. The peak is measured for
+half a second after each timed update and its median taken: these VMs' speed drifts within minutes, and a peak
+measured once after all the updates could land in a faster or slower moment than they did.
 FLOPs are counted by torch's FlopCounterMode over one real update: every matmul and convolution by its
 shapes, forward for everything and backward for what is trained. Layers that dreamctl computes by a faster
 reformulation are counted as the plain torch layers they equal, the encoder's first layer once (training computes
@@ -143,6 +144,8 @@ def main() -> None:
     args = parser.parse_args()
     if not set(args.layers.split(",")) <= {"fast", "plain"}:
         parser.error(f"--layers takes fast, plain or fast,plain, not {args.layers!r}")
+    if not set(args.precision.split(",")) <= {"32", "bf16", "16"}:
+        parser.error(f"--precision takes one or more of 32, bf16, 16, comma-separated, not {args.precision!r}")
 
     device = resolve_device(args.device)
     keep_freed_memory()  # as `dreamctl train` does
@@ -164,6 +167,8 @@ def main() -> None:
         "batch": [cfg.train.batch_size, cfg.train.batch_length],
         "runs": runs,
     }
+    if device.type == "cuda":  # float32 convolutions run as TF32 where cuDNN allows it (torch's default)
+        result["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
     median = {(r["precision"], r["layers"]): r["seconds_per_update"]["median"] for r in runs}
     if ("32", "fast") in median and ("bf16", "fast") in median:
         result["bf16_speedup"] = round(median["32", "fast"] / median["bf16", "fast"], 2)

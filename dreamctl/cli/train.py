@@ -202,10 +202,13 @@ def _dry_run(cfg, preset: str, ranks: int) -> None:
         f"activations {mem['activations'] / 2**30:.2f})",
         markup=False,
     )
-    estimate = _estimate(cfg)
-    timed = "timed on this config just now" if estimate else "could not be timed here"
-    line = estimate_line(estimate, cfg) if estimate else "unknown"
-    out.print(f"# time {line} ({timed}); nothing was created.", markup=False)
+    if ranks > 1:  # the estimate times one process; the job's progress bar shows its observed rate instead
+        out.print(f"# time not estimated for {ranks} ranks (the estimate times one process); nothing was created.")
+    else:
+        estimate = _estimate(cfg)
+        timed = "timed on this config just now" if estimate else "could not be timed here"
+        line = estimate_line(estimate, cfg) if estimate else "unknown"
+        out.print(f"# time {line} ({timed}); nothing was created.", markup=False)
     warning = _no_update_warning(cfg, spec.num_agents, ranks)
     if warning:
         out.print(f"# warning: {warning}", markup=False, highlight=False)

@@ -21,7 +21,7 @@ import torch
 from dreamctl.config import Config
 from dreamctl.envs import make_env
 from dreamctl.model.agent import Agent
-from dreamctl.runs.system import configure_torch, cpu_computes_bf16, prepare, resolve_precision
+from dreamctl.runs.system import computes_bf16, configure_torch, prepare, resolve_precision
 from dreamctl.training.trainer import Trainer
 
 PRECISION_NAMES = {None: "float32", torch.bfloat16: "bf16", torch.float16: "float16"}
@@ -105,7 +105,7 @@ def estimate_time(cfg: Config, budget: float = 2.0) -> TimeEstimate:
             policy_tick = _time(trainer.collect_step, budget * 0.2, 3, sync)
             update = _time(trainer.update, budget * 0.7 * (0.5 if amp is None else 1.0), 1, sync)
             other, other_update = None, None
-            if amp is None and (device.type == "cuda" or cpu_computes_bf16()):
+            if amp is None and computes_bf16(device):
                 other = "bf16"
                 spec = env.spec
                 agent = Agent(
@@ -130,7 +130,7 @@ def machine_busy() -> tuple[float, int] | None:
 
 def _time(work: Callable[[], None], budget: float, least: int, sync: Callable[[], None] | None) -> float:
     """Seconds per call of `work`: one untimed warm-up call (its first-call costs, such as oneDNN's kernel choices,
-    would inflate the answer several-fold), then at least `least` timed calls and as many more as fit in `budget`
+    would inflate the answer), then at least `least` timed calls and as many more as fit in `budget`
     seconds (no more once 50 are timed); `sync` waits for queued GPU work. A mean, not a median: the calls that
     end episodes cost more, and they are part of a run."""
     wait = sync or (lambda: None)

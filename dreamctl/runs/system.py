@@ -38,11 +38,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The autocast dtype, or None for full float32. `auto` takes bf16 on a GPU whose units compute it (Ampere and
     later), not on one where torch would only emulate it, many times slower than float32."""
     if precision == "auto":
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                if torch.cuda.is_bf16_supported(including_emulation=False):
-                    return torch.bfloat16
-        return None
+        return torch.bfloat16 if device.type == "cuda" and computes_bf16(device) else None
     if precision == "16" and device.type != "cuda":
         raise UsageError("precision 16 needs a CUDA device; use --precision bf16 or 32 on the CPU.")
     return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
@@ -52,6 +48,15 @@ def inference_precision(precision: str, device: torch.device) -> torch.dtype | N
     """resolve_precision for playing a trained agent: a float16 run, trained on a GPU, plays in float32 where there
     is none (float16 needs CUDA for its loss scaling, which playing does not use)."""
     return resolve_precision("32" if precision == "16" and device.type != "cuda" else precision, device)
+
+
+def computes_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 rather than torch emulating it, many times slower than float32: a GPU from
+    Ampere on, a CPU with the instructions of `cpu_computes_bf16`."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    return cpu_computes_bf16()
 
 
 def cpu_computes_bf16() -> bool:

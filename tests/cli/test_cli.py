@@ -199,6 +199,14 @@ def test_dry_run_prints_config_and_memory_and_creates_nothing(home):
     assert not home.exists()
 
 
+def test_a_dry_run_of_several_ranks_gives_no_one_process_estimate_as_the_jobs(home):
+    """The estimate times one process: the envs of one rank and an update of the whole batch on every core, where
+    each of N ranks steps its own envs and updates on its share of the batch."""
+    proc = run_cli("train", "catch", "--nproc", "2", "--dry-run", home=home, check=True)
+    assert "# time not estimated for 2 ranks (the estimate times one process); nothing was created." in proc.stdout
+    assert "of training here" not in proc.stdout and not home.exists()
+
+
 @pytest.mark.parametrize("command", ["train", "resume", "eval", "imagine", "list", "show", "plot", "envs"])
 def test_every_command_explains_itself(command, home):
     proc = run_cli(command, "--help", home=home, check=True)
