@@ -7,7 +7,8 @@ attributes of every layer of the copy as JSON (arrays as their dtype, shape and 
 generator's state) and writes them back: only data is read, never code. Spaces and the env's spec are configuration
 and stay as the new copy built them. A copy whose attributes hold anything else (a pygame surface once it has
 rendered, a Box2D world, a MuJoCo simulation) is not saveable, and a resumed run starts new episodes there, as on
-Atari.
+Atari. So does a saved state that no longer fits the copy (written under other versions of gymnasium or the env):
+every copy checks it (`dreamctl_fits`) before any copy is written.
 
 A copy that ended its episode is reset at the next step by the vector env (Gymnasium's next-step autoreset), whose
 workers keep that "reset at the next step" flag in a local variable that nothing can restore; `Resumable` keeps the
