@@ -75,11 +75,12 @@ def train(
     ranks = join() if launched_ranks() else None
     with leaving(ranks):
         rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world)
+        params = 0
 
-        def count_and_fit(spec: EnvSpec) -> int:
+        def count_and_fit(spec: EnvSpec) -> None:
+            nonlocal params
             params = parameter_count(cfg, spec.obs_space, spec.action_dim, spec.discrete, spec.num_agents)
             preflight(cfg, spec.obs_space, params, spec.num_agents, world)
-            return params
 
         with rank_trainer(cfg, env_seed(cfg, 0, False, rank, world), ranks, count_and_fit, new_run=True) as trainer:
             hosts = [host_name()] if ranks is None else ranks.all_gather(host_name())
@@ -88,8 +89,7 @@ def train(
                 raise_refusal(created)  # rank 0 created the run, or says why it could not
                 ranks.resume_command = created["resume_command"]
                 return Outcome(None, follow(cfg, trainer, ranks, should_stop), trainer.env_steps, trainer.last_return)
-            spec = trainer.env.spec
-            meta = _new_run_meta(cfg, spec, preset, command, trainer.device, hosts, count_and_fit(spec))
+            meta = _new_run_meta(cfg, trainer.env.spec, preset, command, trainer.device, hosts, params)
             try:
                 run = Registry(home).create(meta, name)
             except Exception as exc:

@@ -106,7 +106,7 @@ def rank_trainer(
     cfg: Config,
     seed: int,
     ranks: Ranks | None,
-    check: Callable[[EnvSpec], object] = lambda spec: None,
+    check: Callable[[EnvSpec], None] = lambda spec: None,
     new_run: bool = False,
 ) -> Iterator[Trainer]:
     """This process's env (its first copy seeded `seed`) and trainer, made in one step that the ranks end together
